@@ -1,0 +1,100 @@
+"""The workspace: kpt.toml, where trees come from, where caches and runs live."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpatch_tool.errors import UsageError
+
+WORKSPACE_FILE = "kpt.toml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TreeSpec:
+    """A tree as the workspace names it: where its source comes from."""
+
+    name: str
+    source: str
+    # Extra per-tree settings (e.g. the version to fetch for debian-src).
+    version: str | None = None
+    kind: str = "linux"  # linux, qemu or xen: what the tree is, for build/mail
+
+
+@dataclass
+class Workspace:
+    root: Path
+    trees: dict[str, TreeSpec] = field(default_factory=dict)
+    cache_dir: Path = Path()
+    data: dict = field(default_factory=dict)
+
+    @property
+    def patches_dir(self) -> Path:
+        return self.root / self.data.get("patches_dir", "patches")
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.root / self.data.get("configs_dir", "kernel-configs")
+
+    @property
+    def templates_dir(self) -> Path:
+        return PROJECT_ROOT / "templates"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(os.environ.get("KPT_OUT", self.root / "out"))
+
+    @property
+    def trees_dir(self) -> Path:
+        return self.cache_dir / "trees"
+
+    def tree(self, name: str) -> TreeSpec:
+        try:
+            return self.trees[name]
+        except KeyError:
+            known = ", ".join(sorted(self.trees)) or "none"
+            raise UsageError(
+                f"unknown tree '{name}' (workspace {self.root / WORKSPACE_FILE} has: {known})"
+            ) from None
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("KPT_CACHE"):
+        return Path(os.environ["KPT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "kpt"
+
+
+def find_root(start: Path | None = None) -> Path:
+    if os.environ.get("KPT_WORKSPACE"):
+        return Path(os.environ["KPT_WORKSPACE"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / WORKSPACE_FILE).is_file():
+            return d
+    # Outside any workspace the project's own one (with its shipped series) applies.
+    return PROJECT_ROOT
+
+
+def load(root: Path | None = None) -> Workspace:
+    root = Path(root).resolve() if root else find_root()
+    path = root / WORKSPACE_FILE
+    if not path.is_file():
+        raise UsageError(f"{path}: no workspace file (create kpt.toml, see README)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    trees = {}
+    for name, spec in (data.get("trees") or {}).items():
+        if not isinstance(spec, dict) or "source" not in spec:
+            raise UsageError(f"{path}: [trees.{name}] needs a 'source'")
+        kind = spec.get("kind") or name.split("-")[0]
+        if kind not in ("linux", "qemu", "xen"):
+            kind = "linux"
+        trees[name] = TreeSpec(name, spec["source"], spec.get("version"), kind)
+    cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
+    return Workspace(root=root, trees=trees, cache_dir=cache, data=data)
