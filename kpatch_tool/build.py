@@ -1,0 +1,444 @@
+"""Builds: Linux (out of tree, O=), one module against a built kernel, per-patch.
+
+The build folder is keyed by (source tree, config hash). Whether anything
+changed is decided before make is started: a stamp written after a successful
+build records the source state (commit + dirty files), the config hash, the
+compiler and the wrapper. A no-op rerun reads the stamp and returns; make's
+own "nothing to do" walk of the tree would cost seconds. The stamp is removed
+before make starts, so an interrupted build is never trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kpatch_tool import proc
+from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
+from kpatch_tool.workspace import Workspace
+
+STAMP = "kpt-build.json"
+LOCK = Path(os.environ.get("KPT_BUILD_LOCK", "/tmp/kpt-kbuild.lock"))
+ERROR_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?:fatal )?error: (?P<msg>.*)$")
+WARN_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? warning: (?P<msg>.*)$")
+STEP_RE = re.compile(r"^\s{2}(?P<step>[A-Z0-9_\[\]]+)\s+(?P<target>\S+)")
+COMPILE_STEPS = {"CC", "AS", "CC [M]", "LD", "LD [M]", "AR", "HOSTCC", "CPP"}
+
+
+@dataclass
+class Artifact:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class BuildResult:
+    tree: str
+    srctree: Path
+    build_dir: Path
+    profile: str
+    config_hash: str
+    kernel_release: str
+    cached: bool
+    duration: float
+    log: Path
+    warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    @property
+    def bzimage(self) -> Path:
+        return self.build_dir / "arch/x86/boot/bzImage"
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.build_dir / "staging"
+
+    @property
+    def config(self) -> Path:
+        return self.build_dir / ".config"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("srctree", "build_dir", "log"):
+            d[k] = str(d[k])
+        return d
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def build_lock(progress=None):
+    """One kernel build at a time on this machine (2 cores): others wait."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(LOCK, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress(f"waiting for another kernel build to finish (lock {LOCK})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def source_state(srctree: Path) -> str | None:
+    """A fingerprint of the source: HEAD plus the content of changed files.
+
+    None when the tree is not a git checkout (then make decides).
+    """
+    head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD"], timeout=60)
+    if not head.ok:
+        return None
+    st = proc.run(["git", "-C", str(srctree), "status", "--porcelain", "-z", "--untracked-files=all"], timeout=300)
+    if not st.ok:
+        return None
+    h = hashlib.sha256(head.stdout.strip().encode())
+    entries = [e for e in st.stdout.split("\0") if e]
+    for e in sorted(entries):
+        h.update(e.encode("utf-8", "surrogateescape"))
+        p = srctree / e[3:]
+        if p.is_file():
+            h.update(_sha256(p).encode())
+    return h.hexdigest()
+
+
+def compiler_id(wrapper: str | None) -> str:
+    gcc = proc.run(["gcc", "--version"], timeout=30)
+    return (gcc.stdout.splitlines() or ["?"])[0] + f" wrapper={wrapper or 'none'}"
+
+
+def build_dir_for(ws: Workspace, tree: str, srctree: Path, profile: str, config_hash: str) -> Path:
+    where = hashlib.sha256(str(Path(srctree).resolve()).encode()).hexdigest()[:8]
+    return ws.cache_dir / "builds" / tree / f"{profile}-{where}-{config_hash[:12]}"
+
+
+def make_env(wrapper: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Relative paths in ccache's hash: a second worktree of the same commit hits.
+    env.setdefault("CCACHE_BASEDIR", "/")
+    env.setdefault("CCACHE_NOHASHDIR", "1")
+    env["KBUILD_BUILD_TIMESTAMP"] = env.get("KBUILD_BUILD_TIMESTAMP", "1970-01-01")
+    env["KBUILD_BUILD_USER"] = "kpt"
+    env["KBUILD_BUILD_HOST"] = "kpt"
+    return env
+
+
+def cc_for(wrapper: str | None) -> str:
+    if wrapper and wrapper != "none":
+        if not proc.which(wrapper):
+            raise PrereqError(f"compiler wrapper '{wrapper}' not found on PATH (see `kpt doctor`)")
+        return f"{wrapper} gcc"
+    return "gcc"
+
+
+class MakeWatcher:
+    """Follows kbuild's output: step counts for progress, warnings, first errors."""
+
+    def __init__(self, expected_steps: int | None, progress: Callable[[str], None] | None):
+        self.steps = 0
+        self.expected = expected_steps
+        self.progress = progress
+        self.errors: list[str] = []
+        self.error_context: list[str] = []
+        self.warnings: list[str] = []
+        self.compiled: list[str] = []
+        self.last_target = ""
+        self._last_report = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        m = STEP_RE.match(line)
+        if m:
+            self.steps += 1
+            self.last_target = f"{m.group('step')} {m.group('target')}"
+            if m.group("step") in ("CC", "AS") or m.group("step").startswith("CC"):
+                self.compiled.append(m.group("target"))
+        elif WARN_RE.match(line):
+            self.warnings.append(line.strip())
+        elif ERROR_RE.match(line) or line.startswith("make") and "***" in line:
+            if len(self.error_context) < 40:
+                self.error_context.append(line)
+            if ERROR_RE.match(line) and len(self.errors) < 10:
+                self.errors.append(line.strip())
+        now = time.monotonic()
+        if self.progress and now - self._last_report > 1.0:
+            self._last_report = now
+            pct = f" {min(99, 100 * self.steps // self.expected)}%" if self.expected else ""
+            self.progress(f"make{pct} [{now - self._start:.0f}s] {self.last_target}")
+
+
+def _kernel_release(build_dir: Path) -> str:
+    p = build_dir / "include/config/kernel.release"
+    return p.read_text().strip() if p.exists() else ""
+
+
+def _collect(build_dir: Path) -> dict[str, Artifact]:
+    out = {}
+    for name, rel in (("bzImage", "arch/x86/boot/bzImage"), ("vmlinux", "vmlinux"),
+                      ("System.map", "System.map"), (".config", ".config")):
+        p = build_dir / rel
+        if p.exists():
+            out[name] = Artifact(str(p), p.stat().st_size, _sha256(p))
+    staging = build_dir / "staging"
+    if staging.is_dir():
+        kos = sorted(staging.rglob("*.ko"))
+        h = hashlib.sha256()
+        for ko in kos:
+            h.update(ko.name.encode())
+            h.update(_sha256(ko).encode())
+        out["modules"] = Artifact(str(staging), len(kos), h.hexdigest())
+    return out
+
+
+def _read_stamp(build_dir: Path) -> dict | None:
+    try:
+        return json.loads((build_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fail(watcher: MakeWatcher, res: proc.ProcResult, log: Path, what: str) -> BuildError:
+    first = watcher.errors[0] if watcher.errors else None
+    if res.timed_out:
+        msg = f"{what}: timed out after {res.duration:.0f}s (log {log})"
+    elif first:
+        m = ERROR_RE.match(first)
+        msg = f"{what}: {m.group('file')}:{m.group('line')}: {m.group('msg')} (log {log})"
+    else:
+        msg = f"{what}: make exited {res.returncode} (log {log})"
+    detail_lines = watcher.error_context[:15] or res.stdout.splitlines()[-15:]
+    return BuildError(msg, detail="\n".join(detail_lines))
+
+
+def run_make(srctree: Path, build_dir: Path, targets: list[str], *, wrapper: str | None, jobs: int | None,
+             log: Path, expected_steps: int | None = None, progress=None, extra: list[str] = (),
+             timeout: float = 4 * 3600) -> tuple[proc.ProcResult, MakeWatcher]:
+    watcher = MakeWatcher(expected_steps, progress)
+    cmd = ["make", "-C", str(srctree), f"O={build_dir}", f"CC={cc_for(wrapper)}",
+           f"-j{jobs or cores()}", *extra, *targets]
+    try:
+        res = proc.stream(cmd, on_line=watcher, env=make_env(wrapper), log=log, timeout=timeout)
+    except OSError as exc:
+        raise KptError(f"cannot run make for {build_dir}: {exc}") from None
+    return res, watcher
+
+
+def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: str,
+                config_text: str, config_hash: str, wrapper: str | None = "ccache",
+                jobs: int | None = None, progress=None, log_dir: Path | None = None,
+                force: bool = False) -> BuildResult:
+    """Build bzImage and modules for config_text in a build folder of its own."""
+    srctree = Path(srctree)
+    if not (srctree / "Makefile").is_file():
+        raise UsageError(f"{srctree}: not a kernel source tree (no Makefile); did the worktree vanish?")
+    build_dir = build_dir_for(ws, tree, srctree, profile, config_hash)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log = (log_dir or build_dir) / "build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    state = source_state(srctree)
+    ident = {"config_hash": config_hash, "source": state, "compiler": compiler_id(wrapper),
+             "srctree": str(srctree.resolve())}
+    stamp = _read_stamp(build_dir)
+    if not force and state and stamp and stamp.get("identity") == ident and (build_dir / "arch/x86/boot/bzImage").exists():
+        return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), True,
+                           time.monotonic() - t0, log, stamp.get("warnings", []),
+                           {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
+
+    cfg = build_dir / ".config"
+    with build_lock(progress):
+        (build_dir / STAMP).unlink(missing_ok=True)
+        if not cfg.exists() or cfg.read_text() != config_text:
+            # Only a changed config is written: its mtime drives kbuild's syncconfig.
+            tmp = cfg.with_suffix(".kpt-new")
+            tmp.write_text(config_text)
+            os.replace(tmp, cfg)
+        log.write_text("")
+        modules = "CONFIG_MODULES=y" in config_text
+        targets = ["bzImage"] + (["modules"] if modules else [])
+        expected = (stamp or {}).get("steps") or None
+        res, w = run_make(srctree, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log,
+                          expected_steps=expected, progress=progress)
+        if not res.ok:
+            raise _fail(w, res, log, f"build of {tree} ({profile}) failed")
+        staging = build_dir / "staging"
+        if staging.exists():
+            shutil.rmtree(staging)
+        if modules:
+            r2, w2 = run_make(srctree, build_dir, ["modules_install"], wrapper=wrapper, jobs=1, log=log,
+                              extra=[f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1", "DEPMOD=/bin/true"]
+                              if not shutil.which("depmod") else [f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1"])
+            if not r2.ok:
+                raise _fail(w2, r2, log, f"modules_install of {tree} ({profile}) failed")
+        arts = _collect(build_dir)
+        stamp = {"identity": ident, "warnings": w.warnings, "steps": max(w.steps, expected or 0),
+                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
+        (build_dir / STAMP).write_text(json.dumps(stamp, indent=1))
+    return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), False,
+                       time.monotonic() - t0, log, w.warnings, arts)
+
+
+def build_module(ws: Workspace, build: BuildResult, subdir: str, *, srctree: Path | None = None,
+                 wrapper: str | None = "ccache", jobs: int | None = None, progress=None) -> list[Path]:
+    """Rebuild the modules of one directory against an already built kernel.
+
+    The rebuilt .ko files replace those in the staging folder, so the next
+    image and boot use them without rebuilding the kernel.
+    """
+    srctree = Path(srctree or build.srctree)
+    subdir = subdir.strip("/")
+    if not (srctree / subdir).is_dir():
+        raise UsageError(f"{srctree / subdir}: no such directory in the tree")
+    if not (build.build_dir / "Module.symvers").exists():
+        raise UsageError(f"{build.build_dir}: the kernel of profile '{build.profile}' is not built yet (run `kpt build linux`)")
+    log = build.build_dir / "module.log"
+    log.write_text("")
+    kos = sorted(p.name for p in (build.build_dir / subdir).glob("*.ko"))
+    if not kos:
+        raise UsageError(f"{subdir}: the '{build.profile}' build has no modules there (is it built-in, =y?)")
+    with build_lock(progress):
+        # Single-target .ko builds compile the directory and run modpost for
+        # just these modules: seconds, where `make modules` walks the tree.
+        res, w = run_make(srctree, build.build_dir, [f"{subdir}/{k}" for k in kos], wrapper=wrapper,
+                          jobs=jobs, log=log, progress=progress)
+        if not res.ok:
+            raise _fail(w, res, log, f"module build of {subdir} failed")
+    built = sorted((build.build_dir / subdir).glob("*.ko"))
+    release = build.kernel_release
+    dest_root = build.modules_dir / "lib/modules" / release / "kernel" / subdir
+    replaced = []
+    for ko in built:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        dest = dest_root / ko.name
+        tmp = dest.with_suffix(".ko.kpt-new")
+        shutil.copyfile(ko, tmp)
+        proc.run(["strip", "--strip-debug", str(tmp)], timeout=60)
+        os.replace(tmp, dest)
+        replaced.append(dest)
+    return replaced
+
+
+# --------------------------------------------------------------------------
+# warnings per patch (kpt build --each)
+
+
+def _warning_file(w: str) -> str:
+    m = WARN_RE.match(w)
+    return m.group("file") if m else ""
+
+
+def _norm_warning(w: str) -> str:
+    # Line numbers move when a patch adds lines above; compare file + message.
+    m = WARN_RE.match(w)
+    return f"{m.group('file')}: {m.group('msg')}" if m else w
+
+
+class WarningLedger:
+    """The warnings of a tree, file by file, across incremental builds.
+
+    An incremental build only recompiles what changed, so only those files'
+    warnings are seen again; every other file keeps the warnings it had.
+    """
+
+    def __init__(self):
+        self.by_file: dict[str, set[str]] = {}
+
+    def update(self, compiled: list[str], warnings: list[str]) -> tuple[set[str], set[str]]:
+        before = self.all()
+        seen: dict[str, set[str]] = {}
+        for w in warnings:
+            seen.setdefault(_warning_file(w), set()).add(_norm_warning(w))
+        for obj in compiled:
+            src_stem = obj.rsplit(".", 1)[0]
+            for f in list(self.by_file):
+                if f.rsplit(".", 1)[0].endswith(src_stem):
+                    self.by_file.pop(f)
+        for f, ws_ in seen.items():
+            self.by_file[f] = ws_
+        after = self.all()
+        return after - before, before - after
+
+    def all(self) -> set[str]:
+        return set().union(*self.by_file.values()) if self.by_file else set()
+
+
+@dataclass
+class EachStep:
+    index: int
+    commit: str
+    subject: str
+    status: str  # builds, fails
+    new_warnings: list[str]
+    fixed_warnings: list[str]
+    error: str = ""
+    seconds: float = 0.0
+
+
+def build_each(ws: Workspace, *, worktree: Path, base: str, tree: str, profile: str, config_text: str,
+               config_hash: str, wrapper: str | None = "ccache", jobs: int | None = None,
+               progress=None, make_targets: list[str] | None = None) -> list[EachStep]:
+    """Build after each commit base..HEAD of worktree, incrementally, in a worktree of our own."""
+    commits = proc.run(["git", "-C", str(worktree), "rev-list", "--reverse", f"{base}..HEAD"], check=True).stdout.split()
+    if not commits:
+        raise UsageError(f"{worktree}: no commits between {base[:12]} and HEAD to build")
+    each_dir = ws.cache_dir / "worktrees" / tree / f"each-{hashlib.sha256(str(worktree).encode()).hexdigest()[:8]}"
+    if each_dir.exists():
+        # Ours: a detached bisect worktree nobody edits; bring it to the base.
+        proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", base], check=True, timeout=600)
+    else:
+        proc.run(["git", "-C", str(worktree), "worktree", "add", "-q", "--detach", str(each_dir), base],
+                 check=True, timeout=1800)
+    build_dir = build_dir_for(ws, tree, each_dir, profile, config_hash)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / ".config").write_text(config_text) if not (build_dir / ".config").exists() or \
+        (build_dir / ".config").read_text() != config_text else None
+    targets = make_targets or (["bzImage"] + (["modules"] if "CONFIG_MODULES=y" in config_text else []))
+    ledger = WarningLedger()
+    steps: list[EachStep] = []
+    log = build_dir / "each.log"
+    log.write_text("")
+    with build_lock(progress):
+        if progress:
+            progress(f"building the base {base[:12]} first")
+        res, w = run_make(each_dir, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log, progress=progress)
+        if not res.ok:
+            raise _fail(w, res, log, f"the base {base[:12]} does not build")
+        ledger.update(w.compiled, w.warnings)
+        for i, c in enumerate(commits, 1):
+            subject = proc.run(["git", "-C", str(worktree), "log", "-1", "--format=%s", c]).stdout.strip()
+            if progress:
+                progress(f"patch {i}/{len(commits)}: {subject}")
+            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", c], check=True, timeout=600)
+            t = time.monotonic()
+            res, w = run_make(each_dir, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log, progress=progress)
+            if not res.ok:
+                err = _fail(w, res, log, f"patch {i}/{len(commits)} '{subject}'")
+                steps.append(EachStep(i, c, subject, "fails", [], [], err.message, time.monotonic() - t))
+                # Later patches build on a broken one: the first failure is the answer.
+                break
+            new, fixed = ledger.update(w.compiled, w.warnings)
+            steps.append(EachStep(i, c, subject, "builds", sorted(new), sorted(fixed), "", time.monotonic() - t))
+    return steps
