@@ -1,0 +1,126 @@
+"""`kpt build ...`: Linux, one module, per-patch bisect builds, Xen, QEMU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def register(main):
+    from kpatch_tool.cli import console, say
+
+    @main.group(invoke_without_command=True)
+    @click.option("--each", "each", metavar="SERIES", help="Build after every patch of SERIES (bisectability).")
+    @click.option("--profile", default="guest", show_default=True)
+    @click.option("--tree", default="linux", show_default=True)
+    @click.option("--wrapper", default="ccache", show_default=True, help="Compiler wrapper: ccache, distcc, icecc or none.")
+    @click.option("--jobs", "-j", type=int, default=None, help="make -j (default: the cores we may use).")
+    @click.pass_context
+    def build(ctx, each, profile, tree, wrapper, jobs):
+        """Build kernels (and Xen / QEMU) out of tree, cached by source and config.
+
+        \b
+        Example: kpt build linux --profile guest
+        Example: kpt build --each netback-per-vif --profile xen-dom0
+        """
+        if ctx.invoked_subcommand is None:
+            if not each:
+                click.echo(ctx.get_help())
+                return
+            ctx.invoke(build_each_cmd, series=each, profile=profile, tree=tree, wrapper=wrapper, jobs=jobs)
+
+    @build.command("linux")
+    @click.option("--profile", default="guest", show_default=True)
+    @click.option("--tree", default="linux", show_default=True)
+    @click.option("--series", default=None, help="Apply this series (with its depends) first and build its worktree.")
+    @click.option("--worktree", type=click.Path(file_okay=False), default=None, help="Build this source folder instead.")
+    @click.option("--onto", default=None, help="Base ref instead of the tree's default.")
+    @click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False), help="Extra config fragment.")
+    @click.option("--wrapper", default="ccache", show_default=True)
+    @click.option("--jobs", "-j", type=int, default=None)
+    @click.option("--force", is_flag=True, help="Run make even when nothing changed.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+    @click.pass_obj
+    def build_linux_cmd(obj, profile, tree, series, worktree, onto, fragments, wrapper, jobs, force, as_json):
+        """Configure and build bzImage + modules; a rerun with nothing changed does not start make.
+
+        \b
+        Example: kpt build linux --profile xen-dom0 --series netback-per-vif
+        """
+        from kpatch_tool import pipeline
+
+        srctree, _ = pipeline.source_for(obj.ws, tree, series=series, worktree=worktree, onto=onto, progress=say)
+        res = pipeline.build_profile(obj.ws, tree, profile, srctree=srctree, series=(series,) if series else (),
+                                     fragments=tuple(Path(f) for f in fragments), wrapper=wrapper, jobs=jobs,
+                                     progress=say, force=force)
+        if as_json:
+            click.echo(json.dumps(res.to_json(), indent=1))
+            return
+        how = "cached, make not started" if res.cached else f"built in {res.duration:.1f}s"
+        console.print(f"{tree} {profile}: {res.kernel_release} ({how})")
+        console.print(f"  build dir: {res.build_dir}")
+        for name, a in res.artifacts.items():
+            console.print(f"  {name:11} {a.size:>10}  {a.sha256[:16]}  {a.path}")
+        if res.warnings:
+            console.print(f"  {len(res.warnings)} compiler warning(s); see {res.log}")
+
+    @build.command("module")
+    @click.argument("subdir")
+    @click.option("--profile", default="xen-dom0", show_default=True)
+    @click.option("--tree", default="linux", show_default=True)
+    @click.option("--series", default=None)
+    @click.option("--worktree", type=click.Path(file_okay=False), default=None)
+    @click.option("--wrapper", default="ccache", show_default=True)
+    @click.option("--jobs", "-j", type=int, default=None)
+    @click.pass_obj
+    def build_module_cmd(obj, subdir, profile, tree, series, worktree, wrapper, jobs):
+        """Rebuild the modules of one directory against the built kernel; they replace the staged ones.
+
+        \b
+        Example: kpt build module drivers/net/xen-netback --profile xen-dom0
+        """
+        from kpatch_tool import build as buildmod
+        from kpatch_tool import pipeline
+
+        srctree, _ = pipeline.source_for(obj.ws, tree, series=series, worktree=worktree, progress=say)
+        res = pipeline.build_profile(obj.ws, tree, profile, srctree=srctree, series=(series,) if series else (),
+                                     wrapper=wrapper, jobs=jobs, progress=say)
+        for ko in buildmod.build_module(obj.ws, res, subdir, wrapper=wrapper, jobs=jobs, progress=say):
+            console.print(f"staged {ko}")
+
+    @build.command("each")
+    @click.argument("series")
+    @click.option("--profile", default="guest", show_default=True)
+    @click.option("--tree", default="linux", show_default=True)
+    @click.option("--wrapper", default="ccache", show_default=True)
+    @click.option("--jobs", "-j", type=int, default=None)
+    @click.pass_obj
+    def build_each_cmd(obj, series, profile, tree, wrapper, jobs):
+        """Build after each patch of a series; report builds/fails and new warnings per patch.
+
+        \b
+        Example: kpt build each netback-per-vif --profile xen-dom0
+        """
+        from kpatch_tool import build as buildmod
+        from kpatch_tool import pipeline
+        from kpatch_tool.errors import BuildError
+
+        srctree, base = pipeline.source_for(obj.ws, tree, series=series, progress=say)
+        cfg = pipeline.config_for(obj.ws, srctree, profile, series=(series,))
+        steps = buildmod.build_each(obj.ws, worktree=srctree, base=base, tree=tree, profile=profile,
+                                    config_text=cfg.config_text, config_hash=cfg.config_hash, wrapper=wrapper,
+                                    jobs=jobs, progress=say)
+        bad = False
+        for s in steps:
+            mark = "builds" if s.status == "builds" else "FAILS"
+            delta = f"+{len(s.new_warnings)} -{len(s.fixed_warnings)} warnings"
+            console.print(f"{s.index:3} {mark:6} {delta:22} {s.seconds:6.1f}s  {s.subject}")
+            for w in s.new_warnings:
+                console.print(f"      new warning: {w}")
+            if s.error:
+                console.print(f"      {s.error}")
+            bad |= s.status != "builds" or bool(s.new_warnings)
+        if bad:
+            raise BuildError(f"series {series}: not every patch builds cleanly (see above)")

@@ -1,0 +1,175 @@
+"""Trees: imports from tarballs, local repositories and git URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import git
+from kpatch_tool import trees
+from kpatch_tool.errors import EXIT_USAGE, KptError, UsageError
+
+
+def _tar_xz(path: Path, members: dict[str, bytes | tuple]) -> Path:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for name, data in members.items():
+            ti = tarfile.TarInfo(f"top/{name}")
+            if isinstance(data, tuple):  # ("symlink", target) or ("exec", bytes)
+                kind, payload = data
+                if kind == "symlink":
+                    ti.type = tarfile.SYMTYPE
+                    ti.linkname = payload
+                    tf.addfile(ti)
+                    continue
+                ti.mode = 0o755
+                data = payload
+            ti.size = len(data)
+            ti.mtime = 1700000000
+            tf.addfile(ti, io.BytesIO(data))
+    subprocess.run(["xz", "-c"], input=raw.getvalue(), stdout=open(path, "wb"), check=True)
+    return path
+
+
+def test_tarball_stream_gives_the_same_files_and_drops_debians_ignore_all_block(tmp_path):
+    gitignore = b"*.o\n# Debian packaging\n/*\n!/debian/\n"
+    tarball = _tar_xz(tmp_path / "src.tar.xz", {
+        ".gitignore": gitignore, "Makefile": b"all:\n", "scripts/run.sh": ("exec", b"#!/bin/sh\n"),
+        "link": ("symlink", "Makefile"), "dir/a b.c": b"int x;\n",
+    })
+    repo = tmp_path / "r.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    fi = trees.FastImport(repo)
+    count, newest = trees._tar_stream_into(fi, tarball)
+    fi.commit("refs/heads/import", "msg\n", newest, tag="debian/1.0")
+    fi.close()
+    assert count == 5
+    listing = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "-r", "import"], capture_output=True, text=True).stdout
+    modes = {line.split("\t")[1]: line.split()[0] for line in listing.splitlines()}
+    assert modes == {".gitignore": "100644", "Makefile": "100644", "dir/a b.c": "100644",
+                     "link": "120000", "scripts/run.sh": "100755"}
+    show = lambda p: subprocess.run(["git", "--git-dir", str(repo), "show", f"import:{p}"], capture_output=True).stdout
+    assert show(".gitignore") == b"*.o\n# Debian packaging\n"
+    assert show("dir/a b.c") == b"int x;\n"
+    tag = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "debian/1.0^{commit}"], capture_output=True, text=True)
+    assert tag.returncode == 0
+
+
+def test_same_tarball_gives_the_same_commit(tmp_path):
+    tarball = _tar_xz(tmp_path / "src.tar.xz", {"b": b"2\n", "a": b"1\n"})
+    shas = []
+    for n in range(2):
+        repo = tmp_path / f"r{n}.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+        fi = trees.FastImport(repo)
+        _, newest = trees._tar_stream_into(fi, tarball)
+        fi.commit("refs/heads/import", "m\n", newest)
+        fi.close()
+        shas.append(subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "import"], capture_output=True, text=True).stdout)
+    assert shas[0] == shas[1]
+
+
+def test_local_repository_is_used_in_place_and_left_untouched(make_repo, tmp_ws):
+    repo = make_repo("user-linux", {"Makefile": "all:\n"})
+    (repo / "Makefile").write_text("changed by the user\n")
+    before = git(repo, "status", "--porcelain")
+    ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n')
+    messages = []
+    tree = trees.import_tree(ws, "linux", progress=messages.append)
+    assert tree.in_place and tree.state == "dirty"
+    assert any("uncommitted changes" in m for m in messages)
+    assert git(repo, "status", "--porcelain") == before
+    assert (repo / "Makefile").read_text() == "changed by the user\n"
+    assert tree.commit == git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_a_path_that_is_not_a_repository_is_a_usage_error(tmp_path, tmp_ws):
+    (tmp_path / "plain").mkdir()
+    ws = tmp_ws(f'[trees.linux]\nsource = "{tmp_path / "plain"}"\n')
+    with pytest.raises(UsageError, match="is not a git repository") as exc:
+        trees.import_tree(ws, "linux")
+    assert exc.value.exit_code == EXIT_USAGE
+
+
+def test_unknown_tree_name_names_the_workspace_file(tmp_ws):
+    ws = tmp_ws('[trees.linux]\nsource = "/nonexistent"\n')
+    with pytest.raises(UsageError, match=r"unknown tree 'lnux'.*kpt.toml has: linux"):
+        trees.import_tree(ws, "lnux")
+
+
+def test_missing_debian_package_is_named(tmp_ws):
+    ws = tmp_ws('[trees.linux]\nsource = "debian:linux-source-0.0-no-such"\n')
+    with pytest.raises(KptError, match="linux-source-0.0-no-such"):
+        trees.import_tree(ws, "linux")
+
+
+def test_url_import_is_cached_and_a_second_import_does_nothing(make_repo, tmp_ws):
+    origin = make_repo("origin", {"a": "1\n"})
+    ws = tmp_ws(f'[trees.t]\nsource = "file://{origin}"\n')
+    t1 = trees.import_tree(ws, "t")
+    assert t1.state == "imported" and t1.commit == git(origin, "rev-parse", "HEAD").strip()
+    stamp = (t1.repo / trees.STAMP).read_text()
+    start = time.monotonic()
+    t2 = trees.import_tree(ws, "t")
+    assert time.monotonic() - start < 1.0
+    assert (t2.repo / trees.STAMP).read_text() == stamp
+
+
+def test_half_written_cache_is_never_trusted(make_repo, tmp_ws):
+    origin = make_repo("origin", {"a": "1\n"})
+    ws = tmp_ws(f'[trees.t]\nsource = "file://{origin}"\n')
+    # A killed import leaves a temp folder and, worse, a final folder without a stamp.
+    (ws.trees_dir / ".tmp-t-1234").mkdir(parents=True)
+    (ws.trees_dir / "t").mkdir()
+    (ws.trees_dir / "t" / "junk").write_text("half")
+    messages = []
+    tree = trees.import_tree(ws, "t", progress=messages.append)
+    assert tree.state == "imported"
+    assert not (ws.trees_dir / ".tmp-t-1234").exists()
+    assert not (tree.repo / "junk").exists()
+    assert any("half-written" in m for m in messages)
+
+
+def test_checkout_is_made_once_and_is_detached_at_the_base(make_repo, tmp_ws):
+    origin = make_repo("origin", {"a": "1\n"})
+    ws = tmp_ws(f'[trees.t]\nsource = "file://{origin}"\n')
+    path = trees.checkout(ws, "t")
+    assert (path / "a").read_text() == "1\n"
+    assert git(path, "rev-parse", "HEAD").strip() == git(origin, "rev-parse", "HEAD").strip()
+    assert trees.checkout(ws, "t") == path
+
+
+def test_unknown_ref_is_a_usage_error(make_repo, tmp_ws):
+    origin = make_repo("origin", {"a": "1\n"})
+    ws = tmp_ws(f'[trees.t]\nsource = "file://{origin}"\n')
+    with pytest.raises(UsageError, match="no ref 'v9.9'"):
+        trees.checkout(ws, "t", "v9.9")
+
+
+@pytest.mark.slow
+def test_real_linux_source_import_matches_the_tarball(linux_tree):
+    """The import of Debian's linux-source-6.1 has the tarball's files and bytes."""
+    stamp = json.loads((linux_tree.repo / trees.STAMP).read_text())
+    tarball = Path(stamp["identity"]["tarball"]["path"])
+    listing = subprocess.run(["git", "--git-dir", str(linux_tree.repo), "ls-tree", "-r", "--full-tree", "import"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    in_git = {l.split("\t", 1)[1]: l.split()[2] for l in listing}
+    names = subprocess.run(["tar", "tJf", str(tarball)], capture_output=True, text=True, check=True).stdout.splitlines()
+    files = [n.split("/", 1)[1] for n in names if not n.endswith("/") and "/" in n and n.split("/", 1)[1]]
+    assert len(in_git) == len(files) == stamp["files"]
+    assert set(in_git) == set(files)
+    rng = random.Random(7)
+    sample = rng.sample([f for f in files if f != ".gitignore"], 25)
+    data = subprocess.run(["tar", "xJOf", str(tarball), *[f"linux-source-6.1/{f}" for f in sample]],
+                          capture_output=True, check=True).stdout
+    blobs = b"".join(subprocess.run(["git", "--git-dir", str(linux_tree.repo), "cat-file", "blob", in_git[f]],
+                                    capture_output=True, check=True).stdout for f in sample)
+    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(blobs).hexdigest()
