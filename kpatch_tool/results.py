@@ -1,0 +1,148 @@
+"""Run results on disk: results.json (ours) and results.xml (JUnit, for CI), and a table.
+
+One JUnit testcase per leaf test. A top-level KTAP test with subtests is a
+group (a series, `base`, or a KUnit suite): its leaves get the classname
+`<group>.<mode>`; top-level tests without subtests get `base.<mode>`.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kpatch_tool.errors import UsageError
+from kpatch_tool.ktap import FAIL, PASS, SKIP, TODO, KtapResult
+
+RESULTS_JSON = "results.json"
+RESULTS_XML = "results.xml"
+
+
+@dataclass
+class CaseResult:
+    classname: str  # <series or base>.<mode>
+    name: str  # the test (path below its group, dot-joined)
+    status: str  # pass, fail, skip, todo
+    reason: str = ""
+    output: str = ""  # the KTAP diagnostics: the check's output
+
+
+@dataclass
+class RunResults:
+    mode: str
+    verdict: str  # pass, fail, panic, oops, timeout, no-ktap
+    message: str = ""
+    duration: float = 0.0
+    console_log: str = ""
+    cases: list[CaseResult] = field(default_factory=list)
+    ktap_errors: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        c = {PASS: 0, FAIL: 0, SKIP: 0, TODO: 0}
+        for case in self.cases:
+            c[case.status] = c.get(case.status, 0) + 1
+        return c
+
+
+def cases_from_ktap(k: KtapResult, mode: str) -> list[CaseResult]:
+    out = []
+    for top in k.tests:
+        if top.subtests:
+            group = top.name
+            for path, t in top.leaves():
+                out.append(CaseResult(f"{group}.{mode}", ".".join(path[1:]), t.status, t.reason,
+                                      "\n".join(t.diagnostics)))
+            # A group that failed with every leaf passing (e.g. a crashed suite) still fails.
+            if top.failed and not any(t.failed for _, t in top.leaves()):
+                out.append(CaseResult(f"{group}.{mode}", "(suite)", FAIL, top.reason or "suite failed",
+                                      "\n".join(top.diagnostics)))
+        else:
+            out.append(CaseResult(f"base.{mode}", top.name, top.status, top.reason, "\n".join(top.diagnostics)))
+    return out
+
+
+def write_json(path: Path, results: RunResults) -> Path:
+    path = Path(path)
+    data = asdict(results)
+    data["counts"] = results.counts()
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def load_json(path: Path) -> RunResults:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read results ({exc})") from None
+    data.pop("counts", None)
+    cases = [CaseResult(**c) for c in data.pop("cases", [])]
+    return RunResults(cases=cases, **data)
+
+
+def write_junit(path: Path, results: RunResults) -> Path:
+    """JUnit XML: one <testsuite> per classname, one <testcase> per test."""
+    path = Path(path)
+    suites: dict[str, list[CaseResult]] = {}
+    for c in results.cases:
+        suites.setdefault(c.classname, []).append(c)
+    root = ET.Element("testsuites", name=f"kpt boot {results.mode}", tests=str(len(results.cases)),
+                      failures=str(sum(c.status == FAIL for c in results.cases)),
+                      time=f"{results.duration:.3f}")
+    # A boot that never produced results (panic, timeout) is itself a failing testcase,
+    # or CI would show a green empty run.
+    if results.verdict not in ("pass", "fail"):
+        suites.setdefault(f"boot.{results.mode}", []).insert(
+            0, CaseResult(f"boot.{results.mode}", "boot", FAIL, f"{results.verdict}: {results.message}"))
+        root.set("tests", str(len(results.cases) + 1))
+        root.set("errors", "1")
+    for name, cases in suites.items():
+        s = ET.SubElement(root, "testsuite", name=name, tests=str(len(cases)),
+                          failures=str(sum(c.status == FAIL for c in cases)),
+                          skipped=str(sum(c.status in (SKIP, TODO) for c in cases)))
+        # JUnit's schema has properties only on a testsuite, first.
+        props = ET.SubElement(s, "properties")
+        ET.SubElement(props, "property", name="verdict", value=results.verdict)
+        if results.console_log:
+            ET.SubElement(props, "property", name="console_log", value=results.console_log)
+        for c in cases:
+            tc = ET.SubElement(s, "testcase", classname=c.classname, name=c.name)
+            if c.status == FAIL:
+                f = ET.SubElement(tc, "failure", message=c.reason or "not ok")
+                f.text = c.output or None
+            elif c.status in (SKIP, TODO):
+                ET.SubElement(tc, "skipped", message=(f"TODO {c.reason}" if c.status == TODO else c.reason))
+            if c.output and c.status != FAIL:
+                out = ET.SubElement(tc, "system-out")
+                out.text = c.output
+    ET.indent(root)
+    path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
+    return path
+
+
+def find(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    for cand in (run_dir / RESULTS_JSON, run_dir / "boot" / RESULTS_JSON, run_dir):
+        if cand.is_file():
+            return cand
+    raise UsageError(f"{run_dir}: no {RESULTS_JSON} (run `kpt boot --out {run_dir}` first)")
+
+
+def print_table(results: RunResults, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    style = {PASS: "green", FAIL: "red", SKIP: "yellow", TODO: "yellow"}
+    table = Table("class", "test", "result", "reason")
+    for c in results.cases:
+        st = style.get(c.status, "")
+        table.add_row(escape(c.classname), escape(c.name), f"[{st}]{c.status}[/{st}]", escape(c.reason))
+    console.print(table)
+    n = results.counts()
+    vstyle = "green" if results.verdict == "pass" else "red"
+    console.print(f"verdict [{vstyle}]{results.verdict}[/{vstyle}]"
+                  f"{': ' + escape(results.message) if results.message else ''} - "
+                  f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped, {n[TODO]} todo "
+                  f"in {results.duration:.1f}s; console: {escape(results.console_log)}")
