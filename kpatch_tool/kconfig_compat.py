@@ -1,0 +1,164 @@
+"""The smallest layer that lets kconfiglib 14.1.0 read Linux 6.x Kconfig files.
+
+kconfiglib's last release (2020) predates two changes in the kernel's Kconfig
+language that matter here. Both are handled in this module, in our code; the
+installed kconfiglib stays unmodified.
+
+1. The bare ``modules`` property (Linux >= 5.13, ``kernel/module/Kconfig``
+   in 6.1: ``menuconfig MODULES ... modules``) replaced ``option modules``.
+   kconfiglib already assumes that the symbol named MODULES is the modules
+   switch (``Kconfig.modules``), so the keyword carries no information for it:
+   :class:`Kconfig` accepts it as a no-op property and keeps parsing the rest
+   of the entry's properties. This was the only construct of 6.1 and 6.12 that
+   failed (both parse completely with it).
+
+2. ``$(shell,...)`` runs in the caller's working directory in kconfiglib.
+   Kbuild runs ``conf`` in the object tree, and the compiler-feature macros of
+   ``scripts/Kconfig.include`` rely on that: ``cc-option`` does
+   ``mkdir .tmp_$$`` in the current directory, so in a read-only or unrelated
+   cwd every ``cc-option`` silently evaluates to n. :func:`shell_fn` (loaded by
+   kconfiglib's documented ``KCONFIG_FUNCTIONS`` hook) runs the command with
+   ``/bin/sh -c`` in a private scratch directory that plays the object tree, with
+   the environment kbuild exports (:func:`kbuild_env`).
+
+Everything else (environment, base configs) is kbuild's behaviour reproduced in
+kconfig.py, checked against ``make olddefconfig`` by ``kconfig.cross_check``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import kconfiglib
+
+# kconfiglib's token for a bare `modules` line (its keyword table already has
+# it, for `option modules`).
+_T_MODULES = kconfiglib._T_MODULES
+
+# Where $(shell,...) runs: set per parse by kconfig._parse (one parse at a time
+# per process; the module-level lock there serialises them).
+SHELL_CWD: str | None = None
+
+
+class Kconfig(kconfiglib.Kconfig):
+    """kconfiglib.Kconfig that also accepts the bare `modules` property."""
+
+    def _parse_props(self, node):
+        # The base parser stops at the first line that is not a property and
+        # leaves it for the block parser (`_reuse_tokens`), which rejects a
+        # bare `modules`. Consume it here and continue with the properties that
+        # follow it. The base method restarts node.dep at y, so keep the
+        # `depends on` seen before the keyword.
+        super()._parse_props(node)
+        while (self._reuse_tokens and self._tokens[0] is _T_MODULES
+               and self._tokens[1] is None):
+            if node.item is not self.modules:
+                self._warn(f"'modules' on {getattr(node.item, 'name', node.item)}: "
+                           "only MODULES is treated as the modules switch",
+                           self.filename, self.linenr)
+            self._reuse_tokens = False
+            dep = node.dep
+            super()._parse_props(node)
+            node.dep = self._make_and(dep, node.dep)
+
+
+def shell_fn(kconf, _name, command):
+    """$(shell,command) as kbuild evaluates it: sh -c, in the object tree."""
+    res = subprocess.run(["/bin/sh", "-c", command], cwd=SHELL_CWD or tempfile.gettempdir(),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, timeout=120)
+    out = res.stdout.decode("utf-8", "replace")
+    err = res.stderr.decode("utf-8", "replace")
+    if err:
+        kconf._warn(f"'{command}' wrote to stderr: {' '.join(err.splitlines())}",
+                    kconf.filename, kconf.linenr)
+    # Same normalisation as kbuild's preprocessor: newlines become spaces,
+    # trailing ones dropped.
+    return "\n".join(out.splitlines()).rstrip("\n").replace("\n", " ")
+
+
+# kconfiglib imports the module named by $KCONFIG_FUNCTIONS and merges its
+# `functions` dict over the built-ins (name: (function, min args, max args)).
+functions = {"shell": (shell_fn, 1, 1)}
+FUNCTIONS_MODULE = __name__
+
+
+def kbuild_env(srctree: str, arch: str = "x86") -> dict[str, str]:
+    """The variables the top-level Makefile exports to conf (its defaults).
+
+    Kconfig files reference them through $(VAR): CC/LD/OBJCOPY feed feature
+    tests (X86_X32_ABI depends on $(OBJCOPY)), CC_VERSION_TEXT becomes a
+    symbol value, PAHOLE/RUSTC/BINDGEN give version symbols.
+    """
+    srcarch = {"x86_64": "x86", "i386": "x86", "x86": "x86"}.get(arch, arch)
+    env = {
+        "srctree": srctree,
+        "ARCH": arch,
+        "SRCARCH": srcarch,
+        "CC": "gcc",
+        "HOSTCC": "gcc",
+        "HOSTCXX": "g++",
+        "LD": "ld",
+        "AR": "ar",
+        "NM": "nm",
+        "STRIP": "strip",
+        "OBJCOPY": "objcopy",
+        "OBJDUMP": "objdump",
+        "READELF": "readelf",
+        "PAHOLE": "pahole",
+        "RESOLVE_BTFIDS": "",
+        "LEX": "flex",
+        "YACC": "bison",
+        "AWK": "awk",
+        "PERL": "perl",
+        "PYTHON3": "python3",
+        "RUSTC": "rustc",
+        "RUSTDOC": "rustdoc",
+        "RUSTFMT": "rustfmt",
+        "BINDGEN": "bindgen",
+        "CARGO": "cargo",
+        "HOSTRUSTC": "rustc",
+        "HOSTPKG_CONFIG": "pkg-config",
+        "CONFIG_SHELL": "sh",
+        "KERNELVERSION": kernelversion(srctree),
+        "CC_VERSION_TEXT": cc_version_text("gcc"),
+        "KCONFIG_FUNCTIONS": FUNCTIONS_MODULE,
+    }
+    return env
+
+
+def kernelversion(srctree: str) -> str:
+    """`make -s kernelversion`, read from the top-level Makefile."""
+    fields = {}
+    try:
+        with open(os.path.join(srctree, "Makefile"), encoding="utf-8", errors="replace") as fh:
+            for _ in range(20):
+                line = fh.readline()
+                key, sep, val = line.partition("=")
+                if sep and key.strip() in ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION"):
+                    fields[key.strip()] = val.strip()
+    except OSError:
+        return ""
+    ver = f"{fields.get('VERSION', '0')}.{fields.get('PATCHLEVEL', '0')}"
+    # The Makefile's rule: SUBLEVEL is shown only when non-empty.
+    if fields.get("SUBLEVEL"):
+        ver += f".{fields['SUBLEVEL']}"
+    return ver + fields.get("EXTRAVERSION", "")
+
+
+_CC_TEXT: dict[str, str] = {}
+
+
+def cc_version_text(cc: str) -> str:
+    """Kbuild's CC_VERSION_TEXT: first line of `LC_ALL=C $(CC) --version`, '#' removed."""
+    if cc not in _CC_TEXT:
+        try:
+            out = subprocess.run([cc, "--version"], env={**os.environ, "LC_ALL": "C"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        _CC_TEXT[cc] = (out.splitlines() or [""])[0].replace("#", "")
+    return _CC_TEXT[cc]
