@@ -96,3 +96,91 @@ def guest_kernel(guest_build) -> Path:
     if os.environ.get("KPT_TEST_BZIMAGE"):
         return Path(os.environ["KPT_TEST_BZIMAGE"])
     return guest_build.bzimage
+
+
+# ---------------------------------------------------------------- series (issue 3)
+
+SERIES_DATE = "2024-01-02T03:04:05+0000"
+
+
+def _numbered(prefix: str, n: int = 30) -> str:
+    return "".join(f"{prefix} line {i}\n" for i in range(1, n + 1))
+
+
+def _commit(repo: Path, msg: str, files: dict[str, str | None], author: str | None = None) -> str:
+    for rel, text in files.items():
+        p = repo / rel
+        if text is None:
+            git(repo, "rm", "-q", rel)
+            continue
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        git(repo, "add", rel)
+    env = {**os.environ, "GIT_AUTHOR_DATE": SERIES_DATE, "GIT_COMMITTER_DATE": SERIES_DATE}
+    args = ["commit", "-q", "-m", msg]
+    if author:
+        args += ["--author", author]
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+@pytest.fixture
+def series_repo(make_repo):
+    """A small kernel-like repo with a 3-patch stack (branch `work`) and bases:
+
+    v1        the base the stack was written on
+    v2        unrelated change + 3 lines inserted above patch 1's hunk (offset)
+    merged    upstream took patch 2 ("blkfront: fix line 10") verbatim
+    merged-later  upstream took patch 2, then changed the same lines again
+    conflict  upstream changed the line patch 1 changes, differently
+    The user's checkout stays on `main` (= v1) with a clean tree.
+    """
+    net = _numbered("net")
+    blk = _numbered("blk")
+    repo = make_repo("linux-src", {"Makefile": "all:\n", "README": "readme\n",
+                                   "drivers/net/netfront.c": net, "drivers/block/blkfront.c": blk})
+    git(repo, "tag", "v1")
+    git(repo, "checkout", "-q", "-b", "work")
+    _commit(repo, "netfront: fix line 5\n\nThe fifth line was wrong.\n",
+            {"drivers/net/netfront.c": net.replace("net line 5\n", "net line 5 fixed\n")},
+            author="Ada Lovelace <ada@example.org>")
+    _commit(repo, "blkfront: fix line 10\n\nBody of the second patch.\n\nSigned-off-by: Ada Lovelace <ada@example.org>\n",
+            {"drivers/block/blkfront.c": blk.replace("blk line 10\n", "blk line 10 fixed\n")},
+            author="Ada Lovelace <ada@example.org>")
+    _commit(repo, "net: add new.c\n",
+            {"drivers/net/new.c": "int new_driver;\n"}, author="Bob Example <bob@example.org>")
+    patch2 = git(repo, "rev-parse", "work~1").strip()
+    git(repo, "checkout", "-q", "-b", "b-v2", "v1")
+    _commit(repo, "readme: update", {"README": "readme v2\n",
+                                     "drivers/net/netfront.c": "/* a */\n/* b */\n/* c */\n" + net})
+    git(repo, "tag", "v2")
+    git(repo, "checkout", "-q", "-b", "b-merged", "v1")
+    _commit(repo, "unrelated", {"Makefile": "all:\n\t@true\n"})
+    subprocess.run(["git", "-C", str(repo), "cherry-pick", patch2], check=True, capture_output=True,
+                   env={**os.environ, "GIT_COMMITTER_DATE": SERIES_DATE})
+    git(repo, "tag", "merged")
+    blk_fixed = blk.replace("blk line 10\n", "blk line 10 fixed\n")
+    _commit(repo, "blkfront: rework lines 9-11",
+            {"drivers/block/blkfront.c": blk_fixed.replace("blk line 9\n", "blk line 9 v2\n")
+             .replace("blk line 11\n", "blk line 11 v2\n")})
+    git(repo, "tag", "merged-later")
+    git(repo, "checkout", "-q", "-b", "b-conflict", "v1")
+    _commit(repo, "netfront: upstream fix", {"drivers/net/netfront.c": net.replace("net line 5\n", "net line 5 upstream\n")})
+    git(repo, "tag", "conflict")
+    git(repo, "checkout", "-q", "main")
+    return repo
+
+
+@pytest.fixture
+def series_ws(tmp_ws, series_repo):
+    """A workspace whose tree `linux` is the series_repo fixture (used in place)."""
+    return tmp_ws(f'[trees.linux]\nsource = "{series_repo}"\n')
+
+
+@pytest.fixture
+def demo_series(series_ws, series_repo):
+    """Series `demo` (3 patches for linux, base v1) imported from v1..work."""
+    from kpatch_tool import export
+
+    series, _ = export.import_stack(series_ws, "v1..work", "linux", name="demo")
+    return series

@@ -1,0 +1,548 @@
+"""The series store: `patches/<name>/` as models, loaded and validated.
+
+A series folder holds series.toml (what the series is), cover.md (the cover
+letter's title and body) and, per tree it touches, a quilt-compatible
+`<tree>/series` order file naming `NNNN-<slug>.patch` files in normalised
+`git format-patch` form (see export.py for the normal form).
+
+Loading checks everything a later stage would trip over (unknown keys and
+trees, missing or malformed patch files, dependency cycles) and names the
+file, and the line or key, at fault: a broken series is reported before any
+worktree, build or boot is started.
+"""
+
+from __future__ import annotations
+
+import builtins
+import email
+import email.policy
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from kpatch_tool import gitutil
+from kpatch_tool.errors import UsageError
+from kpatch_tool.workspace import Workspace
+
+SERIES_TOML = "series.toml"
+COVER = "cover.md"
+ORDER = "series"
+SMOKE_WHERE = ("guest", "dom0", "domU")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream"}
+TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
+SMOKE_KEYS = {"name", "where", "run", "expect", "timeout"}
+UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
+MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
+HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+@dataclass
+class Patch:
+    file: str  # name in the tree folder, as the order file spells it
+    subject: str  # without the [PATCH ...] prefix
+    author: str
+    date: str
+    tree: str
+    path: Path
+
+    def data(self) -> bytes:
+        return self.path.read_bytes()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data()).hexdigest()
+
+
+@dataclass
+class SmokeTest:
+    name: str
+    where: str  # guest, dom0 or domU
+    run: str  # a shell command line, run by the guest's /init
+    expect: str | None = None  # regex the output must match (exit 0 suffices if None)
+    timeout: float = 60.0
+
+
+@dataclass
+class SeriesTree:
+    name: str
+    base: str | None
+    subject_prefix: str = "PATCH"
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    list: str | None = None  # the mailing list (a key of series.toml, hence the name)
+    patches: builtins.list[Patch] = field(default_factory=builtins.list)
+    folder: Path = Path()
+
+    @property
+    def order_file(self) -> Path:
+        return self.folder / ORDER
+
+
+@dataclass
+class Series:
+    name: str
+    version: int
+    summary: str
+    path: Path
+    depends: list[str] = field(default_factory=list)
+    trees: dict[str, SeriesTree] = field(default_factory=dict)
+    changelog: dict[int, str] = field(default_factory=dict)
+    smoke: list[SmokeTest] = field(default_factory=list)
+    fragments: list[Path] = field(default_factory=list)
+    upstream: list[dict] = field(default_factory=list)
+    cover_title: str = ""
+    cover_body: str = ""
+
+    @property
+    def toml_path(self) -> Path:
+        return self.path / SERIES_TOML
+
+    @property
+    def branch(self) -> str:
+        return branch_name(self.name, self.version)
+
+    def tree(self, name: str | None) -> SeriesTree:
+        """The series' part for tree `name` (None: its only tree)."""
+        if name is None:
+            if len(self.trees) == 1:
+                return next(iter(self.trees.values()))
+            known = ", ".join(self.trees) or "none"
+            raise UsageError(f"series '{self.name}' touches several trees ({known}): say which with --tree")
+        try:
+            return self.trees[name]
+        except KeyError:
+            known = ", ".join(self.trees) or "none"
+            raise UsageError(f"series '{self.name}' has no patches for tree '{name}' ({self.toml_path} has: {known})") from None
+
+
+def branch_name(name: str, version: int) -> str:
+    return f"kpt/{name}/v{version}"
+
+
+# --------------------------------------------------------------------------
+# patch files
+
+
+def _where(path: Path, lineno: int | None = None) -> str:
+    return f"{path}:{lineno}" if lineno else str(path)
+
+
+def _check_path(path: Path, lineno: int, p: str) -> None:
+    p = p.strip()
+    if p.startswith('"'):
+        p = p.strip('"')
+    if p == "/dev/null":
+        return
+    if p.startswith("/"):
+        raise UsageError(f"{_where(path, lineno)}: patch touches absolute path '{p}'")
+    parts = p.split("/")
+    if ".." in parts:
+        raise UsageError(f"{_where(path, lineno)}: patch touches '{p}', outside the tree")
+
+
+def _check_diff(path: Path, data: bytes, start_line: int) -> int:
+    """Paths stay inside the tree and hunks are complete; returns the file count."""
+    lines = data.split(b"\n")
+    files = 0
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        lineno = start_line + i
+        if line.startswith(b"diff --git "):
+            files += 1
+            m = re.match(rb"diff --git (\"?a/.*?\"?) (\"?b/.*\"?)$", line)
+            if m:
+                for part in m.groups():
+                    text = part.decode("utf-8", "replace").strip('"')
+                    _check_path(path, lineno, text[2:])
+        elif line.startswith((b"--- ", b"+++ ")) and i + 1 < n:
+            name = line[4:].split(b"\t")[0].decode("utf-8", "replace").strip('"')
+            if name != "/dev/null":
+                _check_path(path, lineno, name.split("/", 1)[1] if "/" in name else name)
+        elif line.startswith((b"rename from ", b"rename to ", b"copy from ", b"copy to ")):
+            _check_path(path, lineno, line.split(b" ", 2)[2].decode("utf-8", "replace"))
+        elif line.startswith(b"@@ "):
+            m = HUNK_RE.match(line)
+            if not m:
+                raise UsageError(f"{_where(path, lineno)}: malformed hunk header")
+            old = int(m.group(2) if m.group(2) is not None else 1)
+            new = int(m.group(4) if m.group(4) is not None else 1)
+            j = i + 1
+            while old > 0 or new > 0:
+                if j >= n or (j == n - 1 and lines[j] == b""):
+                    raise UsageError(f"{_where(path, lineno)}: patch is truncated (hunk ends early)")
+                h = lines[j]
+                c = h[:1]
+                if c in (b" ", b""):
+                    old -= 1
+                    new -= 1
+                elif c == b"-":
+                    old -= 1
+                elif c == b"+":
+                    new -= 1
+                elif c == b"\\":
+                    pass
+                else:
+                    raise UsageError(f"{_where(path, start_line + j)}: patch is truncated or corrupt (hunk ends early)")
+                j += 1
+            if old < 0 or new < 0:
+                raise UsageError(f"{_where(path, lineno)}: hunk line counts do not match its header")
+            i = j
+            continue
+        i += 1
+    return files
+
+
+def _decode_header(value: str) -> str:
+    return " ".join(str(value).split())
+
+
+def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
+    """Read and validate one patch file (git format-patch form, one patch)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read patch: {exc.strerror}") from None
+    if not data.strip():
+        raise UsageError(f"{path}: empty file, not a patch")
+    if b"\0" in data:
+        raise UsageError(f"{path}: not a patch (binary data)")
+    if b"\r\n" in data:
+        lineno = data[: data.index(b"\r\n")].count(b"\n") + 1
+        raise UsageError(f"{_where(path, lineno)}: CRLF line endings (convert with dos2unix; git am would mangle them)")
+    count = len(MBOX_FROM_RE.findall(data))
+    if count > 1:
+        raise UsageError(f"{path}: holds {count} patches; one patch a file (`kpt series import` splits an mbox)")
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        raise UsageError(f"{path}: not a patch (no header/body separator)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = head[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{_where(path, lineno)}: header is not UTF-8 (encode it as RFC 2047, or re-export with git format-patch)") from None
+    msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.default)
+    subject = msg.get("Subject")
+    author = msg.get("From")
+    if not subject or not author:
+        missing = "Subject" if not subject else "From"
+        raise UsageError(f"{path}: not in git format-patch form (no {missing}: header)")
+    if b"\ndiff --git " not in b"\n" + body and b"\n--- " not in b"\n" + body:
+        raise UsageError(f"{path}: not a patch (no diff in it)")
+    body_start = head.count(b"\n") + 3
+    diff_at = body.find(b"\ndiff --git ")
+    if diff_at < 0:
+        diff_at = body.find(b"\n--- ")
+    start_line = body_start + body[: diff_at + 1].count(b"\n")
+    _check_diff(path, body[diff_at + 1:], start_line)
+    subject = _decode_header(subject)
+    subject = re.sub(r"^\[[^\]]*\]\s*", "", subject)
+    return Patch(file=file or path.name, subject=subject, author=_decode_header(author),
+                 date=_decode_header(msg.get("Date") or ""), tree=tree, path=path)
+
+
+def read_order(order: Path) -> list[tuple[int, str]]:
+    """The quilt order file: (line number, patch file) for each patch."""
+    try:
+        text = order.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{order}: missing (the tree's order file, one patch a line)") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{order}: not UTF-8 text") from None
+    out = []
+    for i, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 1 and parts[1:] != ["-p1"]:
+            raise UsageError(f"{order}:{i}: only -p1 patches are supported ('{line}')")
+        name = parts[0]
+        if "/" in name or name in (".", ".."):
+            raise UsageError(f"{order}:{i}: '{name}': patch files live next to the order file")
+        out.append((i, name))
+    return out
+
+
+def diffstat(patch: Patch) -> list[tuple[str, str, str]]:
+    """(added, deleted, path) per file, from git apply --numstat (validates too)."""
+    res = gitutil.git(None, "apply", "--numstat", str(patch.path), cwd=patch.path.parent)
+    if not res.ok:
+        why = (res.stderr.strip().splitlines() or ["unreadable"])[0]
+        raise UsageError(f"{patch.path}: git cannot read this patch: {why}")
+    rows = []
+    for line in res.stdout.splitlines():
+        a, d, p = line.split("\t", 2)
+        rows.append((a, d, p))
+    return rows
+
+
+# --------------------------------------------------------------------------
+# series.toml
+
+
+def _err(path: Path, key: str, what: str) -> UsageError:
+    return UsageError(f"{path}: '{key}' {what}")
+
+
+def _str_list(path: Path, key: str, v) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _err(path, key, "must be a list of strings")
+    return list(v)
+
+
+def _opt_str(path: Path, key: str, v) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise _err(path, key, "must be a string")
+    return v
+
+
+def _unknown(path: Path, prefix: str, keys, allowed) -> None:
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise UsageError(f"{path}: unknown key '{prefix}{extra[0]}' (known: {', '.join(sorted(allowed))})")
+
+
+def series_dir(ws: Workspace, name: str) -> Path:
+    if not NAME_RE.match(name or ""):
+        raise UsageError(f"'{name}' is not a valid series name (letters, digits, . _ + -)")
+    return ws.patches_dir / name
+
+
+def load_series(ws: Workspace, name: str) -> Series:
+    folder = series_dir(ws, name)
+    path = folder / SERIES_TOML
+    if not path.is_file():
+        known = ", ".join(s for s in _names(ws)) or "none"
+        raise UsageError(f"series '{name}': no {path} (known series: {known})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    _unknown(path, "", data, TOP_KEYS)
+
+    sname = data.get("name", name)
+    if sname != name:
+        raise _err(path, "name", f"is '{sname}' but the folder is '{name}'")
+    version = data.get("version", 1)
+    if isinstance(version, str) and re.fullmatch(r"v?\d+", version):
+        version = int(version.lstrip("v"))
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _err(path, "version", "must be a whole number >= 1 (1, 2, ...)")
+    summary = _opt_str(path, "summary", data.get("summary", "")) or ""
+    depends = _str_list(path, "depends", data.get("depends", []))
+    for d in depends:
+        if not NAME_RE.match(d):
+            raise _err(path, "depends", f"names '{d}', not a valid series name")
+        if d == name:
+            raise UsageError(f"{path}: 'depends' names the series itself: dependency cycle {name} -> {name}")
+
+    series = Series(name=name, version=version, summary=summary, path=folder, depends=depends)
+
+    trees = data.get("trees", {})
+    if not isinstance(trees, dict):
+        raise _err(path, "trees", "must be a table of [trees.<tree>] tables")
+    for tname, t in trees.items():
+        key = f"trees.{tname}"
+        if not isinstance(t, dict):
+            raise _err(path, key, "must be a table")
+        _unknown(path, key + ".", t, TREE_KEYS)
+        if tname not in ws.trees:
+            known = ", ".join(sorted(ws.trees)) or "none"
+            raise UsageError(f"{path}: [{key}]: unknown tree '{tname}' (kpt.toml has: {known})")
+        st = SeriesTree(
+            name=tname,
+            base=_opt_str(path, key + ".base", t.get("base")),
+            subject_prefix=_opt_str(path, key + ".subject_prefix", t.get("subject_prefix")) or "PATCH",
+            to=_str_list(path, key + ".to", t.get("to", [])),
+            cc=_str_list(path, key + ".cc", t.get("cc", [])),
+            list=_opt_str(path, key + ".list", t.get("list")),
+            folder=folder / tname,
+        )
+        seen = set()
+        for lineno, fname in read_order(st.order_file):
+            if fname in seen:
+                raise UsageError(f"{st.order_file}:{lineno}: {fname} is listed twice")
+            seen.add(fname)
+            ppath = st.folder / fname
+            if not ppath.is_file():
+                raise UsageError(f"{st.order_file}:{lineno}: {fname}: no such patch file in {st.folder}")
+            st.patches.append(parse_patch(ppath, tname, fname))
+        series.trees[tname] = st
+
+    changelog = data.get("changelog", {})
+    if not isinstance(changelog, dict):
+        raise _err(path, "changelog", "must be a table (v2 = \"...\")")
+    for k, v in changelog.items():
+        m = re.fullmatch(r"v?(\d+)", k)
+        if not m or not isinstance(v, str):
+            raise _err(path, f"changelog.{k}", "must be vN = \"text\"")
+        series.changelog[int(m.group(1))] = v
+
+    smoke = data.get("smoke", [])
+    if not isinstance(smoke, list):
+        raise _err(path, "smoke", "must be [[smoke]] tables")
+    for i, s in enumerate(smoke):
+        key = f"smoke[{i}]"
+        if not isinstance(s, dict):
+            raise _err(path, key, "must be a table")
+        _unknown(path, key + ".", s, SMOKE_KEYS)
+        for req in ("name", "run"):
+            if not isinstance(s.get(req), str) or not s.get(req):
+                raise _err(path, f"{key}.{req}", "is required (a string)")
+        where = s.get("where", "guest")
+        if where not in SMOKE_WHERE:
+            raise _err(path, f"{key}.where", f"is '{where}'; one of {', '.join(SMOKE_WHERE)}")
+        expect = _opt_str(path, f"{key}.expect", s.get("expect"))
+        if expect is not None:
+            try:
+                re.compile(expect)
+            except re.error as exc:
+                raise _err(path, f"{key}.expect", f"is not a valid regex: {exc}") from None
+        timeout = s.get("timeout", 60)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise _err(path, f"{key}.timeout", "must be a positive number of seconds")
+        series.smoke.append(SmokeTest(s["name"], where, s["run"], expect, float(timeout)))
+    names = [s.name for s in series.smoke]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise _err(path, "smoke", f"has two tests named '{sorted(dup)[0]}'")
+
+    for f in _str_list(path, "fragments", data.get("fragments", [])):
+        fp = (folder / f).resolve()
+        if not fp.is_file():
+            raise _err(path, "fragments", f"names '{f}', no such file in {folder}")
+        series.fragments.append(fp)
+
+    upstream = data.get("upstream", [])
+    if not isinstance(upstream, list) or not all(isinstance(u, dict) for u in upstream):
+        raise _err(path, "upstream", "must be [[upstream]] tables")
+    for i, u in enumerate(upstream):
+        _unknown(path, f"upstream[{i}].", u, UPSTREAM_KEYS)
+        for k, v in u.items():
+            if not isinstance(v, str):
+                raise _err(path, f"upstream[{i}].{k}", "must be a string")
+    series.upstream = list(upstream)
+
+    cover = folder / COVER
+    if cover.is_file():
+        text = cover.read_text(encoding="utf-8", errors="replace")
+        title, _, body = text.partition("\n")
+        series.cover_title = title.lstrip("# ").strip()
+        series.cover_body = body.strip("\n")
+    else:
+        series.cover_title = summary
+    return series
+
+
+def _names(ws: Workspace) -> list[str]:
+    if not ws.patches_dir.is_dir():
+        return []
+    return sorted(p.parent.name for p in ws.patches_dir.glob(f"*/{SERIES_TOML}"))
+
+
+def list_series(ws: Workspace) -> list[Series]:
+    return [load_series(ws, n) for n in _names(ws)]
+
+
+def resolve_depends(ws: Workspace, name: str) -> list[Series]:
+    """The series' dependencies, deepest first, each once, then the series itself."""
+    order: list[Series] = []
+    done: set[str] = set()
+
+    def visit(n: str, stack: list[str], parent: Series | None) -> None:
+        if n in done:
+            return
+        if n in stack:
+            cycle = " -> ".join(stack[stack.index(n):] + [n])
+            raise UsageError(f"dependency cycle: {cycle} (fix 'depends' in {ws.patches_dir / n / SERIES_TOML})")
+        if parent is not None and not (ws.patches_dir / n / SERIES_TOML).is_file():
+            raise UsageError(f"{parent.toml_path}: 'depends' names '{n}', no such series")
+        s = load_series(ws, n)
+        for d in s.depends:
+            visit(d, stack + [n], s)
+        done.add(n)
+        order.append(s)
+
+    visit(name, [], None)
+    return order
+
+
+# --------------------------------------------------------------------------
+# writing
+
+
+def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
+               base: str | None = None) -> Series:
+    folder = series_dir(ws, name)
+    if folder.exists():
+        raise UsageError(f"series '{name}': {folder} already exists")
+    if not trees:
+        raise UsageError("a series needs at least one tree (--tree)")
+    for t in trees:
+        ws.tree(t)
+    data: dict = {"name": name, "version": 1, "summary": summary or name, "depends": [], "trees": {}}
+    for t in trees:
+        entry: dict = {"subject_prefix": "PATCH", "to": [], "cc": []}
+        if base:
+            entry["base"] = base
+        data["trees"][t] = entry
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{name}.new"
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    (tmp / SERIES_TOML).write_text(tomli_w.dumps(data))
+    (tmp / COVER).write_text(f"{summary or name}\n\nWhat this series does and why.\n")
+    for t in trees:
+        (tmp / t).mkdir()
+        (tmp / t / ORDER).write_text(f"# {name} patches for {t}, in order (quilt format)\n")
+    tmp.rename(folder)
+    return load_series(ws, name)
+
+
+def update_toml(series: Series, *, version: int | None = None,
+                bases: dict[str, str] | None = None, changelog: dict[int, str] | None = None) -> None:
+    """Change a few keys of series.toml, keeping the rest of the file (and its comments)."""
+    path = series.toml_path
+    text = path.read_text(encoding="utf-8")
+    if version is not None:
+        text, n = re.subn(r"(?m)^version\s*=.*$", f"version = {version}", text, count=1)
+        if not n:
+            text = f"version = {version}\n" + text
+    for tname, base in (bases or {}).items():
+        hdr = re.search(rf'(?m)^\[trees\."?{re.escape(tname)}"?\]\s*$', text)
+        if not hdr:
+            text += f'\n[trees.{tname}]\nbase = "{base}"\n'
+            continue
+        nxt = re.search(r"(?m)^\[", text[hdr.end():])
+        end = hdr.end() + nxt.start() if nxt else len(text)
+        section = text[hdr.end():end]
+        line = f'base = {tomli_w.dumps({"x": base})[4:].strip()}'
+        if re.search(r"(?m)^base\s*=", section):
+            section = re.sub(r"(?m)^base\s*=.*$", line, section, count=1)
+        else:
+            section = "\n" + line + section
+        text = text[: hdr.end()] + section + text[end:]
+    for v, entry in (changelog or {}).items():
+        val = tomli_w.dumps({"x": entry})[4:].strip()
+        if re.search(r"(?m)^\[changelog\]\s*$", text):
+            text = re.sub(r"(?m)^\[changelog\]\s*$", f"[changelog]\nv{v} = {val}", text, count=1)
+        else:
+            text += f"\n[changelog]\nv{v} = {val}\n"
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # our edit must never break the file
+        raise UsageError(f"{path}: could not update it in place ({exc}); edit it by hand") from None
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
