@@ -1,0 +1,317 @@
+"""Apply a series (its dependencies first) in a git worktree of its tree.
+
+The worktree lives under the cache (`worktrees/<tree>/kpt-<name>-v<version>`)
+on branch `kpt/<name>/v<version>`; both are ours, the user's checkout,
+branches and stash are never touched. `git am -3` runs with a fixed committer
+identity and date, so the same patches on the same base give the same commit
+ids, and a stamp of the inputs (base commit, patch hashes) makes a rerun with
+nothing changed a no-op. When the inputs changed the branch is rebuilt, unless
+the worktree holds edits or commits of the user's: those are never discarded.
+
+A patch that does not apply stops the run with exit 3 and a report (series,
+patch file, subject, the files and hunks that failed, the worktree), leaving
+`git am` stopped there for `kpt apply NAME --continue` or `--abort`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpatch_tool import gitutil, trees
+from kpatch_tool.checkapply import TempIndex, chain_patches, open_tree, try_patch
+from kpatch_tool.errors import ApplyError, UsageError
+from kpatch_tool.series import Patch, Series, branch_name, resolve_depends
+from kpatch_tool.workspace import Workspace
+
+# A fixed committer: commit ids depend on the patches and the base only.
+COMMITTER_DATE = "@1000000000 +0000"
+
+
+@dataclass
+class ApplyResult:
+    series: str
+    tree: str
+    worktree: Path
+    branch: str
+    base_commit: str
+    head_commit: str
+    series_base: str  # the commit under the series' own patches (after its depends)
+    applied: list[Patch] = field(default_factory=list)
+    skipped_merged: list[Patch] = field(default_factory=list)
+    noop: bool = False
+
+
+def _am_env() -> dict[str, str]:
+    return {"GIT_COMMITTER_DATE": COMMITTER_DATE}
+
+
+def worktree_path(ws: Workspace, tree: str, name: str, version: int) -> Path:
+    return ws.cache_dir / "worktrees" / tree / f"kpt-{name}-v{version}"
+
+
+def stamp_path(wt: Path) -> Path:
+    return wt.with_name(wt.name + ".stamp.json")
+
+
+def pending_path(wt: Path) -> Path:
+    return wt.with_name(wt.name + ".pending.json")
+
+
+def read_stamp(wt: Path) -> dict | None:
+    try:
+        return json.loads(stamp_path(wt).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_stamp(wt: Path, data: dict) -> None:
+    tmp = stamp_path(wt).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(stamp_path(wt))
+
+
+def inputs_digest(base_commit: str, patches: list[tuple[str, Patch]]) -> str:
+    h = hashlib.sha256(base_commit.encode())
+    for sname, p in patches:
+        h.update(f"\0{sname}\0{p.file}\0".encode())
+        h.update(p.data())
+    return h.hexdigest()
+
+
+def _wt_git(wt: Path, *args, **kw):
+    return gitutil.git(None, *args, cwd=wt, **kw)
+
+
+def am_in_progress(wt: Path) -> bool:
+    res = _wt_git(wt, "rev-parse", "--git-path", "rebase-apply")
+    if not res.ok:
+        return False
+    p = Path(res.stdout.strip())
+    if not p.is_absolute():
+        p = wt / p
+    return p.is_dir()
+
+
+def _rebase_apply_dir(wt: Path) -> Path:
+    p = Path(_wt_git(wt, "rev-parse", "--git-path", "rebase-apply").stdout.strip())
+    return p if p.is_absolute() else wt / p
+
+
+def dirty_files(wt: Path) -> list[str]:
+    res = _wt_git(wt, "status", "--porcelain", "--untracked-files=no")
+    return [l[3:] for l in res.stdout.splitlines() if l.strip()]
+
+
+def _branch_head(repo: Path, branch: str) -> str | None:
+    return gitutil.rev(repo, f"refs/heads/{branch}")
+
+
+@dataclass
+class _Plan:
+    chain: list[Series]
+    series: Series
+    tree: str
+    repo: Path
+    base_ref: str
+    base_commit: str
+    patches: list[tuple[str, Patch]]
+    wt: Path
+    branch: str
+    digest: str
+
+
+def plan(ws: Workspace, name: str, tree: str | None = None, onto: str | None = None) -> _Plan:
+    chain = resolve_depends(ws, name)
+    series = chain[-1]
+    st = series.tree(tree)
+    t = open_tree(ws, st.name)
+    base_ref = onto or st.base or t.ref
+    base_commit = trees.resolve(t, base_ref)
+    patches = chain_patches(chain, st.name)
+    wt = worktree_path(ws, st.name, name, series.version)
+    return _Plan(chain, series, st.name, t.repo, base_ref, base_commit, patches, wt,
+                 branch_name(name, series.version), inputs_digest(base_commit, patches))
+
+
+def _prepare_worktree(p: _Plan, force: bool, say) -> None:
+    """Point our branch at the base in our worktree, refusing to lose user work."""
+    repo, wt, branch = p.repo, p.wt, p.branch
+    stamp = read_stamp(wt)
+    head = _branch_head(repo, branch)
+    if head and stamp and stamp.get("head") != head and not force:
+        raise UsageError(
+            f"branch {branch} has commits kpt did not make (at {head[:12]}); "
+            f"run `kpt export {p.series.name}` to keep them, or `kpt apply {p.series.name} --force` to drop them")
+    if head and not stamp and not force:
+        raise UsageError(f"branch {branch} exists in {repo} but was not made by kpt apply; "
+                         f"delete it or rerun with --force")
+    if wt.is_dir() and (wt / ".git").exists():
+        dirty = dirty_files(wt)
+        if dirty:
+            raise UsageError(f"worktree {wt} has uncommitted changes ({', '.join(dirty[:3])}); "
+                             f"commit them and `kpt export {p.series.name}`, or discard them yourself")
+        say(f"resetting {branch} to {p.base_ref} ({p.base_commit[:12]}) in {wt}")
+        _wt_git(wt, "reset", "-q", "--hard", p.base_commit, check=True)
+        return
+    if wt.exists():
+        shutil.rmtree(wt)
+    wt.parent.mkdir(parents=True, exist_ok=True)
+    gitutil.git(repo, "worktree", "prune")
+    say(f"creating worktree {wt} on {branch} from {p.base_ref} ({p.base_commit[:12]})")
+    res = gitutil.git(repo, "-c", "checkout.workers=0", "worktree", "add", "-q", "-B", branch,
+                      str(wt), p.base_commit, timeout=1800)
+    if not res.ok:
+        raise UsageError(f"cannot create worktree {wt}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'git worktree add failed'}")
+
+
+def _preflight_merged(p: _Plan) -> set[int]:
+    """Indexes of patches whose change is already in the base."""
+    merged = set()
+    with TempIndex(p.repo, p.base_commit) as idx:
+        for i, (sname, patch) in enumerate(p.patches):
+            pc = try_patch(idx, p.base_commit, patch, sname)
+            if pc.status == "merged":
+                merged.add(i)
+    return merged
+
+
+def _conflict_report(p: _Plan, wt: Path, todo: list[tuple[str, Patch]], am_err: str) -> ApplyError:
+    ra = _rebase_apply_dir(wt)
+    try:
+        nxt = int((ra / "next").read_text().strip())
+    except (OSError, ValueError):
+        nxt = 1
+    sname, patch = todo[min(max(nxt - 1, 0), len(todo) - 1)]
+    head = _wt_git(wt, "rev-parse", "HEAD").stdout.strip()
+    with TempIndex(p.repo, head) as idx:
+        pc = try_patch(idx, head, patch, sname, history=False)
+    conflicted = _wt_git(wt, "diff", "--name-only", "--diff-filter=U").stdout.split()
+    lines = [
+        f"series:   {sname} (applying {p.series.name} v{p.series.version} on {p.base_ref})",
+        f"patch:    {patch.path}",
+        f"subject:  {patch.subject}",
+    ]
+    if pc.hunks:
+        lines.append("failed:   " + ", ".join(pc.hunks))
+    if conflicted:
+        lines.append("conflict: " + ", ".join(conflicted) + " (3-way merge left markers)")
+    tail = [l for l in am_err.strip().splitlines() if l.startswith(("error:", "CONFLICT"))][:8]
+    lines += ["git am:   " + l for l in tail]
+    lines += [
+        f"worktree: {wt} (branch {p.branch}, git am stopped at patch {nxt} of {len(todo)})",
+        f"next:     fix the files there, `git add` them, then `kpt apply {p.series.name} --continue`;",
+        f"          or `kpt apply {p.series.name} --abort` to give up",
+    ]
+    return ApplyError(f"{sname}: {patch.file} ({patch.subject}) does not apply on {p.base_ref}",
+                      detail="\n".join(lines))
+
+
+def _finish(p: _Plan, todo, merged: list[Patch], extra: dict | None = None) -> ApplyResult:
+    wt = p.wt
+    head = _wt_git(wt, "rev-parse", "HEAD", check=True).stdout.strip()
+    own = sum(1 for s, _ in todo if s == p.series.name)
+    series_base = _wt_git(wt, "rev-parse", f"HEAD~{own}" if own else "HEAD", check=True).stdout.strip()
+    write_stamp(wt, {
+        "series": p.series.name, "version": p.series.version, "tree": p.tree,
+        "branch": p.branch, "base_ref": p.base_ref, "base_commit": p.base_commit,
+        "digest": p.digest, "head": head, "series_base": series_base,
+        "applied": [f"{s}/{x.file}" for s, x in todo],
+        "skipped_merged": [x.file for x in merged],
+        **(extra or {}),
+    })
+    pending_path(wt).unlink(missing_ok=True)
+    return ApplyResult(p.series.name, p.tree, wt, p.branch, p.base_commit, head, series_base,
+                       [x for _, x in todo], merged)
+
+
+def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | None = None,
+                 progress: Callable[[str, int, int], None] | None = None, *,
+                 force: bool = False, rebase: dict | None = None,
+                 say: Callable[[str], None] | None = None) -> ApplyResult:
+    say = say or (lambda m: None)
+    p = plan(ws, name, tree, onto)
+    wt = p.wt
+    if wt.is_dir() and (wt / ".git").exists() and am_in_progress(wt):
+        raise ApplyError(f"worktree {wt} has a stopped apply of '{name}' (a conflict left by an earlier run)",
+                         detail=f"next: `kpt apply {name} --continue` after fixing it, or `kpt apply {name} --abort`")
+    stamp = read_stamp(wt)
+    head = _branch_head(p.repo, p.branch)
+    if (stamp and head and stamp.get("digest") == p.digest and stamp.get("head") == head
+            and wt.is_dir() and not dirty_files(wt)):
+        names = {f"{s}/{x.file}" for s, x in p.patches}
+        applied = [x for s, x in p.patches if f"{s}/{x.file}" in set(stamp.get("applied", []))]
+        merged = [x for s, x in p.patches if x.file in set(stamp.get("skipped_merged", [])) and f"{s}/{x.file}" in names]
+        return ApplyResult(name, p.tree, wt, p.branch, p.base_commit, head, stamp["series_base"],
+                           applied, merged, noop=True)
+
+    merged_idx = _preflight_merged(p)
+    merged = [x for i, (_, x) in enumerate(p.patches) if i in merged_idx]
+    for x in merged:
+        say(f"skipping {x.file} ({x.subject}): already in {p.base_ref}")
+    todo = [(s, x) for i, (s, x) in enumerate(p.patches) if i not in merged_idx]
+    _prepare_worktree(p, force, say)
+    # The branch now sits at the base and is ours: say so before git am runs,
+    # so a stopped or killed run is still recognised as ours next time.
+    write_stamp(wt, {"series": name, "branch": p.branch, "head": p.base_commit, "digest": None})
+    pending_path(wt).write_text(json.dumps({
+        "series": name, "tree": p.tree, "onto": onto, "digest": p.digest,
+        "todo": [[s, x.file] for s, x in todo], "merged": [x.file for x in merged],
+        "rebase": rebase,
+    }))
+    if todo:
+        if progress:
+            progress(f"git am -3 {len(todo)} patches", 0, len(todo))
+        res = _wt_git(wt, "am", "-3", "-q", "--no-gpg-sign", *[str(x.path) for _, x in todo],
+                      extra_env=_am_env(), timeout=1800)
+        if not res.ok:
+            raise _conflict_report(p, wt, todo, res.stderr + res.stdout)
+        if progress:
+            progress("applied", len(todo), len(todo))
+    return _finish(p, todo, merged)
+
+
+def _pending(ws: Workspace, name: str, tree: str | None) -> tuple[_Plan, dict]:
+    from kpatch_tool.series import load_series
+
+    series = load_series(ws, name)
+    st = series.tree(tree)
+    wt = worktree_path(ws, st.name, name, series.version)
+    try:
+        pend = json.loads(pending_path(wt).read_text())
+    except (OSError, ValueError):
+        pend = None
+    if not pend or not (wt / ".git").exists() or not am_in_progress(wt):
+        raise UsageError(f"no stopped apply of '{name}' in {wt} (nothing to continue or abort)")
+    return plan(ws, name, st.name, pend.get("onto")), pend
+
+
+def continue_apply(ws: Workspace, name: str, tree: str | None = None) -> tuple[ApplyResult, dict]:
+    """Resume `git am` after the user fixed a conflict; returns the result and the pending record."""
+    p, pend = _pending(ws, name, tree)
+    by_key = {(s, x.file): x for s, x in p.patches}
+    todo = [(s, by_key[(s, f)]) for s, f in pend["todo"] if (s, f) in by_key]
+    merged = [x for _, x in p.patches if x.file in set(pend.get("merged", []))]
+    if dirty_files(p.wt) and _wt_git(p.wt, "diff", "--name-only", "--diff-filter=U").stdout.strip():
+        raise ApplyError(f"worktree {p.wt} still has unmerged files; fix them and `git add` them first")
+    res = _wt_git(p.wt, "am", "--continue", extra_env=_am_env(), timeout=1800)
+    if not res.ok:
+        if am_in_progress(p.wt):
+            raise _conflict_report(p, p.wt, todo, res.stderr + res.stdout)
+        raise ApplyError(f"git am --continue failed in {p.wt}: {(res.stderr or res.stdout).strip()[:200]}")
+    # The stamp records the patch inputs, but the branch holds the user's fix:
+    # export it to make the patches match.
+    return _finish(p, todo, merged, {"resolved": True}), pend
+
+
+def abort_apply(ws: Workspace, name: str, tree: str | None = None) -> Path:
+    p, _ = _pending(ws, name, tree)
+    _wt_git(p.wt, "am", "--abort", check=True)
+    pending_path(p.wt).unlink(missing_ok=True)
+    head = _wt_git(p.wt, "rev-parse", "HEAD", check=True).stdout.strip()
+    write_stamp(p.wt, {"series": name, "branch": p.branch, "head": head, "digest": None})
+    return p.wt
