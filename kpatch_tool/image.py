@@ -183,8 +183,13 @@ def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict
 OOPS_RE = r"Oops:|BUG:|WARNING: CPU:|general protection fault|Kernel panic|Call Trace:"
 
 
+def ere_escape(s: str) -> str:
+    """s as a literal in a POSIX extended regex (busybox grep -E), unlike re.escape's `\\-`."""
+    return re.sub(r"([.\[\]()*+?{}|^$\\])", r"\\\1", s)
+
+
 def base_checks(kernel_release: str, modules: list[str], has_dep: bool, mode: str) -> list[dict]:
-    checks = [{"name": "kernel-release", "run": "uname -r", "expect": f"^{re.escape(kernel_release)}$",
+    checks = [{"name": "kernel-release", "run": "uname -r", "expect": f"^{ere_escape(kernel_release)}$",
                "timeout": 10, "skip": ""}]
     if not modules:
         checks.append({"name": "modules-load", "run": "true", "expect": "", "timeout": 10,

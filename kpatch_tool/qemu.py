@@ -79,6 +79,17 @@ def check_bzimage(path: Path) -> Path:
     return path
 
 
+def bzimage_release(path: Path) -> str | None:
+    """The `uname -r` a bzImage will report, from its boot header's kernel_version string."""
+    with open(check_bzimage(path), "rb") as fh:
+        head = fh.read(0x4000 + 0x200)
+    (ptr,) = struct.unpack_from("<H", head, 0x20E)
+    if not ptr or ptr + 0x200 >= len(head):
+        return None
+    text = head[ptr + 0x200:ptr + 0x200 + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+    return text.split()[0] if text.strip() else None
+
+
 def initrd_size(path: Path) -> int:
     """Bytes the initramfs needs in guest memory: compressed plus unpacked (gzip's ISIZE)."""
     path = Path(path)

@@ -1,0 +1,154 @@
+"""The initramfs: deterministic cpio, contents, smoke tables, and the rendered /init (fast)."""
+
+import gzip
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kpatch_tool import image, ktap
+from kpatch_tool.errors import UsageError
+
+SMOKE = [
+    {"series": "s1", "name": "hello", "run": "echo 'hi there'", "expect": "^hi there$"},
+    {"series": "s1", "name": "bad", "run": "echo no; exit 3"},
+    {"series": "s1", "name": "mismatch", "run": "echo nope", "expect": "^yes$"},
+    {"series": "s1", "name": "slow", "run": "sleep 5", "timeout": 1},
+    {"series": "s1", "name": "self-skip", "run": "exit 77"},
+    {"series": "s2", "name": "dom0-only", "run": "true", "where": "dom0"},
+]
+
+
+def _build(ws, **kw):
+    args = dict(kernel_release="6.1.0-kpt", modules_dir=None, smoke=SMOKE, mode="guest")
+    args.update(kw)
+    return image.build_initramfs(ws, **args)
+
+
+def _list(path: Path, verbose=False) -> str:
+    return subprocess.run(["cpio", "-itv" if verbose else "-it"], input=gzip.decompress(path.read_bytes()),
+                          capture_output=True, check=True).stdout.decode()
+
+
+def test_same_inputs_give_the_same_bytes_and_the_cached_file(tmp_ws):
+    ws = tmp_ws()
+    a = _build(ws)
+    data = a.read_bytes()
+    a.unlink()
+    b = _build(ws)
+    assert a == b and b.read_bytes() == data
+    assert b.parent == ws.cache_dir / "images"
+    assert _build(ws) == b  # reused
+
+
+def test_different_checks_give_a_different_image(tmp_ws):
+    ws = tmp_ws()
+    assert _build(ws) != _build(ws, smoke=SMOKE[:1])
+    assert _build(ws) != _build(ws, kernel_release="6.1.1")
+
+
+def test_archive_lists_console_node_init_and_busybox(tmp_ws):
+    path = _build(tmp_ws())
+    names = _list(path).split()
+    for want in ("dev/console", "init", "bin/busybox", "bin/sh", "sbin/poweroff", "usr/bin/timeout", "proc", "sys"):
+        assert want in names
+    assert names == sorted(names)
+    long = {line.split()[-1]: line for line in _list(path, verbose=True).splitlines() if line.strip()}
+    assert long["dev/console"].startswith("crw") and "5,   1" in long["dev/console"]
+    assert long["init"].startswith("-rwxr-xr-x")
+    assert "Jan  1  1970" in long["init"]  # mtime 0
+
+
+def test_modules_from_a_staging_folder_are_included_and_loaded(tmp_ws, tmp_path):
+    ws = tmp_ws()
+    stage = tmp_path / "stage"
+    kdir = stage / "lib/modules/6.1.0-kpt/kernel/drivers/net"
+    kdir.mkdir(parents=True)
+    (kdir / "xen-netback.ko").write_bytes(b"\x7fELF fake module")
+    (stage / "lib/modules/6.1.0-kpt/modules.dep").write_text("kernel/drivers/net/xen-netback.ko:\n")
+    (stage / "lib/modules/6.1.0-kpt/build").symlink_to("/nonexistent")
+    path = _build(ws, modules_dir=stage)
+    names = _list(path).split()
+    assert "lib/modules/6.1.0-kpt/kernel/drivers/net/xen-netback.ko" in names
+    assert "lib/modules/6.1.0-kpt/build" not in names
+    init = image.render_init(ws, mode="guest", kernel_release="6.1.0-kpt", groups=image.plan_groups(
+        "6.1.0-kpt", ["/lib/modules/6.1.0-kpt/kernel/drivers/net/xen-netback.ko"], True, [], "guest"))
+    assert "module-xen-netback" in init and "modprobe xen-netback" in init
+
+
+def test_smoke_tables_are_read_from_series_toml(tmp_ws):
+    ws = tmp_ws()
+    d = ws.patches_dir / "netback-per-vif"
+    d.mkdir(parents=True)
+    (d / "series.toml").write_text(
+        'name = "netback-per-vif"\n[[smoke]]\nname = "vifs"\nwhere = "dom0"\nrun = "ls /sys/bus/xen-backend"\n'
+        'expect = "vif"\ntimeout = 20\n')
+    (sm,) = image.load_smoke(ws, ["netback-per-vif"])
+    assert sm == {"series": "netback-per-vif", "name": "vifs", "where": "dom0", "run": "ls /sys/bus/xen-backend",
+                  "expect": "vif", "timeout": 20, "skip": ""}
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"name": "x"}, "needs 'name' and 'run'"),
+    ({"name": "x", "run": "true", "where": "host"}, "where = 'host'"),
+    ({"name": "x", "run": "true", "expect": "("}, "not a regex"),
+    ({"name": "x y", "run": "true"}, "KTAP test name"),
+])
+def test_bad_smoke_tables_name_the_file(tmp_ws, bad, msg):
+    ws = tmp_ws()
+    with pytest.raises(UsageError, match=msg):
+        image.normalise_smoke(bad, series="s", where_from="patches/s/series.toml [[smoke]] #1")
+
+
+def test_missing_series_is_a_usage_error(tmp_ws):
+    with pytest.raises(UsageError, match="series nope"):
+        image.load_smoke(tmp_ws(), ["nope"])
+
+
+def test_rendered_init_is_valid_shell_and_carries_release_and_checks(tmp_ws):
+    ws = tmp_ws()
+    groups = image.plan_groups("6.1.0-kpt", [], False, SMOKE, "xen")
+    text = image.render_init(ws, mode="xen", kernel_release="6.1.0-kpt", groups=groups)
+    subprocess.run(["sh", "-n"], input=text.encode(), check=True)
+    assert "'^6\\.1\\.0-kpt$'" in text
+    assert [g["name"] for g in groups] == ["base", "s1", "s2"]
+    base = [c["name"] for c in groups[0]["checks"]]
+    assert base[:2] == ["kernel-release", "modules-load"]
+    assert {"xen-capabilities", "hypervisor-type", "xenbus", "xen-devices"} <= set(base)
+    assert base[-1] == "dmesg-clean"
+    # xen mode runs dom0 checks; guest-only checks are listed as skipped
+    assert groups[2]["checks"][0]["skip"] == ""
+    assert "not in dom0" in groups[1]["checks"][0]["skip"]
+    assert "poweroff -f" in text and "reboot -f" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="runs /init in a chroot with its own mount and PID namespaces (needs root)")
+def test_init_prints_ktap_verdicts_when_run(tmp_ws, tmp_path):
+    """Runs the real /init from the image in a chroot (new mount + PID namespace) instead of a VM:
+    the shell logic (timeouts, expect, exit 77, quoting) is what is under test; poweroff in a
+    PID namespace ends only that namespace. dmesg is replaced by a stub, since the kernel log
+    (and `dmesg -n`) is not namespaced and belongs to the host."""
+    ws = tmp_ws()
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], input=gzip.decompress(_build(ws, kernel_release=os.uname().release)
+                                                                       .read_bytes()), cwd=root, check=True)
+    (root / "bin/dmesg").unlink()
+    (root / "bin/dmesg").write_text("#!/bin/sh\nexit 0\n")
+    (root / "bin/dmesg").chmod(0o755)
+    res = subprocess.run(["unshare", "--mount", "--pid", "--fork", "chroot", str(root), "/init"],
+                         capture_output=True, text=True, timeout=60)
+    k = ktap.parse(res.stdout)
+    assert k.complete, res.stdout + res.stderr
+    got = {path[-1]: (t.status, t.reason) for path, t in k.leaves()}
+    assert got["kernel-release"] == ("pass", "")
+    assert got["hello"] == ("pass", "")
+    assert got["bad"] == ("fail", "exit status 3")
+    assert got["mismatch"] == ("fail", "output does not match /^yes$/")
+    assert got["slow"] == ("fail", "timed out after 1s")
+    assert got["self-skip"][0] == "skip"
+    assert got["dom0-only"][0] == "skip"
+    assert got["dmesg-clean"] == ("pass", "")
