@@ -164,7 +164,9 @@ def _check_diff(path: Path, data: bytes, start_line: int) -> int:
         elif line.startswith((b"--- ", b"+++ ")) and i + 1 < n:
             name = line[4:].split(b"\t")[0].decode("utf-8", "replace").strip('"')
             if name != "/dev/null":
-                _check_path(path, lineno, name.split("/", 1)[1] if "/" in name else name)
+                if not name.startswith("/"):
+                    name = name.split("/", 1)[1] if "/" in name else name
+                _check_path(path, lineno, name)
         elif line.startswith((b"rename from ", b"rename to ", b"copy from ", b"copy to ")):
             _check_path(path, lineno, line.split(b" ", 2)[2].decode("utf-8", "replace"))
         elif line.startswith(b"@@ "):

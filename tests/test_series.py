@@ -1,0 +1,168 @@
+"""The series store: loading, validation of every bad input, depends, `kpt series`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from kpatch_tool import series as sm
+from kpatch_tool.cli import main
+from kpatch_tool.errors import UsageError
+
+
+def write_toml(s: sm.Series, extra: str, top: str = "") -> None:
+    s.toml_path.write_text(top + s.toml_path.read_text() + extra)
+
+
+def clone_series(ws, src: sm.Series, name: str, depends: list[str] | None = None) -> sm.Series:
+    dst = ws.patches_dir / name
+    shutil.copytree(src.path, dst)
+    text = (dst / "series.toml").read_text().replace(f'name = "{src.name}"', f'name = "{name}"')
+    text = re.sub(r"(?m)^depends = .*$", f"depends = {depends or []!r}".replace("'", '"'), text)
+    (dst / "series.toml").write_text(text)
+    return sm.load_series(ws, name)
+
+
+def kpt(ws, *args):
+    return CliRunner().invoke(main, ["--workspace", str(ws.root), *args])
+
+
+def test_load_reads_every_field(series_ws, demo_series):
+    (demo_series.path / "extra.config").write_text("CONFIG_XEN=y\n")
+    write_toml(demo_series, top='fragments = ["extra.config"]\n', extra='''
+[changelog]
+v2 = "rebased"
+
+[[smoke]]
+name = "netfront-up"
+where = "domU"
+run = "ip link show eth0"
+expect = "state UP"
+timeout = 30
+''')
+    (demo_series.path / "cover.md").write_text("Fix netfront\n\nLonger body.\n")
+    s = sm.load_series(series_ws, "demo")
+    assert s.version == 1 and s.trees["linux"].base == "v1"
+    assert [p.subject for p in s.trees["linux"].patches] == [
+        "netfront: fix line 5", "blkfront: fix line 10", "net: add new.c"]
+    assert s.trees["linux"].patches[2].author == "Bob Example <bob@example.org>"
+    assert s.changelog == {2: "rebased"}
+    assert s.smoke == [sm.SmokeTest("netfront-up", "domU", "ip link show eth0", "state UP", 30.0)]
+    assert s.fragments == [(demo_series.path / "extra.config").resolve()]
+    assert (s.cover_title, s.cover_body) == ("Fix netfront", "Longer body.")
+    assert [x.name for x in sm.list_series(series_ws)] == ["demo"]
+
+
+def test_resolve_depends_is_topological_and_lists_each_once(series_ws, demo_series):
+    clone_series(series_ws, demo_series, "base-a")
+    clone_series(series_ws, demo_series, "mid-b", ["base-a"])
+    clone_series(series_ws, demo_series, "mid-c", ["base-a"])
+    clone_series(series_ws, demo_series, "top", ["mid-b", "mid-c", "base-a"])
+    assert [s.name for s in sm.resolve_depends(series_ws, "top")] == ["base-a", "mid-b", "mid-c", "top"]
+
+
+def test_dependency_cycle_is_named(series_ws, demo_series):
+    clone_series(series_ws, demo_series, "a", ["b"])
+    clone_series(series_ws, demo_series, "b", ["a"])
+    with pytest.raises(UsageError, match=r"dependency cycle: a -> b -> a"):
+        sm.resolve_depends(series_ws, "a")
+
+
+def test_missing_dependency_names_the_file(series_ws, demo_series):
+    clone_series(series_ws, demo_series, "top", ["nope"])
+    with pytest.raises(UsageError, match=r"top/series.toml: 'depends' names 'nope'"):
+        sm.resolve_depends(series_ws, "top")
+
+
+def test_order_file_naming_a_missing_patch(series_ws, demo_series):
+    order = demo_series.trees["linux"].order_file
+    order.write_text(order.read_text() + "0009-gone.patch\n")
+    with pytest.raises(UsageError, match=r"linux/series:\d+: 0009-gone.patch: no such patch file"):
+        sm.load_series(series_ws, "demo")
+
+
+def _corrupt(demo_series, idx: int, data: bytes):
+    p = demo_series.trees["linux"].patches[idx].path
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("case, message", [
+    ("binary", r"0002-blkfront-fix-line-10.patch: not a patch \(binary data\)"),
+    ("crlf", r"0002-blkfront-fix-line-10.patch:1: CRLF line endings"),
+    ("latin1", r"0002-blkfront-fix-line-10.patch:2: header is not UTF-8"),
+    ("truncated", r"0002-blkfront-fix-line-10.patch:\d+: patch is truncated"),
+    ("dotdot", r"0002-blkfront-fix-line-10.patch:\d+: patch touches '../etc/passwd', outside the tree"),
+    ("absolute", r"0002-blkfront-fix-line-10.patch:\d+: patch touches absolute path"),
+    ("two", r"0002-blkfront-fix-line-10.patch: holds 2 patches"),
+    ("nodiff", r"0002-blkfront-fix-line-10.patch: not a patch \(no diff in it\)"),
+    ("noheaders", r"0002-blkfront-fix-line-10.patch: not in git format-patch form"),
+])
+def test_bad_patch_files_are_named(series_ws, demo_series, case, message):
+    good = demo_series.trees["linux"].patches[1].path.read_bytes()
+    data = {
+        "binary": b"\x7fELF\x02\x01\x01\x00\x00\x00" * 20,
+        "crlf": good.replace(b"\n", b"\r\n"),
+        "latin1": good.replace(b"From: Ada Lovelace", b"From: Ad\xe9 Lovelace"),
+        "truncated": good[: good.index(b"-blk line 10") + 5],
+        "dotdot": good.replace(b"a/drivers/block/blkfront.c", b"a/../etc/passwd"),
+        "absolute": good.replace(b"--- a/drivers/block/blkfront.c", b"--- /etc/passwd"),
+        "two": good + good,
+        "nodiff": good[: good.index(b"\n---\n") + 1],
+        "noheaders": good[good.index(b"diff --git"):].replace(b"diff --git", b"Hello\n\ndiff --git", 1),
+    }[case]
+    _corrupt(demo_series, 1, data)
+    with pytest.raises(UsageError, match=message):
+        sm.load_series(series_ws, "demo")
+
+
+def test_unknown_tree_and_keys_are_named(series_ws, demo_series):
+    text = demo_series.toml_path.read_text()
+    demo_series.toml_path.write_text(text.replace("[trees.linux]", "[trees.linxu]"))
+    with pytest.raises(UsageError, match=r"series.toml: \[trees.linxu\]: unknown tree 'linxu'"):
+        sm.load_series(series_ws, "demo")
+    demo_series.toml_path.write_text("sumary = \"typo\"\n" + text)
+    with pytest.raises(UsageError, match=r"unknown key 'sumary'"):
+        sm.load_series(series_ws, "demo")
+    demo_series.toml_path.write_text(text + '\n[[smoke]]\nname = "x"\nrun = "true"\nwhere = "host"\n')
+    with pytest.raises(UsageError, match=r"'smoke\[0\].where' is 'host'"):
+        sm.load_series(series_ws, "demo")
+    demo_series.toml_path.write_text("version = 2\n" + text)
+    with pytest.raises(UsageError, match=r"series.toml: not valid TOML: .*line"):
+        sm.load_series(series_ws, "demo")
+
+
+def test_new_series_creates_the_layout(series_ws):
+    s = sm.new_series(series_ws, "fresh", ["linux"], summary="A fresh series")
+    assert (s.path / "series.toml").is_file() and (s.path / "cover.md").is_file()
+    assert s.trees["linux"].patches == [] and s.trees["linux"].order_file.is_file()
+    assert s.cover_title == "A fresh series"
+    with pytest.raises(UsageError, match="already exists"):
+        sm.new_series(series_ws, "fresh", ["linux"])
+    with pytest.raises(UsageError, match="unknown tree 'nope'"):
+        sm.new_series(series_ws, "other", ["nope"])
+    assert not (series_ws.patches_dir / "other").exists()
+
+
+def test_update_toml_keeps_comments(series_ws, demo_series):
+    demo_series.toml_path.write_text("# keep me\n" + demo_series.toml_path.read_text())
+    sm.update_toml(demo_series, version=3, bases={"linux": "v2"}, changelog={3: "rebased onto v2"})
+    s = sm.load_series(series_ws, "demo")
+    assert (s.version, s.trees["linux"].base, s.changelog) == (3, "v2", {3: "rebased onto v2"})
+    assert s.toml_path.read_text().startswith("# keep me\n")
+
+
+def test_cli_series_list_show_new(series_ws, demo_series):
+    r = kpt(series_ws, "series", "list")
+    assert r.exit_code == 0, r.output
+    assert "demo" in r.output and "linux (3)" in r.output
+    r = kpt(series_ws, "series", "show", "demo")
+    assert r.exit_code == 0, r.output
+    assert "blkfront: fix line 10" in r.output and "drivers/block/blkfront.c +1 -1" in r.output
+    r = kpt(series_ws, "series", "new", "other", "--tree", "linux")
+    assert r.exit_code == 0 and (series_ws.patches_dir / "other" / "linux" / "series").is_file()
+    r = kpt(series_ws, "series", "show", "missing")
+    assert r.exit_code == 2
