@@ -430,7 +430,8 @@ def value_expr(expr) -> str:
     """expr_str with each symbol's current value: `XEN [=y] && ACPI [=n]`."""
     def fn(sc):
         if sc.__class__ is kconfiglib.Symbol and not sc.is_constant:
-            return f"{sc.name} [={sc.str_value}]"
+            # A symbol this arch does not define (S390 on x86) is n.
+            return f"{sc.name} [={sc.str_value if sc.nodes else 'n'}]"
         return kconfiglib.standard_sc_expr_str(sc)
     return expr_str(expr, fn)
 
@@ -530,8 +531,15 @@ def _wanted(kconf, name: str) -> set[str] | None:
         return {name}
     sels = [s for s in selectors(kconf, sym) if any(n.prompt for n in kconf.syms[s].nodes)]
     if sels:
-        # A selector that needs the fewest other symbols is the least intrusive.
-        return {min(sels, key=lambda s: len(_needs(kconf, kconf.syms[s].direct_dep, 2) or ()))}
+        # Prefer a selector from the symbol's own Kconfig folder (VIRTIO_MMIO
+        # for VIRTIO, not REMOTEPROC), then the one needing fewest others.
+        home = os.path.dirname(sym.nodes[0].filename)
+
+        def cost(s):
+            other = kconf.syms[s]
+            return (os.path.dirname(other.nodes[0].filename) != home,
+                    len(_needs(kconf, other.direct_dep, 2) or ()), s)
+        return {min(sels, key=cost)}
     return None
 
 
@@ -705,3 +713,130 @@ def config_for_profile(ws, srctree: Path, profile: str, extra_fragments=(), seri
             raise ConfigError(f"profile '{profile}': {output} is not a fixed point of `make olddefconfig` "
                               "(kpt's evaluation differs from kbuild's)", detail="\n".join(diff))
     return result
+
+
+# --------------------------------------------------------------------------
+# explain and diff
+
+
+@dataclass
+class SymbolInfo:
+    name: str
+    type: str
+    prompts: list[str]
+    defined_at: list[str]
+    depends_on: str
+    selected_by: list[str]  # "X [=y]" (with the select's condition when it has one)
+    implied_by: list[str]
+    selects: list[str]
+    implies: list[str]
+    defaults: list[str]
+    value: str
+    why: str
+    under: str  # which configuration the values are from
+
+    def render(self) -> str:
+        rows = [
+            ("symbol", f"CONFIG_{self.name} ({self.type})"),
+            ("prompt", "; ".join(self.prompts) or "(none: cannot be set directly)"),
+            ("defined at", ", ".join(self.defined_at)),
+            ("depends on", self.depends_on),
+            ("selected by", ", ".join(self.selected_by) or "-"),
+            ("implied by", ", ".join(self.implied_by) or "-"),
+            ("selects", ", ".join(self.selects) or "-"),
+            ("implies", ", ".join(self.implies) or "-"),
+            ("defaults", "; ".join(self.defaults) or "-"),
+            ("value", f"{self.value}   (under {self.under})"),
+            ("why", self.why),
+        ]
+        return "\n".join(f"{k:>12}: {v}" for k, v in rows)
+
+
+def _rev_terms(kconf, expr) -> list[str]:
+    if expr is kconf.n:
+        return []
+    return [value_expr(t) for t in split_expr(expr, kconfiglib.OR)]
+
+
+def explain(srctree: Path, symbol: str, base: str = "defconfig", fragments=(), *, arch: str = "x86",
+            under: str | None = None) -> SymbolInfo:
+    """Everything that decides one symbol's value, under base + fragments."""
+    name = symbol.removeprefix("CONFIG_")
+    assignments = [a for f in fragments for a in parse_fragment(Path(f))]
+    tree = load_tree(srctree, arch)
+    with tree.lock:
+        kconf = tree.kconf
+        sym = kconf.syms.get(name)
+        if sym is None or not sym.nodes:
+            close = difflib.get_close_matches(name, [s.name for s in kconf.unique_defined_syms], n=3, cutoff=0.75)
+            raise UsageError(f"CONFIG_{name}: not defined in {tree.srctree}"
+                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        lines = [a.config_line() for a in assignments if _static_problem(kconf, a) is None]
+        base_text = _base_text(tree, base)
+        _olddefconfig(tree, base_text, lines)
+        prompts = [f'"{n.prompt[0]}"' + (f" if {value_expr(n.prompt[1])}" if n.prompt[1] is not kconf.y else "")
+                   for n in sym.nodes if n.prompt]
+        selects = [kconfiglib.standard_sc_expr_str(t) + (f" if {value_expr(c)}" if c is not kconf.y else "")
+                   for t, c in sym.orig_selects]
+        implies = [kconfiglib.standard_sc_expr_str(t) + (f" if {value_expr(c)}" if c is not kconf.y else "")
+                   for t, c in sym.orig_implies]
+        defaults = [value_expr(d) + (f" if {value_expr(c)}" if c is not kconf.y else "")
+                    for d, c in sym.orig_defaults]
+        value = sym.str_value
+        why = _why(kconf, sym, assignments, base)
+        return SymbolInfo(name, TYPE_TO_STR[sym.orig_type], prompts, _defined_at(sym),
+                          value_expr(sym.direct_dep), _rev_terms(kconf, sym.rev_dep),
+                          _rev_terms(kconf, sym.weak_rev_dep), selects, implies, defaults,
+                          value, why, under or base)
+
+
+def _why(kconf, sym, assignments, base) -> str:
+    req = next((a for a in reversed(assignments) if a.symbol == sym.name), None)
+    src = f"{req.where}" if req else None
+    tri = sym.orig_type in (BOOL, TRISTATE)
+    if tri and expr_value(sym.rev_dep) and sym.tri_value == expr_value(sym.rev_dep) and \
+            not (sym.visibility and sym.user_value is not None and sym.user_value >= sym.tri_value):
+        return f"selected by {', '.join(selectors(kconf, sym))}"
+    if sym.visibility and sym.user_value is not None:
+        return f"set to {sym.user_value if not tri else TRI_TO_STR(sym.user_value)} by " + (src or f"the base ({base})")
+    if not expr_value(sym.direct_dep):
+        return f"dependencies not met ({value_expr(sym.direct_dep)}), so {sym.str_value or '(empty)'}"
+    if not any(n.prompt for n in sym.nodes):
+        lead = "no prompt"
+    elif not sym.visibility:
+        conds = [value_expr(n.prompt[1]) for n in sym.nodes if n.prompt]
+        lead = f"prompt hidden ({' || '.join(conds)})"
+    else:
+        lead = "visible but not set by the base or a fragment"
+    for d, c in sym.defaults:
+        if expr_value(c):
+            return f"{lead}; default {value_expr(d)}" + (f" (its condition {value_expr(c)} holds)" if c is not kconf.y else "")
+    if tri and expr_value(sym.weak_rev_dep) and expr_value(sym.direct_dep):
+        return f"{lead}; implied by {', '.join(selectors(kconf, sym, weak=True))}"
+    return f"{lead}; no default applies, so {sym.str_value or '(empty)'}"
+
+
+def TRI_TO_STR(v: int) -> str:
+    return kconfiglib.TRI_TO_STR[v]
+
+
+def read_values(text: str) -> dict[str, str]:
+    """Symbol -> value of a .config (`is not set` as n), strings kept quoted."""
+    out = {}
+    for line in text.splitlines():
+        line = line.rstrip()
+        m = _UNSET_RE.match(line)
+        if m:
+            out[m.group(1)] = "n"
+            continue
+        m = _SET_RE.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def diff_configs(a_text: str, b_text: str) -> list[tuple[str, str | None, str | None]]:
+    """(symbol, value in A, value in B) for every symbol that differs; None = absent."""
+    a, b = read_values(a_text), read_values(b_text)
+    names = list(dict.fromkeys([*a, *b]))
+    return [(n, a.get(n), b.get(n)) for n in names if a.get(n) != b.get(n)]
