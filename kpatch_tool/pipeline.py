@@ -52,3 +52,359 @@ def build_profile(ws: Workspace, tree: str, profile: str, *, srctree: Path | Non
     return buildmod.build_linux(ws, srctree=srctree, tree=tree, profile=profile, config_text=cfg.config_text,
                                 config_hash=cfg.config_hash, wrapper=wrapper, jobs=jobs, progress=progress,
                                 force=force)
+
+
+# --------------------------------------------------------------------------
+# kpt ci: one cell (series x base x mode) from trees to results
+
+import fcntl  # noqa: E402
+import getpass  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+
+from kpatch_tool import __version__  # noqa: E402
+from kpatch_tool.errors import KptError, UsageError  # noqa: E402
+from kpatch_tool.progress import Reporter  # noqa: E402
+
+STAGES = ["trees", "apply", "config", "build", "image", "boot", "report"]
+MODES = ("guest", "xen", "xen+domU")
+PROFILE_FOR_MODE = {"guest": "guest", "xen": "xen-dom0", "xen+domU": "xen-dom0"}
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # ok, cached, failed, skipped
+    start: float
+    end: float
+    log: str = ""
+    note: str = ""
+    exit_code: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return round(self.end - self.start, 2)
+
+
+@dataclass
+class CiResult:
+    run_id: str
+    run_dir: Path
+    exit_code: int
+    series: str | None
+    mode: str
+    stages: list[StageRecord] = field(default_factory=list)
+    message: str = ""
+    failed_stage: str | None = None
+
+
+class WorkspaceLock:
+    """One `kpt ci` per workspace at a time; the holder is named in the refusal."""
+
+    def __init__(self, out_dir: Path, run_id: str):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / ".kpt-ci.lock"
+        self.run_id = run_id
+        self.fh = None
+
+    def __enter__(self):
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another run"
+            self.fh.close()
+            raise UsageError(f"workspace is busy: {holder} holds {self.path}; wait for it or stop it") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"kpt ci run {self.run_id} (pid {os.getpid()})\n")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.seek(0)
+        self.fh.truncate()
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def new_run_dir(ws: Workspace, label: str) -> tuple[str, Path]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    for n in range(100):
+        run_id = f"{stamp}-{safe}" + (f"-{n}" if n else "")
+        path = ws.out_dir / run_id
+        try:
+            path.mkdir(parents=True)
+            return run_id, path
+        except FileExistsError:
+            continue
+    raise KptError(f"cannot make a run folder under {ws.out_dir}")
+
+
+class Manifest:
+    """manifest.json, rewritten atomically after every stage; `complete` only at the end."""
+
+    def __init__(self, run_dir: Path, data: dict):
+        self.path = run_dir / MANIFEST
+        self.data = data
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def _boot_cache_key(mode: str, kernel: Path, initrd: Path, xen: Path | None, timeout: float,
+                    qemu_args: tuple[str, ...] = ()) -> str:
+    from kpatch_tool import qemu
+
+    h = hashlib.sha256()
+    for part in (mode, _sha256(kernel), _sha256(initrd), _sha256(xen) if xen else "-", str(timeout),
+                 qemu.qemu_binary(), __version__, *qemu_args):
+        h.update(str(part).encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", onto: dict[str, str] | None = None,
+           profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
+           rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
+           qemu_args: tuple[str, ...] = ()) -> CiResult:
+    """Run one cell: trees -> apply -> config -> build -> image -> boot -> report."""
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode}: one of {', '.join(MODES)}")
+    rep = reporter or Reporter()
+    onto = dict(onto or {})
+    tree = "linux"
+    for t in onto:
+        if t in ws.trees and ws.trees[t].kind == "linux":
+            tree = t
+    ws.tree(tree)
+    profile = profile or PROFILE_FOR_MODE[mode]
+    if timeout is None:
+        timeout = {"guest": 120, "xen": 180, "xen+domU": 420}[mode]
+    run_id, run_dir = new_run_dir(ws, label or f"{series or 'base'}-{tree}-{mode.replace('+', '-')}")
+    logs = run_dir / "logs"
+    logs.mkdir()
+    manifest = Manifest(run_dir, {
+        "run_id": run_id, "tool": {"name": "kpatch-tool", "version": __version__},
+        "host": {"node": platform.node(), "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)),
+                 "user": getpass.getuser()},
+        "inputs": {"series": series, "mode": mode, "profile": profile, "tree": tree, "onto": onto,
+                   "fragments": [str(f) for f in fragments], "qemu_args": list(qemu_args)},
+        "outputs": {}, "stages": [], "complete": False, "exit_code": None,
+    })
+    result = CiResult(run_id, run_dir, 0, series, mode)
+    ctx: dict = {}
+
+    def stage(name, fn):
+        rep.stage(name)
+        start = time.time()
+        try:
+            status, note = fn()
+        except KptError as exc:
+            rec = StageRecord(name, "failed", start, time.time(), str(logs / f"{name}.log"), exc.message,
+                              exc.exit_code)
+            with (logs / f"{name}.log").open("a") as fh:
+                fh.write(f"error: {exc.message}\n{exc.detail or ''}\n")
+            result.stages.append(rec)
+            manifest.data["stages"].append(asdict(rec))
+            manifest.write()
+            rep.done(name, "failed", rec.seconds, exc.message[:80])
+            raise
+        rec = StageRecord(name, status, start, time.time(), str(logs / f"{name}.log"), note)
+        result.stages.append(rec)
+        manifest.data["stages"].append(asdict(rec))
+        manifest.write()
+        rep.done(name, status, rec.seconds, note)
+
+    def detail(msg, *_):
+        rep.detail(str(msg))
+
+    def do_trees():
+        imported = []
+        for t in sorted({tree}):
+            tr = trees.import_tree(ws, t, progress=detail)
+            ref = onto.get(t)
+            commit = trees.resolve(tr, ref)
+            ctx["base_commit"] = commit
+            manifest.data["inputs"].setdefault("trees", {})[t] = {"source": tr.source, "ref": ref or tr.ref,
+                                                                   "commit": commit, "version": tr.version}
+            imported.append(f"{t}@{commit[:12]}")
+        return "ok", ", ".join(imported)
+
+    def do_apply():
+        if not series:
+            ctx["srctree"] = trees.checkout(ws, tree, onto.get(tree), progress=detail)
+            return "skipped", "no series: the base itself"
+        from kpatch_tool import apply as applymod
+        from kpatch_tool import series as seriesmod
+
+        chain = seriesmod.resolve_depends(ws, series)
+        manifest.data["inputs"]["series_versions"] = {
+            s.name: {"version": s.version,
+                     "patches": {f"{t}/{p.file}": p.sha256 for t, st in s.trees.items() for p in st.patches}}
+            for s in chain}
+        res = applymod.apply_series(ws, series, tree=tree, onto=onto.get(tree), progress=detail, say=detail)
+        ctx["srctree"] = res.worktree
+        ctx["series_base"] = res.series_base
+        merged = f", {len(res.skipped_merged)} already upstream" if res.skipped_merged else ""
+        manifest.data["outputs"]["worktree"] = {"path": str(res.worktree), "branch": res.branch,
+                                                "head": res.head_commit}
+        return ("cached" if res.noop else "ok"), f"{len(res.applied)} patches on {res.branch}{merged}"
+
+    def do_config():
+        from kpatch_tool import kconfig
+
+        cfg_path = run_dir / ".config"
+        cfg = kconfig.config_for_profile(ws, ctx["srctree"], profile, series=(series,) if series else (),
+                                         extra_fragments=tuple(fragments), output=cfg_path)
+        ok_mark = ws.cache_dir / "config-checks" / f"{cfg.config_hash}.ok"
+        if not ok_mark.exists():
+            detail("cross-checking the .config with make olddefconfig")
+            diff = kconfig.cross_check(ctx["srctree"], cfg_path, logs / "config.log")
+            if diff:
+                from kpatch_tool.errors import ConfigError
+
+                raise ConfigError(f"{cfg_path} is not a fixed point of `make olddefconfig`", detail="\n".join(diff))
+            ok_mark.parent.mkdir(parents=True, exist_ok=True)
+            ok_mark.write_text("ok\n")
+        ctx["config"] = cfg
+        manifest.data["inputs"]["config_hash"] = cfg.config_hash
+        return "ok", f"profile {profile}, config {cfg.config_hash[:12]}"
+
+    def do_build():
+        cfg = ctx["config"]
+        b = buildmod.build_linux(ws, srctree=ctx["srctree"], tree=tree, profile=profile,
+                                 config_text=cfg.config_text, config_hash=cfg.config_hash, progress=detail)
+        shutil.copyfile(b.log, logs / "build.log") if b.log.exists() else None
+        ctx["build"] = b
+        manifest.data["outputs"]["build"] = {"dir": str(b.build_dir), "kernel_release": b.kernel_release,
+                                             "artifacts": {k: asdict(v) for k, v in b.artifacts.items()},
+                                             "warnings": len(b.warnings)}
+        return ("cached" if b.cached else "ok"), f"{b.kernel_release}{' (make not started)' if b.cached else ''}"
+
+    def do_image():
+        from kpatch_tool import image
+
+        b = ctx["build"]
+        smoke = image.load_smoke(ws, [s.name for s in _chain(ws, series)]) if series else []
+        ctx["smoke"] = smoke
+        if mode == "xen+domU":
+            from kpatch_tool import nested
+
+            imgs = nested.images(ws, build=b, smoke=smoke, progress=detail)
+            ctx["initrd"] = imgs.dom0_initrd
+            manifest.data["outputs"]["images"] = {k: {"path": str(v), "sha256": _sha256(v)}
+                                                  for k, v in imgs.paths().items()}
+            return "ok", f"dom0 rootfs {imgs.dom0_initrd.stat().st_size / 2**20:.0f} MiB"
+        initrd = image.build_initramfs(ws, kernel_release=b.kernel_release, modules_dir=b.modules_dir,
+                                       smoke=smoke, mode=mode)
+        ctx["initrd"] = initrd
+        manifest.data["outputs"]["images"] = {"initramfs": {"path": str(initrd), "sha256": _sha256(initrd)}}
+        return "ok", f"{initrd.name} ({initrd.stat().st_size / 1024:.0f} KiB)"
+
+    def do_boot():
+        from kpatch_tool import boot as bootmod
+        from kpatch_tool import qemu, results
+
+        b = ctx["build"]
+        xen = qemu.xen_binary(ws) if mode != "guest" else None
+        key = _boot_cache_key(mode, b.bzimage, ctx["initrd"], xen, timeout, qemu_args)
+        cache = ws.cache_dir / "boots" / key
+        if not rerun_boot and (cache / results.RESULTS_JSON).exists():
+            for f in cache.iterdir():
+                shutil.copyfile(f, run_dir / f.name)
+            rr = results.load_json(run_dir / results.RESULTS_JSON)
+            ctx["boot_verdict"] = rr.verdict
+            manifest.data["outputs"]["boot"] = {"verdict": rr.verdict, "reused_from": str(cache)}
+            if rr.verdict != "pass":
+                _raise_verdict(rr, run_dir)
+            return "cached", f"{rr.verdict}: {rr.message} (same kernel, image and mode as an earlier boot)"
+
+        def on_line(line):
+            detail(f"console: {line[:150]}")
+
+        if mode == "xen+domU":
+            from kpatch_tool import nested
+
+            res = nested.boot(ws, kernel=b.bzimage, initrd=ctx["initrd"], run_dir=run_dir, timeout=timeout,
+                              on_line=on_line, extra_qemu_args=qemu_args)
+        else:
+            res = bootmod.boot(ws, mode=mode, kernel=b.bzimage, initrd=ctx["initrd"], run_dir=run_dir,
+                               timeout=timeout, on_line=on_line, extra_qemu_args=qemu_args)
+        manifest.data["outputs"]["boot"] = {"verdict": res.verdict, "message": res.message,
+                                            "seconds": round(res.duration, 1), "console": str(res.console_log)}
+        if res.verdict in ("pass", "fail"):
+            # A verdict the checks reached is worth keeping; a hang or panic is rerun.
+            tmp = cache.with_name(cache.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in (res.console_log, run_dir / results.RESULTS_JSON, run_dir / results.RESULTS_XML):
+                if f.exists():
+                    shutil.copyfile(f, tmp / f.name)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(tmp, cache)
+        res.raise_for_verdict()
+        return "ok", f"{res.verdict}: {res.message} in {res.duration:.1f}s"
+
+    def do_report():
+        from kpatch_tool import report
+
+        paths = report.write_all(run_dir)
+        return "ok", ", ".join(p.name for p in paths)
+
+    try:
+        with WorkspaceLock(ws.out_dir, run_id):
+            for name, fn in (("trees", do_trees), ("apply", do_apply), ("config", do_config),
+                             ("build", do_build), ("image", do_image), ("boot", do_boot)):
+                stage(name, fn)
+    except KptError as exc:
+        result.exit_code = exc.exit_code
+        result.message = exc.message
+        result.failed_stage = result.stages[-1].name if result.stages and result.stages[-1].status == "failed" else None
+        manifest.data["error"] = {"message": exc.message, "detail": exc.detail, "stage": result.failed_stage}
+    except KeyboardInterrupt:
+        manifest.data["interrupted"] = True
+        manifest.write()
+        raise
+    try:
+        stage("report", do_report)
+    except KptError as exc:
+        if not result.exit_code:
+            result.exit_code, result.message = exc.exit_code, exc.message
+    manifest.data["exit_code"] = result.exit_code
+    manifest.data["complete"] = True
+    manifest.write()
+    return result
+
+
+def _chain(ws: Workspace, series: str):
+    from kpatch_tool import series as seriesmod
+
+    return seriesmod.resolve_depends(ws, series)
+
+
+def _raise_verdict(rr, run_dir: Path) -> None:
+    from kpatch_tool.errors import BootError, SmokeFailed
+
+    if rr.verdict == "fail":
+        failed = [f"{c.classname}:{c.name}" for c in rr.cases if c.status == "fail"]
+        raise SmokeFailed(f"{len(failed)} check(s) failed: {', '.join(failed)} (results in {run_dir})")
+    raise BootError(f"boot {rr.verdict}: {rr.message} (console {run_dir / 'console.log'})")

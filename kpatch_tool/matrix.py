@@ -1,0 +1,219 @@
+"""Matrices of runs: series x bases x modes from a TOML file, run one cell after
+another (a failed cell does not stop the others), or handed to an existing CI
+fleet as a GitLab child pipeline / a GitHub Actions workflow.
+
+    [matrix]                      # the cross product
+    series = ["base", "netback-per-vif"]   # "base": the tree without a series
+    bases  = ["linux", "linux-6.12"]       # tree names, or TREE=REF
+    modes  = ["guest", "xen"]
+
+    [[cell]]                      # extra cells, with options and an expected exit code
+    series = "base"
+    base = "linux"
+    mode = "xen"
+    profile = "xen-dom0-virtio"
+    qemu_args = ["-device", "virtio-net-pci"]
+    expect = 6                    # this cell must end with exit 6 (a boot failure)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kpatch_tool.errors import KptError, UsageError
+from kpatch_tool.workspace import Workspace
+
+
+@dataclass
+class Cell:
+    series: str | None
+    tree: str
+    ref: str | None
+    mode: str
+    profile: str | None = None
+    fragments: list[Path] = field(default_factory=list)
+    qemu_args: list[str] = field(default_factory=list)
+    expect: int = 0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.series or 'base'}-{self.tree}{'@' + self.ref if self.ref else ''}-{self.mode}"
+
+    @property
+    def column(self) -> str:
+        return f"{self.tree}{'@' + self.ref if self.ref else ''}/{self.mode}" + (f"/{self.profile}" if self.profile else "")
+
+    def argv(self) -> list[str]:
+        """The `kpt ci` command line that runs this cell alone (for CI fleets)."""
+        cmd = ["kpt", "ci"]
+        if self.series:
+            cmd.append(self.series)
+        cmd += ["--mode", self.mode, "--onto", f"{self.tree}={self.ref}" if self.ref else self.tree]
+        if self.profile:
+            cmd += ["--profile", self.profile]
+        for f in self.fragments:
+            cmd += ["--fragment", str(f)]
+        for a in self.qemu_args:
+            cmd += ["--qemu-arg", a]
+        if self.expect:
+            cmd += ["--expect", str(self.expect)]
+        return cmd
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    exit_code: int
+    failed_stage: str | None
+    run_dir: Path | None
+    message: str = ""
+
+    @property
+    def as_expected(self) -> bool:
+        return self.exit_code == self.cell.expect
+
+
+def _base(ws: Workspace, spec: str, where: str) -> tuple[str, str | None]:
+    tree, _, ref = spec.partition("=")
+    if tree not in ws.trees:
+        raise UsageError(f"{where}: unknown tree '{tree}' (kpt.toml has: {', '.join(ws.trees)})")
+    return tree, ref or None
+
+
+def load(ws: Workspace, path: Path) -> list[Cell]:
+    from kpatch_tool.pipeline import MODES
+    from kpatch_tool.series import list_series
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError:
+        raise UsageError(f"{path}: no such matrix file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    known = {s.name for s in list_series(ws)}
+
+    def check(series, mode, where):
+        if series not in (None, "base") and series not in known:
+            raise UsageError(f"{where}: unknown series '{series}' (known: {', '.join(sorted(known)) or 'none'})")
+        if mode not in MODES:
+            raise UsageError(f"{where}: unknown mode '{mode}' ({', '.join(MODES)})")
+
+    cells: list[Cell] = []
+    m = data.get("matrix") or {}
+    for s in m.get("series", []):
+        for b in m.get("bases", []):
+            for mode in m.get("modes", ["guest"]):
+                check(s, mode, f"{path} [matrix]")
+                tree, ref = _base(ws, b, f"{path} [matrix]")
+                cells.append(Cell(None if s == "base" else s, tree, ref, mode))
+    for i, c in enumerate(data.get("cell", []), 1):
+        where = f"{path} [[cell]] #{i}"
+        unknown = set(c) - {"series", "base", "mode", "profile", "fragments", "qemu_args", "expect", "name"}
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        s = c.get("series", "base")
+        mode = c.get("mode", "guest")
+        check(s, mode, where)
+        tree, ref = _base(ws, c.get("base", "linux"), where)
+        frags = [(path.parent / f).resolve() for f in c.get("fragments", [])]
+        for f in frags:
+            if not f.is_file():
+                raise UsageError(f"{where}: fragment {f} does not exist")
+        cells.append(Cell(None if s == "base" else s, tree, ref, mode, c.get("profile"), frags,
+                          [str(a) for a in c.get("qemu_args", [])], int(c.get("expect", 0)), c.get("name", "")))
+    if not cells:
+        raise UsageError(f"{path}: no cells (give [matrix] series/bases/modes or [[cell]] tables)")
+    return cells
+
+
+def run(ws: Workspace, cells: list[Cell], *, reporter_factory=None, rerun_boot: bool = False,
+        on_cell=None) -> list[CellOutcome]:
+    from kpatch_tool import pipeline
+
+    outcomes = []
+    for i, cell in enumerate(cells, 1):
+        rep = reporter_factory(cell, i, len(cells)) if reporter_factory else None
+        try:
+            res = pipeline.run_ci(ws, cell.series, mode=cell.mode, onto={cell.tree: cell.ref} if cell.ref else {cell.tree: None},
+                                  profile=cell.profile, fragments=tuple(cell.fragments),
+                                  qemu_args=tuple(cell.qemu_args), reporter=rep, rerun_boot=rerun_boot,
+                                  label=cell.label)
+            out = CellOutcome(cell, res.exit_code, res.failed_stage, res.run_dir, res.message)
+        except KptError as exc:
+            out = CellOutcome(cell, exc.exit_code, "setup", None, exc.message)
+        finally:
+            if rep:
+                rep.close()
+        outcomes.append(out)
+        if on_cell:
+            on_cell(out)
+    return outcomes
+
+
+def summary_rows(outcomes: list[CellOutcome]) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
+    columns: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    for o in outcomes:
+        col = o.cell.column
+        if col not in columns:
+            columns.append(col)
+        if o.exit_code == 0:
+            cell = "pass"
+        else:
+            cell = f"{o.failed_stage or 'failed'} (exit {o.exit_code})"
+        if o.cell.expect:
+            cell += " - as expected" if o.as_expected else f" - expected exit {o.cell.expect}"
+        elif o.exit_code:
+            cell += " - unexpected"
+        rows.setdefault(o.cell.series or "base", {})[col] = cell
+    return columns, list(rows.items())
+
+
+def summary_json(outcomes: list[CellOutcome]) -> str:
+    return json.dumps([{"series": o.cell.series or "base", "tree": o.cell.tree, "ref": o.cell.ref,
+                        "mode": o.cell.mode, "profile": o.cell.profile, "exit_code": o.exit_code,
+                        "expected": o.cell.expect, "as_expected": o.as_expected, "failed_stage": o.failed_stage,
+                        "run_dir": str(o.run_dir) if o.run_dir else None, "message": o.message}
+                       for o in outcomes], indent=1)
+
+
+# --------------------------------------------------------------------------
+# hand-off to CI fleets
+
+
+def _job_name(cell: Cell) -> str:
+    return "kpt-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in cell.label)
+
+
+def emit_gitlab(cells: list[Cell]) -> str:
+    """A GitLab child pipeline: one job per cell, the run folder as artifacts."""
+    lines = ["# Generated by `kpt ci --matrix ... --emit gitlab`: one job per matrix cell.",
+             "stages: [kpt]", ""]
+    for cell in cells:
+        cmd = ".venv/bin/" + shlex.join(cell.argv())
+        lines += [f"{_job_name(cell)}:", "  stage: kpt", "  script:", "    - ./scripts/setup.sh",
+                  f"    - {json.dumps(cmd)}", "  artifacts:", "    when: always", "    paths:", "      - out/",
+                  "    reports:", "      junit: out/*/results.xml", ""]
+    return "\n".join(lines)
+
+
+def emit_github(cells: list[Cell]) -> str:
+    """A GitHub Actions workflow: a matrix job with one entry per cell."""
+    lines = ["# Generated by `kpt ci --matrix ... --emit github`: one job per matrix cell.",
+             "name: kpt matrix", "on: [push, workflow_dispatch]", "jobs:", "  kpt:",
+             "    runs-on: ubuntu-latest", "    container: debian:12", "    strategy:", "      fail-fast: false",
+             "      matrix:", "        include:"]
+    for cell in cells:
+        lines += [f"          - name: {json.dumps(_job_name(cell))}",
+                  f"            cmd: {json.dumps('.venv/bin/' + shlex.join(cell.argv()))}"]
+    lines += ["    name: ${{ matrix.name }}", "    steps:", "      - uses: actions/checkout@v4",
+              "      - run: ./scripts/setup.sh", "      - run: ${{ matrix.cmd }}",
+              "      - uses: actions/upload-artifact@v4", "        if: always()", "        with:",
+              "          name: ${{ matrix.name }}", "          path: out/", ""]
+    return "\n".join(lines)

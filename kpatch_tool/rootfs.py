@@ -1,0 +1,175 @@
+"""The dom0 root filesystem for nested Xen: Debian's Xen toolstack in an initramfs.
+
+debootstrap (minbase) makes a Debian 12 system with xen-utils-4.17 (xl,
+xenstored, xenconsoled), iproute2 and busybox; it is trimmed of what a smoke
+boot never reads and kept as a tarball, cached by (suite, mirror, packages).
+Per run the kernel's modules, the init script, the domU's kernel and initramfs
+(and a QEMU binary when a series builds one) are added, and the whole is packed
+as a cpio.gz for dom0's initramfs: no loop mounts, no root filesystem image to
+mount, and FACTS measured it booting in ~30 s to a domU result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpatch_tool import proc
+from kpatch_tool.errors import KptError, PrereqError
+from kpatch_tool.workspace import Workspace
+
+SUITE = "bookworm"
+PACKAGES = ["xen-utils-4.17", "iproute2", "busybox-static", "ethtool", "iputils-ping", "procps", "kmod"]
+TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/i18n",
+        "usr/share/zoneinfo", "usr/share/common-licenses", "usr/share/bash-completion", "usr/share/lintian",
+        "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "var/log", "usr/lib/x86_64-linux-gnu/gconv",
+        "usr/share/perl", "usr/lib/x86_64-linux-gnu/perl", "usr/share/perl5", "usr/bin/perl", "usr/share/xml",
+        "usr/lib/xen-4.17/boot", "usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe", "usr/share/ovmf"]
+
+
+@dataclass
+class RootfsBase:
+    tarball: Path
+    packages: list[str]
+    seconds: float
+    cached: bool
+    size: int
+
+
+def apt_mirror() -> str:
+    """The Debian mirror apt itself uses (deb822 sources first, then sources.list)."""
+    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        text = f.read_text()
+        for block in text.split("\n\n"):
+            if re.search(r"^Types:.*\bdeb\b", block, re.M) and re.search(r"^Suites:.*\bbookworm\b(?!-)", block, re.M):
+                m = re.search(r"^URIs:\s*(\S+)", block, re.M)
+                if m:
+                    return m.group(1)
+    if Path("/etc/apt/sources.list").exists():
+        for line in Path("/etc/apt/sources.list").read_text().splitlines():
+            m = re.match(r"deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line)
+            if m:
+                return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def base(ws: Workspace, *, packages: list[str] | None = None, progress=None) -> RootfsBase:
+    pkgs = sorted(set(packages or PACKAGES))
+    mirror = apt_mirror()
+    key = hashlib.sha256(json.dumps([SUITE, mirror, pkgs, TRIM]).encode()).hexdigest()[:16]
+    out = ws.cache_dir / "images" / f"dom0-base-{key}.tar"
+    if out.exists():
+        return RootfsBase(out, pkgs, 0.0, True, out.stat().st_size)
+    if not proc.which("debootstrap"):
+        raise PrereqError("debootstrap: not found (apt-get install -y debootstrap)")
+    if os.geteuid() != 0:
+        raise PrereqError("the dom0 root filesystem needs debootstrap as root (run kpt as root)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kpt-rootfs-", dir=out.parent) as tmp:
+        root = Path(tmp) / "root"
+        log = out.parent / f"dom0-base-{key}.log"
+        if progress:
+            progress(f"debootstrap {SUITE} minbase with {', '.join(pkgs)} from {mirror}")
+        res = proc.run(["debootstrap", "--variant=minbase", f"--include={','.join(pkgs)}", SUITE, str(root), mirror],
+                       timeout=3600, log=log)
+        if not res.ok:
+            last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise KptError(f"debootstrap failed: {last[0]} (log {log})")
+        for rel in TRIM:
+            p = root / rel
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+        (root / "var/log").mkdir(exist_ok=True)
+        tmp_tar = out.with_suffix(".tar.part")
+        proc.run(["tar", "-C", str(root), "--numeric-owner", "--sort=name", "-cf", str(tmp_tar), "."],
+                 timeout=1800, check=True)
+        os.replace(tmp_tar, out)
+    return RootfsBase(out, pkgs, time.monotonic() - t0, False, out.stat().st_size)
+
+
+def _hash_inputs(parts: list) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path):
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    if f.is_file():
+                        h.update(str(f.relative_to(p)).encode())
+                        h.update(hashlib.sha256(f.read_bytes()).digest())
+            elif p.exists():
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+        elif isinstance(p, bytes):
+            h.update(hashlib.sha256(p).digest())
+        else:
+            h.update(str(p).encode())
+    return h.hexdigest()[:20]
+
+
+def pack(ws: Workspace, base_: RootfsBase, *, modules_dir: Path | None, files: dict[str, bytes | Path],
+         executables: tuple[str, ...] = (), progress=None) -> Path:
+    """base + modules + files -> a cpio.gz initramfs, cached by the hash of its inputs.
+
+    files maps absolute guest paths to contents (bytes) or host files (Path).
+    """
+    keyparts: list = [base_.tarball.name, modules_dir or "-"]
+    for k in sorted(files):
+        keyparts += [k, files[k] if isinstance(files[k], bytes) else Path(files[k])]
+    keyparts += sorted(executables)
+    key = _hash_inputs(keyparts)
+    out = ws.cache_dir / "images" / f"dom0-rootfs-{key}.cpio.gz"
+    if out.exists():
+        return out
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kpt-pack-", dir=out.parent) as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        proc.run(["tar", "-C", str(root), "--numeric-owner", "-xf", str(base_.tarball)], timeout=1800, check=True)
+        if modules_dir and (modules_dir / "lib/modules").is_dir():
+            shutil.copytree(modules_dir / "lib/modules", root / "lib/modules", dirs_exist_ok=True, symlinks=True)
+            for kdir in (root / "lib/modules").iterdir():
+                for link in ("build", "source"):
+                    (kdir / link).unlink(missing_ok=True)
+        for guest_path, content in files.items():
+            dest = root / guest_path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                dest.write_bytes(content)
+            else:
+                shutil.copyfile(content, dest)
+            if guest_path in executables:
+                dest.chmod(0o755)
+        dev = root / "dev"
+        dev.mkdir(exist_ok=True)
+        if not (dev / "console").exists():
+            os.mknod(dev / "console", 0o600 | 0o020000, os.makedev(5, 1))
+        names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, capture_output=True, check=True).stdout
+        names = b"\n".join(sorted(names.split(b"\n")[:-1] if names.endswith(b"\n") else names.split(b"\n"))) + b"\n"
+        part = out.with_suffix(".part")
+        cpio = subprocess.Popen(["cpio", "--quiet", "-o", "-H", "newc", "--reproducible", "-R", "0:0"], cwd=root,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        with gzip.GzipFile(part, "wb", compresslevel=3, mtime=0) as gz:
+            import threading
+
+            feeder = threading.Thread(target=lambda: (cpio.stdin.write(names), cpio.stdin.close()))
+            feeder.start()
+            for chunk in iter(lambda: cpio.stdout.read(1 << 20), b""):
+                gz.write(chunk)
+            feeder.join()
+        if cpio.wait() != 0:
+            raise KptError("cpio failed packing the dom0 root filesystem")
+        os.replace(part, out)
+    if progress:
+        progress(f"dom0 rootfs packed: {out.stat().st_size / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s")
+    return out
