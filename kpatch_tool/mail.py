@@ -1,0 +1,575 @@
+"""Mail a series: one thread per tree, as git format-patch writes them.
+
+The series is applied first (apply.apply_series: a worktree whose branch holds
+base..head, the depends' patches under the series' own), then, per tree,
+`git format-patch --cover-letter --thread=shallow --base` formats the series'
+own commits: the depends' patches become `prerequisite-patch-id:` lines. The
+mails are then finished the way a maintainer's tools read them:
+
+- Message-Ids are fixed, `<kpt.<series>.v<N>.<tree>.<k>@<domain>>` (k=0 for
+  the cover), so a rerun writes the same bytes, b4 can read the local mbox
+  (it needs Message-Id headers), the next version's cover can link this one on
+  lore, and QEMU's `Based-on:` can name a dependency's thread.
+- The cover letter is rendered from templates/cover-letter.j2: cover.md's
+  title and body, the changelog of series.toml with links to earlier
+  versions, the companion threads on other lists for a series spanning
+  trees, shortlog, diffstat, a range-diff against the tag of the previous
+  version, and the base information git wrote.
+- To/Cc per patch come from the tree's get_maintainer.pl (maintainers.py); the
+  cover letter gets the union.
+- The gates (gates.py) judge the patch mails before anything goes out.
+
+Output: one file per mail plus an mboxrd mbox per tree, under
+`<out>/<tree>/` (default `out/mail/<series>-v<N>/<tree>/`). Sending is
+git send-email's job, and only on an explicit request.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import email.utils
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from kpatch_tool import gates as gatesmod
+from kpatch_tool import gitutil, maintainers, proc
+from kpatch_tool.errors import PrereqError, UsageError
+from kpatch_tool.series import Series, load_series, update_toml
+from kpatch_tool.workspace import Workspace
+
+TEMPLATE = "cover-letter.j2"
+PLACEHOLDER_BODY = "What this series does and why."  # what `kpt series new` writes
+LORE = "https://lore.kernel.org/r/{}"
+MAIL_HEADERS_FIRST = ("Message-Id", "In-Reply-To", "References")
+
+
+# --------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class TreeMail:
+    tree: str
+    kind: str
+    out_dir: Path
+    files: list[Path]  # cover letter first, then the patches in order
+    mbox: Path
+    cover: Path
+    subject: str  # the cover letter's
+    message_id: str  # the cover letter's (thread root)
+    recipients: maintainers.Recipients  # the cover letter's (the union)
+    per_patch: dict[str, maintainers.Recipients]
+    gates: list[gatesmod.GateResult]
+    base_commit: str
+    series_base: str
+    head_commit: str
+    worktree: Path
+    prerequisites: list[str] = field(default_factory=list)
+    range_diff: str | None = None
+
+    @property
+    def patches(self) -> list[Path]:
+        return self.files[1:]
+
+    @property
+    def blocked(self) -> bool:
+        return any(not g.ok for g in self.gates)
+
+
+@dataclass
+class MailResult:
+    series: str
+    version: int
+    out: Path
+    trees: dict[str, TreeMail] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return any(t.blocked for t in self.trees.values())
+
+    def failed_gates(self) -> list[tuple[str, gatesmod.GateResult]]:
+        return [(t.tree, g) for t in self.trees.values() for g in t.gates if not g.ok]
+
+    def to_dict(self) -> dict:
+        return {"series": self.series, "version": self.version, "out": str(self.out),
+                "trees": {n: {"files": [str(f) for f in t.files], "mbox": str(t.mbox),
+                              "cover": str(t.cover), "subject": t.subject,
+                              "message_id": t.message_id,
+                              "recipients": t.recipients.to_dict(),
+                              "gates": [g.to_dict() for g in t.gates],
+                              "base_commit": t.base_commit,
+                              "prerequisites": t.prerequisites}
+                          for n, t in self.trees.items()}}
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def tag_name(name: str, version: int) -> str:
+    return f"kpt/{name}/v{version}"
+
+
+def message_id(name: str, version: int, tree: str, k: int, domain: str) -> str:
+    return f"<kpt.{name}.v{version}.{tree}.{k}@{domain}>"
+
+
+def _wt(wt: Path, *args, **kw):
+    return gitutil.git(None, *args, cwd=wt, **kw)
+
+
+def sender(worktree: Path, fallback: str) -> str:
+    """The user's identity as git send-email will use it ("Name <addr>")."""
+    # The user's own config and environment count here (gitutil hides them).
+    res = proc.run(["git", "var", "GIT_AUTHOR_IDENT"], cwd=worktree, timeout=30)
+    if res.ok:
+        m = re.match(r"^(.*<[^>]*>)", res.stdout.strip())
+        if m and "@" in m.group(1):
+            return m.group(1)
+    return fallback
+
+
+def _domain(addr: str) -> str:
+    a = email.utils.parseaddr(addr)[1]
+    return a.rsplit("@", 1)[1] if "@" in a else "localhost"
+
+
+def _fold_addrs(name: str, addrs: list[str]) -> str:
+    enc = []
+    for a in addrs:
+        n, e = email.utils.parseaddr(a)
+        enc.append(email.utils.formataddr((n, e), charset="utf-8") if e else a)
+    return f"{name}: " + ",\n ".join(enc)
+
+
+def _encode_subject(subject: str) -> str:
+    if subject.isascii():
+        return subject
+    return email.header.Header(subject, "utf-8", header_name="Subject").encode()
+
+
+def split_mail(text: str) -> tuple[str, list[list[str]], str]:
+    """(mbox From_ line, header fields as line groups, body) of a format-patch file."""
+    first, _, rest = text.partition("\n")
+    head, _, body = rest.partition("\n\n")
+    fields: list[list[str]] = []
+    for line in head.split("\n"):
+        if line[:1] in (" ", "\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    return first, fields, body
+
+
+def join_mail(first: str, fields: list[list[str]], body: str) -> str:
+    return first + "\n" + "\n".join("\n".join(f) for f in fields) + "\n\n" + body
+
+
+def _field_name(f: list[str]) -> str:
+    return f[0].split(":", 1)[0].strip().lower()
+
+
+def set_headers(text: str, values: dict[str, str | None]) -> str:
+    """Replace, add or (value None) drop header fields; new ones go first
+    (Message-Id and threading) or after Subject (To, Cc and the rest)."""
+    first, fields, body = split_mail(text)
+    lower = {k.lower(): k for k in values}
+    kept = [f for f in fields if _field_name(f) not in lower]
+    top = [[f"{k}: {v}"] for k, v in values.items() if v is not None and k in MAIL_HEADERS_FIRST]
+    rest = [v.split("\n") if v.startswith(f"{k}:") else [f"{k}: {v}"]
+            for k, v in values.items() if v is not None and k not in MAIL_HEADERS_FIRST]
+    at = next((i + 1 for i, f in enumerate(kept) if _field_name(f) == "subject"), len(kept))
+    fields = top + kept[:at] + rest + kept[at:]
+    return join_mail(first, fields, body)
+
+
+def header(text: str, name: str) -> str | None:
+    _, fields, _ = split_mail(text)
+    for f in fields:
+        if _field_name(f) == name.lower():
+            return " ".join(l.strip() for l in f).split(":", 1)[1].strip()
+    return None
+
+
+def mboxrd(texts: list[str]) -> str:
+    """Concatenate format-patch files into an mboxrd mailbox (b4's format)."""
+    out = []
+    for t in texts:
+        first, _, rest = t.partition("\n")
+        rest = re.sub(r"(?m)^(>*From )", r">\1", rest)
+        if not rest.endswith("\n"):
+            rest += "\n"
+        out.append(first + "\n" + rest + "\n")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
+# the previous version, for range-diff and links
+
+
+def previous_tag(repo: Path, name: str, version: int) -> tuple[str, str | None] | None:
+    """(tagged head, series base recorded in the tag) of version, or None."""
+    ref = f"refs/tags/{tag_name(name, version)}"
+    head = gitutil.rev(repo, ref)
+    if not head:
+        return None
+    msg = gitutil.git(repo, "cat-file", "-p", ref).stdout
+    m = re.search(r"(?m)^series-base: ([0-9a-f]{40})$", msg)
+    return head, (m.group(1) if m else None)
+
+
+def range_diff(wt: Path, prev: tuple[str, str | None], series_base: str, head: str) -> str:
+    prev_head, prev_base = prev
+    if prev_base:
+        args = [f"{prev_base}..{prev_head}", f"{series_base}..{head}"]
+    else:  # a tag made by hand: compare both against the current base
+        args = [series_base, prev_head, head]
+    res = _wt(wt, "range-diff", "--no-color", *args)
+    if not res.ok:
+        raise UsageError(f"git range-diff {' '.join(args)} failed in {wt}: {res.stderr.strip()[:200]}")
+    return res.stdout.rstrip("\n")
+
+
+# --------------------------------------------------------------------------
+# formatting one tree
+
+
+@dataclass
+class _Part:
+    tree: str
+    kind: str
+    st: object  # SeriesTree
+    ar: object  # ApplyResult
+    texts: list[str]  # cover first (git's, unrendered), then patches
+    names: list[str]
+    total: int
+    prerequisites: list[str] = field(default_factory=list)
+    base_lines: list[str] = field(default_factory=list)
+    per_patch: dict = field(default_factory=dict)
+    cover_rec: maintainers.Recipients | None = None
+    gates: list = field(default_factory=list)
+    subject: str = ""
+    range_diff: str | None = None
+
+
+def _format(wt: Path, series: Series, st, version: int, base: str, series_base: str,
+            head: str, outdir: Path) -> list[Path]:
+    args = ["format-patch", "--cover-letter", "--thread=shallow", "--no-signature", "--no-to",
+            "--no-cc", "--no-notes", "--no-attach", "--numbered",
+            f"--subject-prefix={st.subject_prefix}", f"--base={base}", "-o", str(outdir)]
+    if version > 1:
+        args.append(f"--reroll-count={version}")
+    res = _wt(wt, "-c", "format.useAutoBase=false", "-c", "format.encodeEmailHeaders=true",
+              *args, f"{series_base}..{head}")
+    if not res.ok:
+        raise UsageError(f"git format-patch failed in {wt}: {res.stderr.strip()[:300]}")
+    return sorted(outdir.glob("*.patch"))
+
+
+def _insert_changes(text: str, changes: str) -> str:
+    """Put a per-patch changelog right below the `---` line (git am drops it)."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line == "---":
+            block = changes.strip("\n").split("\n") + [""]
+            return "\n".join(lines[: i + 1] + block + lines[i + 1:])
+    return text
+
+
+def _own_patches(series: Series, st, ar) -> list:
+    return [p for p in ar.applied if Path(p.path).parent == st.folder]
+
+
+def _cover_body(ws: Workspace, series: Series, part: _Part, version: int, *, sender_: str,
+                companions: list[dict], based_on: list[str], links: dict[int, str]) -> str:
+    wt = part.ar.worktree
+    sb, head = part.ar.series_base, part.ar.head_commit
+    shortlog = _wt(wt, "shortlog", "--no-merges", "-w72,2,4", f"{sb}..{head}").stdout.strip("\n")
+    diffstat = _wt(wt, "diff", "--stat=72", "--summary", sb, head).stdout.rstrip("\n")
+    changes = []
+    for v in sorted((v for v in series.changelog if 1 < v <= version), reverse=True):
+        changes.append({"version": v, "text": series.changelog[v].strip("\n"), "link": links.get(v - 1)})
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(TEMPLATE).render(
+        title=series.cover_title, body=series.cover_body.strip("\n"), version=version,
+        changes=changes, companions=companions, based_on=based_on, shortlog=shortlog,
+        diffstat=diffstat, range_diff=part.range_diff, base_lines=part.base_lines,
+        sender=sender_, series=series.name, tree=part.tree)
+
+
+def _check_cover(series: Series) -> None:
+    body = series.cover_body.strip()
+    if not body or body == PLACEHOLDER_BODY:
+        raise UsageError(
+            f"series '{series.name}': no cover letter text in {series.path / 'cover.md'} "
+            f"(first line the title, then what the series does and why)")
+    if not series.cover_title.strip():
+        raise UsageError(f"series '{series.name}': {series.path / 'cover.md'} has no title line")
+
+
+def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path | None = None,
+            force: bool = False, progress: Callable[[str], None] | None = None,
+            tree: str | None = None, range_diff_: bool = True) -> MailResult:
+    """Write the mails of series `name` (one thread per tree) and run the gates.
+
+    Nothing is sent. The result says per tree which files, mbox and
+    recipients were written and how each gate went; `result.blocked` is true
+    when a gate failed (send() then refuses unless forced).
+    """
+    from kpatch_tool import apply as applymod
+
+    say = progress or (lambda m: None)
+    series = load_series(ws, name)
+    _check_cover(series)
+    version = version or series.version
+    trees = [series.tree(tree).name] if tree else list(series.trees)
+    if not trees:
+        raise UsageError(f"series '{name}' has no trees ({series.toml_path})")
+    out = Path(out) if out else ws.out_dir / "mail" / f"{name}-v{version}"
+    result = MailResult(name, version, out)
+    parts: dict[str, _Part] = {}
+
+    with tempfile.TemporaryDirectory(prefix="kpt-mail-") as tmp:
+        for t in trees:
+            st = series.trees[t]
+            kind = ws.tree(t).kind
+            say(f"{t}: applying {name} v{series.version}")
+            ar = applymod.apply_series(ws, name, tree=t,
+                                       progress=lambda m, i, n: say(f"{t}: {m}"), say=say)
+            wt = ar.worktree
+            count = int(_wt(wt, "rev-list", "--count", f"{ar.series_base}..{ar.head_commit}",
+                            check=True).stdout.strip())
+            if count == 0:
+                raise UsageError(f"series '{name}': nothing to mail for tree '{t}' "
+                                 f"(no patches, or all already in {ar.base_commit[:12]})")
+            d = Path(tmp) / t
+            d.mkdir()
+            files = _format(wt, series, st, version, ar.base_commit, ar.series_base, ar.head_commit, d)
+            texts = [f.read_text(encoding="utf-8") for f in files]
+            part = _Part(t, kind, st, ar, texts, [f.name for f in files], count)
+            # Per-patch changes (below ---) from an optional <patch>.changes file.
+            own = _own_patches(series, st, ar)
+            if len(own) == count:
+                for i, p in enumerate(own, 1):
+                    side = Path(p.path).with_suffix(".changes")
+                    if side.is_file():
+                        part.texts[i] = _insert_changes(part.texts[i], side.read_text(encoding="utf-8"))
+            cover_text = texts[0]
+            _, _, cbody = split_mail(cover_text)
+            part.base_lines = [l for l in cbody.splitlines()
+                               if l.startswith(("base-commit:", "prerequisite-patch-id:"))]
+            part.prerequisites = [l.split(":", 1)[1].strip() for l in part.base_lines
+                                  if l.startswith("prerequisite-patch-id:")]
+            part.subject = " ".join((header(cover_text, "Subject") or "").split()).replace(
+                "*** SUBJECT HERE ***", series.cover_title.strip())
+            # Gates read the patch mails as they will go out.
+            for i in range(1, len(files)):
+                files[i].write_text(part.texts[i], encoding="utf-8")
+            say(f"{t}: gates (checkpatch, signoff, fixes, subject)")
+            log = out / t / "gates.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("")
+            part.gates = gatesmod.run_gates(ws, series, wt, ar.series_base, kind,
+                                            patches=files[1:], log=log)
+            say(f"{t}: recipients (get_maintainer.pl)")
+            part.per_patch, part.cover_rec = maintainers.for_series(
+                wt, files[1:], kind, to=st.to, cc=st.cc, mlist=st.list, log=log, say=say)
+            if version > 1 and range_diff_:
+                prev = previous_tag(_repo_of(wt), name, version - 1)
+                if prev is None:
+                    raise UsageError(
+                        f"series '{name}' v{version}: no tag {tag_name(name, version - 1)} in tree '{t}' "
+                        f"for the range-diff against v{version - 1} (`kpt mail {name} --reroll` tags what "
+                        f"was sent; or mail with --no-range-diff)")
+                part.range_diff = range_diff(wt, prev, ar.series_base, ar.head_commit)
+            parts[t] = part
+
+        # Second pass: ids, headers and cover letters (they name each other).
+        first_author = next(iter(parts.values())).texts[1]
+        fallback = header(first_author, "From") or "kpt <kpt@localhost>"
+        me = sender(next(iter(parts.values())).ar.worktree, fallback)
+        domain = _domain(me)
+        for t, part in parts.items():
+            result.trees[t] = _finish_tree(ws, series, part, parts, version, me, domain, out / t)
+    return result
+
+
+def _repo_of(wt: Path) -> Path:
+    res = _wt(wt, "rev-parse", "--git-common-dir", check=True)
+    p = Path(res.stdout.strip())
+    return p if p.is_absolute() else (wt / p).resolve()
+
+
+def _lists_of(part: _Part) -> list[str]:
+    lists = list(part.cover_rec.lists) if part.cover_rec else []
+    return lists or (part.cover_rec.to[:1] if part.cover_rec else [])
+
+
+def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _Part], version: int,
+                 me: str, domain: str, outdir: Path) -> TreeMail:
+    name, t = series.name, part.tree
+    ids = [message_id(name, version, t, k, domain) for k in range(len(part.texts))]
+    companions = [{"subject": o.subject, "lists": _lists_of(o),
+                   "link": LORE.format(message_id(name, version, o.tree, 0, domain)[1:-1])}
+                  for ot, o in parts.items() if ot != t]
+    based_on = []
+    if part.kind == "qemu":
+        from kpatch_tool.series import load_series as _load
+        for dep in series.depends:
+            ds = _load(ws, dep)
+            if t in ds.trees:
+                based_on.append(message_id(dep, ds.version, t, 0, domain))
+    repo = _repo_of(part.ar.worktree)
+    links = {}
+    for v in range(1, version):
+        if previous_tag(repo, name, v):
+            links[v] = LORE.format(message_id(name, v, t, 0, domain)[1:-1])
+    body = _cover_body(ws, series, part, version, sender_=me, companions=companions,
+                       based_on=based_on, links=links)
+    # The cover: git's headers, our subject, body and identity; dated like the
+    # newest patch so that a rerun writes the same bytes.
+    dates = [email.utils.parsedate_to_datetime(header(x, "Date")) for x in part.texts[1:] if header(x, "Date")]
+    cover = part.texts[0]
+    first, _, _ = split_mail(cover)
+    cover_vals = {"From": _fold_addrs("From", [me])[6:],
+                  "Date": email.utils.format_datetime(max(dates)) if dates else header(cover, "Date"),
+                  "Subject": _encode_subject(part.subject)}
+    _, fields, _ = split_mail(cover)
+    fields = [f for f in fields if _field_name(f) not in {"from", "date", "subject", "message-id",
+                                                          "in-reply-to", "references"}]
+    cover = join_mail(first, [[f"{k}: {v}"] for k, v in cover_vals.items()] + fields, body)
+    if not body.isascii():
+        cover = set_headers(cover, {"MIME-Version": "1.0", "Content-Type": "text/plain; charset=UTF-8",
+                                    "Content-Transfer-Encoding": "8bit"})
+    texts = [cover] + part.texts[1:]
+    recs = [part.cover_rec] + [part.per_patch[n] for n in part.names[1:]]
+    final = []
+    for k, (text, rec) in enumerate(zip(texts, recs)):
+        vals: dict[str, str | None] = {"Message-Id": ids[k],
+                                       "In-Reply-To": ids[0] if k else None,
+                                       "References": ids[0] if k else None}
+        vals["To"] = _fold_addrs("To", rec.to) if rec.to else None
+        vals["Cc"] = _fold_addrs("Cc", rec.cc) if rec.cc else None
+        final.append(set_headers(text, vals))
+
+    # Replace what an earlier run wrote here, and nothing else.
+    outdir.mkdir(parents=True, exist_ok=True)
+    for old in list(outdir.glob("*.patch")) + list(outdir.glob("*.mbox")):
+        old.unlink()
+    paths = []
+    for fname, text in zip(part.names, final):
+        p = outdir / fname
+        p.write_text(text, encoding="utf-8")
+        paths.append(p)
+    mbox = outdir / f"{name}-v{version}-{t}.mbox"
+    mbox.write_text(mboxrd(final), encoding="utf-8")
+    subject_line = part.subject
+    return TreeMail(t, part.kind, outdir, paths, mbox, paths[0], subject_line, ids[0], part.cover_rec,
+                    {n: part.per_patch[n] for n in part.names[1:]}, part.gates, part.ar.base_commit,
+                    part.ar.series_base, part.ar.head_commit, part.ar.worktree, part.prerequisites,
+                    part.range_diff)
+
+
+# --------------------------------------------------------------------------
+# sending
+
+
+def smtp_configured(worktree: Path) -> bool:
+    for key in ("sendemail.smtpserver", "sendemail.sendmailcmd"):
+        res = proc.run(["git", "config", "--get", key], cwd=worktree, timeout=30)
+        if res.ok and res.stdout.strip():
+            return True
+    return False
+
+
+SMTP_HINT = ("set one with `git config --global sendemail.smtpServer smtp.example.org` "
+             "(and sendemail.smtpServerPort, sendemail.smtpEncryption=tls, sendemail.smtpUser), "
+             "or `git config --global sendemail.sendmailCmd /usr/sbin/sendmail`")
+
+
+def send(result: MailResult, *, dry_run: bool = False, force: bool = False,
+         say: Callable[[str], None] | None = None) -> dict[str, str]:
+    """git send-email the written files, tree by tree; returns its output per tree.
+
+    dry_run prints what would go out (git send-email --dry-run). A real send
+    needs an SMTP server (or sendmail command) in git's config and gates that
+    passed (or force); otherwise nothing is sent.
+    """
+    say = say or (lambda m: None)
+    if result.blocked and not force:
+        names = ", ".join(f"{t}:{g.name}" for t, g in result.failed_gates())
+        raise UsageError(f"gates failed ({names}); nothing sent (fix the patches, or --force)")
+    if not dry_run:
+        for tm in result.trees.values():
+            if not smtp_configured(tm.worktree):
+                raise UsageError(f"git send-email has no SMTP server configured; nothing sent: {SMTP_HINT}")
+    outputs = {}
+    for t, tm in result.trees.items():
+        argv = ["git", "send-email", "--no-thread", "--confirm=never", "--suppress-cc=self",
+                "--no-format-patch", "--8bit-encoding=UTF-8", "--quiet"]
+        if dry_run:
+            argv.remove("--quiet")
+            argv.append("--dry-run")
+        argv += [str(f) for f in tm.files]
+        say(f"{t}: git send-email{' --dry-run' if dry_run else ''} {len(tm.files)} mails")
+        log = tm.out_dir / "send-email.log"
+        res = proc.run(argv, cwd=tm.worktree, timeout=900, log=log, input="")
+        text = res.stdout + res.stderr
+        if "Mail::Address" in text or "Can't locate" in text:
+            raise PrereqError("git send-email lacks its Perl modules (apt-get install libmailtools-perl "
+                              "libauthen-sasl-perl libio-socket-ssl-perl)", detail=text.strip()[-400:])
+        if not res.ok:
+            raise UsageError(f"git send-email failed for tree '{t}' (exit {res.returncode}); see {log}",
+                             detail="\n".join(text.strip().splitlines()[-8:]))
+        outputs[t] = text
+    return outputs
+
+
+# --------------------------------------------------------------------------
+# versions
+
+
+@dataclass
+class RerollResult:
+    series: str
+    sent: int  # the version tagged
+    next: int  # the version series.toml now has
+    tags: dict[str, str] = field(default_factory=dict)  # tree -> tagged commit
+
+
+def reroll(ws: Workspace, name: str, *, progress: Callable[[str], None] | None = None) -> RerollResult:
+    """Tag what was sent (kpt/<name>/vN on the applied head, per tree), then
+    bump series.toml to vN+1 with a changelog stub for the new version."""
+    from kpatch_tool import apply as applymod
+
+    say = progress or (lambda m: None)
+    series = load_series(ws, name)
+    n = series.version
+    res = RerollResult(name, n, n + 1)
+    for t in series.trees:
+        ar = applymod.apply_series(ws, name, tree=t, say=say)
+        repo = _repo_of(ar.worktree)
+        ref = f"refs/tags/{tag_name(name, n)}"
+        have = gitutil.rev(repo, ref)
+        if have and have != ar.head_commit:
+            raise UsageError(f"tree '{t}': tag {tag_name(name, n)} already exists at {have[:12]}, "
+                             f"not at the applied head {ar.head_commit[:12]} (v{n} was tagged before; "
+                             f"delete the tag to retag)")
+        if not have:
+            msg = (f"kpt: {name} v{n} as mailed\n\nseries-base: {ar.series_base}\n"
+                   f"base-commit: {ar.base_commit}\n")
+            gitutil.git(repo, "tag", "-a", "-m", msg, tag_name(name, n), ar.head_commit, check=True)
+            say(f"{t}: tagged {tag_name(name, n)} at {ar.head_commit[:12]}")
+        res.tags[t] = ar.head_commit
+    stub = {} if (n + 1) in series.changelog else {n + 1: f"- TODO: what changed since v{n}"}
+    update_toml(series, version=n + 1, changelog=stub)
+    return res
