@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Boot-to-result time: `kpt boot` (guest mode, TCG) against virtme-ng on the same bzImage.
+
+Measures, in one run on one machine:
+  - kpt: initramfs build (cold, then cached) and boot → KTAP verdict → QEMU exit, N runs;
+  - virtme-ng: `vng --disable-kvm --force-9p --run BUILD -e "uname -r"`, N runs, if vng is
+    installed (pip install virtme-ng; FACTS: it needs its venv's bin/ on PATH and --disable-kvm here).
+virtme-ng shares the host's root over 9p, so it can only boot a kernel with 9P_FS and
+NET_9P_VIRTIO built in; when the kernel lacks them vng's init fails, and the bench reports
+that and the time vng took to reach its init, a lower bound of its boot-to-result time.
+Prints both times and the ratio (target: kpt ≤ 1.5x virtme-ng).
+
+Usage: bench/bench_boot.py [--kernel-build DIR] [--runs N] [--vng PATH] [--vng-build DIR]
+Note: vng writes .virtme_mods/ into the build folder it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kpatch_tool import boot, image, proc, qemu  # noqa: E402
+from kpatch_tool import workspace as wsmod  # noqa: E402
+
+DEFAULT_BUILD = os.environ.get("KPT_BENCH_BUILD", "/work/scratch/build-guest")
+
+
+def bench_kpt(ws, build: Path, runs: int, tmp: Path) -> dict:
+    release = image.kernel_release(build)
+    smoke = [{"series": "bench", "name": "uname", "run": "uname -r", "expect": release}]
+    cache_ws = wsmod.Workspace(root=ws.root, trees=ws.trees, cache_dir=tmp / "cache", data=ws.data)
+    t0 = time.monotonic()
+    initrd = image.build_initramfs(cache_ws, kernel_release=release, modules_dir=None, smoke=smoke, mode="guest")
+    cold = time.monotonic() - t0
+    t0 = time.monotonic()
+    image.build_initramfs(cache_ws, kernel_release=release, modules_dir=None, smoke=smoke, mode="guest")
+    warm = time.monotonic() - t0
+    times, done = [], []
+    for i in range(runs):
+        r = boot.boot(cache_ws, mode="guest", kernel=build / "arch/x86/boot/bzImage", initrd=initrd,
+                      run_dir=tmp / f"kpt-{i}", timeout=120)
+        if r.verdict != "pass":
+            raise SystemExit(f"kpt boot {i}: {r.verdict}: {r.message} (see {r.console_log})")
+        times.append(r.duration)
+        done.append(r.outcome.done_after or r.duration)
+    return {"image_cold": cold, "image_warm": warm, "boot": times, "ktap_done": done,
+            "accel": "kvm" if qemu.kvm()[0] else "tcg"}
+
+
+def bench_vng(vng: str, build: Path, runs: int, tmp: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(vng).parent}:{env.get('PATH', '')}:/usr/sbin:/sbin"
+    release = image.kernel_release(build)
+    times, failure, init_at = [], None, []
+    for i in range(runs):
+        seen: dict[str, float] = {}
+        t0 = time.monotonic()
+
+        def on_line(line: str, t0=t0, seen=seen):
+            if "as init process" in line and "init" not in seen:
+                seen["init"] = time.monotonic() - t0
+            if "Kernel panic" in line and "panic" not in seen:
+                seen["panic"] = time.monotonic() - t0
+                seen["panic_line"] = line.strip()
+
+        res = proc.stream([vng, "--disable-kvm", "--force-9p", "--verbose", "--run", str(build), "-e", "uname -r"],
+                          on_line=on_line, env=env, timeout=180, log=tmp / f"vng-{i}.log")
+        wall = time.monotonic() - t0
+        if res.ok and release in res.stdout and "panic" not in seen:
+            times.append(wall)
+        else:
+            failure = seen.get("panic_line") or f"exit {res.returncode}{' (timed out)' if res.timed_out else ''}"
+            if "init" in seen:
+                init_at.append(seen["init"])
+            if "init" not in seen:
+                break  # it will not get further on another try
+    return {"boot": times, "failure": failure, "init_at": init_at}
+
+
+def fmt(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"median {statistics.median(xs):.2f}s (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernel-build", type=Path, default=Path(DEFAULT_BUILD))
+    ap.add_argument("--vng-build", type=Path, default=None, help="build folder for vng (default: the same)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--vng", default=shutil.which("vng") or "/work/scratch/vng-venv/bin/vng")
+    args = ap.parse_args()
+    build = args.kernel_build.resolve()
+    if not (build / "arch/x86/boot/bzImage").is_file():
+        raise SystemExit(f"{build}: no arch/x86/boot/bzImage (build the guest profile first)")
+    ws = wsmod.load()
+    with tempfile.TemporaryDirectory(prefix="kpt-bench-") as t:
+        tmp = Path(t)
+        k = bench_kpt(ws, build, args.runs, tmp)
+        print(f"kernel: {build / 'arch/x86/boot/bzImage'} ({image.kernel_release(build)}), accel {k['accel']}")
+        print(f"kpt image initramfs: cold {k['image_cold']:.2f}s, cached {k['image_warm']:.3f}s")
+        print(f"kpt boot (launch → verdict → QEMU exit): {fmt(k['boot'])}")
+        print(f"kpt boot (launch → last KTAP result):    {fmt(k['ktap_done'])}")
+        ours = statistics.median(k["boot"])
+        if not Path(args.vng).is_file():
+            print(f"virtme-ng: not installed ({args.vng}); pip install virtme-ng to compare")
+            return 0
+        v = bench_vng(args.vng, (args.vng_build or build).resolve(), args.runs, tmp)
+        if v["boot"]:
+            theirs = statistics.median(v["boot"])
+            print(f"vng --run -e 'uname -r' (launch → exit):  {fmt(v['boot'])}")
+            print(f"ratio kpt/vng: {ours / theirs:.2f}x (target ≤ 1.5x)")
+        else:
+            print(f"virtme-ng could not boot this kernel: {v['failure']}")
+            print("  (vng mounts the host's root over 9p: the kernel needs 9P_FS, NET_9P_VIRTIO, VIRTIO_PCI)")
+            if v["init_at"]:
+                lower = statistics.median(v["init_at"])
+                print(f"vng launch → its init started (lower bound of its boot-to-result): {fmt(v['init_at'])}")
+                print(f"ratio kpt (full result) / vng (only reaching init): {ours / lower:.2f}x (target ≤ 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
