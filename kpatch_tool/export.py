@@ -89,10 +89,6 @@ def write_tree_folder(folder: Path, patches: list[Path], header: str = "") -> Ex
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
     try:
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.is_file() and p.suffix != ".patch" and p.name != ORDER:
-                    shutil.copy2(p, tmp / p.name)
         names = []
         for src in patches:
             data = src.read_bytes()
@@ -118,6 +114,9 @@ def write_tree_folder(folder: Path, patches: list[Path], header: str = "") -> Ex
                     os.replace(folder / n, tmp / n)
             if (folder / ORDER).is_file() and (folder / ORDER).read_bytes() == (tmp / ORDER).read_bytes():
                 os.replace(folder / ORDER, tmp / ORDER)
+            for p in list(folder.iterdir()):  # the user's other files move along
+                if p.suffix != ".patch" and p.name != ORDER and not (tmp / p.name).exists():
+                    os.replace(p, tmp / p.name)
             trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
             os.rename(folder, trash / folder.name)
             os.rename(tmp, folder)
@@ -261,9 +260,12 @@ def _pieces(path: Path, work: Path, repo: Path) -> list[tuple[Path, str]]:
     data = path.read_bytes()
     if b"\0" in data:
         raise UsageError(f"{path}: not an mbox or patch (binary data)")
+    if b"\r\n" in data:
+        lineno = data[: data.index(b"\r\n")].count(b"\n") + 1
+        raise UsageError(f"{path}:{lineno}: CRLF line endings (convert with dos2unix first)")
     split = work / "split"
     split.mkdir()
-    res = gitutil.git(repo, "mailsplit", "-b", f"-o{split}", str(path))
+    res = gitutil.git(repo, "mailsplit", "-b", "--keep-cr", f"-o{split}", str(path))
     if not res.ok:
         raise UsageError(f"{path}: not an mbox: {res.stderr.strip()[:200]}")
     pieces = sorted(split.iterdir())

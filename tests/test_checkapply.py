@@ -1,0 +1,85 @@
+"""kpt check-apply: verdicts per patch and base, without checking anything out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kpatch_tool import checkapply
+from kpatch_tool.cli import main
+from kpatch_tool.errors import UsageError
+
+from conftest import git
+
+
+def kpt(ws, *args):
+    return CliRunner().invoke(main, ["--workspace", str(ws.root), *args])
+
+
+def verdicts(report):
+    return [r.status for r in report.results]
+
+
+def test_verdicts_on_each_base(series_ws, series_repo, demo_series):
+    before = (git(series_repo, "status", "--porcelain"), (series_repo / ".git" / "index").read_bytes())
+    reports = checkapply.check_apply(series_ws, "demo", ["v1", "v2", "merged", "merged-later", "conflict"])
+    by = {r.base: r for r in reports}
+    assert verdicts(by["v1"]) == ["clean", "clean", "clean"]
+    assert verdicts(by["v2"]) == ["offset", "clean", "clean"] and by["v2"].results[0].detail == "offset 3"
+    assert verdicts(by["merged"]) == ["clean", "merged", "clean"]
+    # Upstream changed the lines again after taking the patch: found by patch-id.
+    assert verdicts(by["merged-later"]) == ["clean", "merged", "clean"]
+    merged_as = git(series_repo, "rev-parse", "merged").strip()
+    assert by["merged-later"].results[1].detail == f"already in the base as {merged_as[:12]}"
+    assert verdicts(by["conflict"]) == ["fails", "clean", "clean"]
+    assert by["conflict"].results[0].hunks == ["drivers/net/netfront.c:2"]
+    assert [r.ok for r in reports] == [True, True, True, True, False]
+    # Nothing was checked out, the user's index and tree are untouched.
+    assert not (series_ws.cache_dir / "worktrees").exists()
+    assert (git(series_repo, "status", "--porcelain"), (series_repo / ".git" / "index").read_bytes()) == before
+
+
+def test_three_way_when_blobs_are_known(series_ws, series_repo, demo_series):
+    # A base where the context around patch 1 changed (line 2), the line itself did not.
+    git(series_repo, "checkout", "-q", "-b", "ctx", "v1")
+    f = series_repo / "drivers/net/netfront.c"
+    f.write_text(f.read_text().replace("net line 2\n", "net line 2 changed\n"))
+    git(series_repo, "commit", "-qam", "context change")
+    git(series_repo, "checkout", "-q", "main")
+    [rep] = checkapply.check_apply(series_ws, "demo", ["ctx"])
+    assert verdicts(rep) == ["3way", "clean", "clean"]
+
+
+def test_other_tree_and_json_via_cli(series_ws, series_repo, demo_series, tmp_path):
+    other = tmp_path / "other-src"
+    git(tmp_path, "clone", "-q", "--no-local", str(series_repo), str(other))
+    (series_ws.root / "kpt.toml").write_text((series_ws.root / "kpt.toml").read_text()
+                                             + f'\n[trees.other]\nsource = "{other}"\n')
+    r = kpt(series_ws, "check-apply", "demo", "--onto", "v2,other=origin/b-conflict", "--json")
+    assert r.exit_code == 3, r.output
+    data = json.loads(r.output[: r.output.rindex("]") + 1])
+    assert [(d["base"], d["tree"], d["ok"]) for d in data] == [("v2", "linux", True),
+                                                               ("other=origin/b-conflict", "other", False)]
+    assert data[1]["results"][0]["status"] == "fails"
+    r = kpt(series_ws, "check-apply", "demo", "--onto", "v1,v2")
+    assert r.exit_code == 0, r.output
+    assert "offset 3" in r.output
+
+
+@pytest.mark.parametrize("onto, message", [
+    ("nope", "no ref 'nope'"),
+    ("qemu2=v1", "unknown tree 'qemu2'"),
+    (",", "no bases given"),
+])
+def test_bad_bases(series_ws, demo_series, onto, message):
+    r = kpt(series_ws, "check-apply", "demo", "--onto", onto)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+def test_parse_bases(series_ws):
+    assert checkapply.parse_bases(series_ws, "linux", ["a", "linux=b"]) == [("a", "linux", "a"), ("linux=b", "linux", "b")]
+    with pytest.raises(UsageError):
+        checkapply.parse_bases(series_ws, "linux", ["linux="])
