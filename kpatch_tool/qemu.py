@@ -44,6 +44,7 @@ STOP_GRACE = 3.0  # seconds QEMU gets to exit by itself after the verdict is kno
 # is not mistaken for the kernel's own report.
 _PREFIX = re.compile(r"^(?:\(XEN\) ?)?(?:\[\s*\d+\.\d+\] ?)?\s*")
 PANIC_RE = re.compile(r"^(Kernel panic - not syncing|Panic on CPU \d+|Hardware Dom0 crashed)")
+_ANSI = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|c)")
 OOPS_RE = re.compile(r"^(Oops:|BUG:|kernel BUG at|general protection fault|WARNING: CPU:)")
 
 
@@ -249,10 +250,13 @@ def run(argv: Sequence[str], *, log: Path, timeout: float, marker: str,
     def watch(line: str) -> bool:
         if on_line:
             on_line(line)
-        tail.append(line)
+        tail.append(_ANSI.sub("", line))  # SeaBIOS clears the screen; keep messages readable
         body = _PREFIX.sub("", line, count=1)
+        if out.panic and out.panic.endswith(":") and body.strip("* "):
+            # Xen says why on the line after "Panic on CPU 0:".
+            out.panic += " " + body.strip()
         if PANIC_RE.match(body):
-            out.panic = out.panic or line.strip()
+            out.panic = out.panic or body.strip()
             arm("panic")
         elif OOPS_RE.match(body):
             out.oopses.append(line.strip())

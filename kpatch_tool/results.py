@@ -135,11 +135,12 @@ def print_table(results: RunResults, console) -> None:
     from rich.table import Table
 
     style = {PASS: "green", FAIL: "red", SKIP: "yellow", TODO: "yellow"}
-    table = Table("class", "test", "result", "reason")
-    for c in results.cases:
-        st = style.get(c.status, "")
-        table.add_row(escape(c.classname), escape(c.name), f"[{st}]{c.status}[/{st}]", escape(c.reason))
-    console.print(table)
+    if results.cases:
+        table = Table("class", "test", "result", "reason")
+        for c in results.cases:
+            st = style.get(c.status, "")
+            table.add_row(escape(c.classname), escape(c.name), f"[{st}]{c.status}[/{st}]", escape(c.reason))
+        console.print(table)
     n = results.counts()
     vstyle = "green" if results.verdict == "pass" else "red"
     console.print(f"verdict [{vstyle}]{results.verdict}[/{vstyle}]"
