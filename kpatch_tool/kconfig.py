@@ -459,7 +459,11 @@ def _explain_problem(kconf, a: Assignment) -> ConfigProblem:
     want = TRI.get(a.value, 2)
     has_prompt = any(n.prompt for n in sym.nodes)
     dep = expr_value(sym.direct_dep)
-    if sym.orig_type in (BOOL, TRISTATE) and want < expr_value(sym.rev_dep):
+    if sym.orig_type is TRISTATE and a.value == "m" and kconf.modules.tri_value == 0:
+        # Without modules an m request is promoted to y (or stays n).
+        p.reason = "m needs CONFIG_MODULES=y"
+        p.unmet_expr = value_expr(kconf.modules)
+    elif sym.orig_type in (BOOL, TRISTATE) and want < expr_value(sym.rev_dep):
         p.reason = f"forced to {actual} by select: selected by {', '.join(selectors(kconf, sym))}"
         p.unmet_expr = value_expr(sym.rev_dep)
     elif not has_prompt:
@@ -472,10 +476,7 @@ def _explain_problem(kconf, a: Assignment) -> ConfigProblem:
         p.unmet_expr = value_expr(sym.direct_dep)
     elif sym.visibility < want:
         conds = [value_expr(n.prompt[1]) for n in sym.nodes if n.prompt and n.prompt[1] is not kconf.y]
-        if want == 1 and kconf.modules.tri_value == 0:
-            p.reason = "m needs CONFIG_MODULES=y"
-            p.unmet_expr = value_expr(kconf.modules)
-        elif sym.choice is not None:
+        if sym.choice is not None:
             p.reason = f"in a choice: {value_expr(sym.choice.direct_dep) if expr_value(sym.choice.direct_dep) == 0 else 'the choice is not visible or in m mode'}"
         else:
             p.reason = "prompt not visible"
@@ -668,29 +669,38 @@ def _objdir(srctree: Path, arch: str) -> Path:
     return d
 
 
-def cross_check(srctree: Path, config_path: Path, log=None, *, arch: str = "x86") -> list[str]:
-    """Diff lines between config_path and `make olddefconfig` of it ([] = fixed point).
+def kbuild_config(srctree: Path, target: str, config_text: str | None = None, *, arch: str = "x86",
+                  extra_env: dict | None = None, log=None) -> str:
+    """Run the kernel's own `make <config target>` and return the .config it wrote.
 
-    Runs the kernel's own conf in a kept O= folder (locked: one check at a
-    time per tree), never writing to srctree.
+    Runs in a kept O= folder per tree (scripts/kconfig/conf is built once),
+    locked so checks never mix; config_text, when given, is the .config the
+    target starts from. The source tree is never written to.
     """
     import fcntl
 
     srctree = Path(srctree).resolve()
-    config_path = Path(config_path)
-    ours = config_path.read_text()
     obj = _objdir(srctree, arch)
     with open(obj / ".kpt-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for stale in (".config", ".config.old"):
             (obj / stale).unlink(missing_ok=True)
-        shutil.copyfile(config_path, obj / ".config")
-        res = proc.run(["make", "-s", "-C", str(srctree), f"O={obj}", f"ARCH={arch}", "olddefconfig"],
-                       timeout=300, log=log)
+        if config_text is not None:
+            (obj / ".config").write_text(config_text)
+        env = {**os.environ, **(extra_env or {})}
+        res = proc.run(["make", "-s", "-C", str(srctree), f"O={obj}", f"ARCH={arch}", target],
+                       env=env, timeout=300, log=log)
         if not res.ok:
             tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-10:])
-            raise ConfigError(f"cross-check: `make olddefconfig` failed for {srctree}", detail=tail)
-        theirs = (obj / ".config").read_text()
+            raise ConfigError(f"`make {target}` failed for {srctree}", detail=tail)
+        return (obj / ".config").read_text()
+
+
+def cross_check(srctree: Path, config_path: Path, log=None, *, arch: str = "x86") -> list[str]:
+    """Diff lines between config_path and `make olddefconfig` of it ([] = fixed point)."""
+    config_path = Path(config_path)
+    ours = config_path.read_text()
+    theirs = kbuild_config(srctree, "olddefconfig", ours, arch=arch, log=log)
     return list(difflib.unified_diff(normalise(ours), normalise(theirs),
                                      fromfile=f"{config_path} (kpt)", tofile="make olddefconfig",
                                      lineterm="", n=1))

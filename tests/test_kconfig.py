@@ -1,0 +1,282 @@
+"""kconfig: fragments, the kconfiglib 6.x shim, evaluation, validation, cross-check.
+
+The first part needs no kernel tree (fragment parser, a synthetic Kconfig tree
+for the shim). The second part runs on the real Debian Linux 6.1 tree and
+compares against the kernel's own C tools (`make tinyconfig`, `make
+olddefconfig`); the tree is parsed once per module.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kconfiglib
+import pytest
+from click.testing import CliRunner
+
+from kpatch_tool import kconfig, kconfig_compat
+from kpatch_tool.errors import ConfigError, UsageError
+
+# ---------------------------------------------------------------- fragments (no tree)
+
+
+def test_fragment_parser_reads_values_comments_and_not_set(tmp_path):
+    f = tmp_path / "a.config"
+    f.write_text('# Help: demo\n\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=0x10\n'
+                 'CONFIG_D="with \\"quote\\""\nCONFIG_E=-3\n  CONFIG_F=m  \n')
+    got = [(a.symbol, a.value, a.line, a.quoted) for a in kconfig.parse_fragment(f)]
+    assert got == [("A", "y", 3, False), ("B", "n", 4, False), ("C", "0x10", 5, False),
+                   ("D", 'with "quote"', 6, True), ("E", "-3", 7, False), ("F", "m", 8, False)]
+
+
+@pytest.mark.parametrize("line", ["XEN=y", "CONFIG_XEN y", "CONFIG_XEN=", 'CONFIG_S="open', "set CONFIG_X=y"])
+def test_fragment_line_that_is_not_a_config_line_names_file_and_line(tmp_path, line):
+    f = tmp_path / "bad.config"
+    f.write_text(f"CONFIG_OK=y\n{line}\n")
+    with pytest.raises(UsageError) as exc:
+        kconfig.parse_fragment(f)
+    assert f"{f}:2:" in exc.value.message
+
+
+def test_missing_fragment_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        kconfig.parse_fragment(tmp_path / "nope.config")
+
+
+def test_redefinition_across_fragments_warns_with_both_files_and_lines(tmp_path):
+    a, b = tmp_path / "a.config", tmp_path / "b.config"
+    a.write_text("CONFIG_X=y\nCONFIG_Y=y\n")
+    b.write_text("# c\nCONFIG_X=m\nCONFIG_Y=y\n")
+    warns = kconfig.redefinitions(kconfig.parse_fragment(a) + kconfig.parse_fragment(b))
+    assert len(warns) == 1  # the same value twice is not a redefinition
+    assert f"{a}:1" in warns[0] and f"{b}:2" in warns[0] and "CONFIG_X" in warns[0]
+
+
+def test_config_hash_ignores_comments_but_not_values():
+    t1 = "#\n# header 1\n#\nCONFIG_A=y\n\n# menu\n# CONFIG_B is not set\n"
+    t2 = "# other header\nCONFIG_A=y\n# CONFIG_B is not set\n"
+    assert kconfig.config_hash(t1) == kconfig.config_hash(t2)
+    assert kconfig.config_hash(t1) != kconfig.config_hash("CONFIG_A=m\n# CONFIG_B is not set\n")
+
+
+def test_diff_configs_is_symbol_level():
+    a = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=1\n"
+    b = "# comment\nCONFIG_C=1\nCONFIG_A=m\nCONFIG_D=y\n"
+    assert kconfig.diff_configs(a, b) == [("A", "y", "m"), ("B", "n", None), ("D", None, "y")]
+
+
+def test_kernelversion_from_makefile(tmp_path):
+    (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\nEXTRAVERSION = -rc1\n")
+    assert kconfig_compat.kernelversion(str(tmp_path)) == "6.1.192-rc1"
+
+
+def test_cc_version_text_is_gccs_first_line_without_hash():
+    text = kconfig_compat.cc_version_text("gcc")
+    first = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
+                           env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}).stdout.splitlines()[0]
+    assert text == first.replace("#", "") and text
+
+
+# ---------------------------------------------------------------- the shim (synthetic tree)
+
+SYNTH_KCONFIG = """\
+mainmenu "Synthetic $(SRCARCH) $(KERNELVERSION)"
+cc-option = $(shell,mkdir .tmp_$$ && rmdir .tmp_$$ && echo y || echo n)
+
+config A
+\tbool "a"
+
+menuconfig MODULES
+\tbool "modules"
+\tdepends on A
+\tmodules
+\thelp
+\t  bare `modules` as in Linux >= 5.13
+
+config B
+\ttristate "b"
+
+config HAS_CWD_WRITABLE
+\tdef_bool $(cc-option)
+"""
+
+
+@pytest.fixture
+def synth_tree(tmp_path):
+    src = tmp_path / "synth"
+    src.mkdir()
+    (src / "Kconfig").write_text(SYNTH_KCONFIG)
+    (src / "Makefile").write_text("VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 0\nEXTRAVERSION =\n")
+    return src
+
+
+def test_stock_kconfiglib_rejects_bare_modules_and_the_shim_accepts_it(synth_tree, monkeypatch):
+    monkeypatch.setenv("srctree", str(synth_tree))
+    with pytest.raises(kconfiglib.KconfigError, match="modules"):
+        kconfiglib.Kconfig("Kconfig", warn_to_stderr=False)
+    tree = kconfig.load_tree(synth_tree)
+    mod = tree.kconf.syms["MODULES"]
+    assert tree.kconf.modules is mod
+    # The `depends on` before the keyword and the help after it both survive.
+    assert kconfig.value_expr(mod.direct_dep) == "A [=n]"
+    assert "bare `modules`" in mod.nodes[0].help
+    assert tree.kconf.mainmenu_text == "Synthetic x86 9.9.0"
+
+
+def test_shell_macros_run_in_a_writable_scratch_dir_like_kbuilds_objtree(synth_tree, monkeypatch, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    monkeypatch.chdir(ro)  # kconfiglib alone would run cc-option here and get n
+    result = kconfig.evaluate(synth_tree, "allnoconfig", [])
+    assert "CONFIG_HAS_CWD_WRITABLE=y" in result.config_text
+    assert not list(synth_tree.glob(".tmp_*"))
+
+
+def test_tristate_m_needs_modules_and_the_fix_is_suggested(synth_tree, tmp_path):
+    frag = tmp_path / "m.config"
+    frag.write_text("CONFIG_B=m\n")
+    result = kconfig.evaluate(synth_tree, "allnoconfig", [frag])
+    (p,) = result.problems
+    # kconfig promotes m to y when MODULES is off.
+    assert (p.symbol, p.requested, p.actual) == ("B", "m", "y")
+    assert p.reason == "m needs CONFIG_MODULES=y" and p.unmet_expr == "MODULES [=n]"
+    assert set(p.suggestions) == {"CONFIG_MODULES=y", "CONFIG_A=y"}
+
+
+def test_unparsable_kconfig_is_a_config_error_naming_file_line_and_construct(tmp_path):
+    src = tmp_path / "broken"
+    (src / "sub").mkdir(parents=True)
+    (src / "Kconfig").write_text('source "sub/Kconfig"\n')
+    (src / "sub" / "Kconfig").write_text("config X\n\tbool \"x\"\n\ttransitional\n")
+    with pytest.raises(ConfigError) as exc:
+        kconfig.load_tree(src)
+    assert "sub/Kconfig:3" in exc.value.message and "transitional" in exc.value.message
+
+
+def test_a_folder_without_kconfig_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no Kconfig"):
+        kconfig.load_tree(tmp_path)
+
+
+# ---------------------------------------------------------------- the real Linux 6.1 tree
+
+
+@pytest.fixture(scope="module")
+def linux61(linux_src):
+    """Linux 6.1 parsed once for this module (about 4 s)."""
+    kconfig.load_tree(linux_src)
+    return linux_src
+
+
+def _frag(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+PROFILES = ["guest", "xen-dom0", "xen-domU"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_validates_and_is_a_fixed_point_of_make_olddefconfig(project_ws, linux61, tmp_path, profile):
+    out = tmp_path / f"{profile}.config"
+    result = kconfig.config_for_profile(project_ws, linux61, profile, output=out)
+    assert result.problems == [] and result.warnings == []
+    assert kconfig.cross_check(linux61, out) == []
+
+
+@pytest.mark.parametrize("base,target", [("tinyconfig", "tinyconfig"), ("defconfig", "x86_64_defconfig")])
+def test_base_equals_the_kernels_own_make_target(linux61, tmp_path, base, target):
+    result = kconfig.evaluate(linux61, base, [])
+    theirs = kconfig.kbuild_config(linux61, target)
+    assert kconfig.normalise(result.config_text) == kconfig.normalise(theirs)
+
+
+def test_cross_check_reports_a_config_kbuild_would_change(linux61, tmp_path):
+    result = kconfig.evaluate(linux61, "tinyconfig", [])
+    bad = tmp_path / "bad.config"
+    # tinyconfig is 32-bit; turning 64BIT on makes olddefconfig add X86_64.
+    bad.write_text(result.config_text.replace("# CONFIG_64BIT is not set", "CONFIG_64BIT=y"))
+    diff = kconfig.cross_check(linux61, bad)
+    assert "+CONFIG_X86_64=y" in diff
+
+
+def test_xen_dom0_from_tinyconfig_needs_acpi(linux61, tmp_path):
+    frag = _frag(tmp_path, "dom0.config", "CONFIG_64BIT=y\nCONFIG_HYPERVISOR_GUEST=y\nCONFIG_PARAVIRT=y\n"
+                 "CONFIG_XEN=y\nCONFIG_XEN_PV=y\nCONFIG_PCI=y\nCONFIG_XEN_DOM0=y\n")
+    result = kconfig.evaluate(linux61, "tinyconfig", [frag])
+    (p,) = result.problems
+    assert (p.symbol, p.requested, p.actual, p.reason) == ("XEN_DOM0", "y", "n", "unmet dependency")
+    assert "ACPI [=n]" in p.unmet_expr and "XEN_PV [=y]" in p.unmet_expr
+    assert p.defined_at == ["arch/x86/xen/Kconfig:88"]
+    assert (p.fragment, p.line) == (str(frag), 7)
+    assert p.suggestions == ["CONFIG_ACPI=y"]
+
+
+def test_blkfront_needs_blk_dev_and_block_and_grant_dma_ops_has_no_prompt(linux61, tmp_path):
+    frag = _frag(tmp_path, "blk.config", "CONFIG_64BIT=y\nCONFIG_HYPERVISOR_GUEST=y\nCONFIG_PARAVIRT=y\n"
+                 "CONFIG_XEN=y\nCONFIG_XEN_PV=y\nCONFIG_XEN_BLKDEV_FRONTEND=y\nCONFIG_XEN_GRANT_DMA_OPS=y\n")
+    result = kconfig.evaluate(linux61, "tinyconfig", [frag])
+    blk, grant = result.problems
+    assert blk.symbol == "XEN_BLKDEV_FRONTEND"
+    assert set(blk.suggestions) == {"CONFIG_BLK_DEV=y", "CONFIG_BLOCK=y"}
+    assert grant.symbol == "XEN_GRANT_DMA_OPS"
+    assert grant.reason == "no prompt; selected by XEN_VIRTIO"
+    assert grant.suggestions[0] == "CONFIG_XEN_VIRTIO=y"
+    # The suggestions were verified by evaluating with them added.
+    fixed = _frag(tmp_path, "fix.config", "\n".join(blk.suggestions + grant.suggestions) + "\n")
+    assert kconfig.evaluate(linux61, "tinyconfig", [frag, fixed]).problems == []
+
+
+def test_typo_wrong_type_and_redefinition(linux61, tmp_path):
+    a = _frag(tmp_path, "a.config", "CONFIG_PRINTKK=y\nCONFIG_NR_CPUS=yes\nCONFIG_64BIT=y\n")
+    b = _frag(tmp_path, "b.config", "# CONFIG_64BIT is not set\n")
+    result = kconfig.evaluate(linux61, "tinyconfig", [a, b])
+    by = {p.symbol: p for p in result.problems}
+    assert set(by) == {"PRINTKK", "NR_CPUS"}
+    assert by["PRINTKK"].actual is None and "CONFIG_PRINTK?" in by["PRINTKK"].reason
+    assert "int" in by["NR_CPUS"].reason and by["NR_CPUS"].line == 2
+    (w,) = result.warnings
+    assert f"{a}:3" in w and f"{b}:1" in w
+    assert "# CONFIG_64BIT is not set" in result.config_text  # the later line won
+
+
+def test_config_for_profile_writes_the_config_even_when_it_fails(project_ws, linux61, tmp_path):
+    extra = _frag(tmp_path, "x.config", "CONFIG_XEN_GRANT_DMA_OPS=y\n")
+    out = tmp_path / "out" / "guest.config"
+    with pytest.raises(ConfigError) as exc:
+        kconfig.config_for_profile(project_ws, linux61, "guest", [extra], output=out)
+    assert exc.value.exit_code == 4 and "XEN_VIRTIO" in exc.value.detail
+    assert "CONFIG_64BIT=y" in out.read_text()
+
+
+def test_explain_shows_dependencies_selectors_and_why(linux61):
+    info = kconfig.explain(linux61, "CONFIG_XEN_GRANT_DMA_OPS", "tinyconfig")
+    assert info.type == "bool" and info.prompts == []
+    assert info.selected_by[0].startswith("XEN_VIRTIO [=n]")
+    assert info.selects == ["DMA_OPS"]
+    assert info.value == "n"
+    nr = kconfig.explain(linux61, "NR_CPUS", "tinyconfig")
+    assert nr.why.startswith("prompt hidden (SMP [=n]") and "NR_CPUS_DEFAULT" in nr.why
+
+
+def test_cli_config_profile_explain_and_diff(project_ws, linux61, tmp_path):
+    from kpatch_tool.cli import main
+
+    runner = CliRunner()
+    ws = ["-w", str(project_ws.root)]
+    guest = tmp_path / "guest.config"
+    res = runner.invoke(main, [*ws, "config", "guest", "--srctree", str(linux61), "-o", str(guest)])
+    assert res.exit_code == 0, res.output
+    assert guest.is_file()
+    bad = _frag(tmp_path, "bad.config", "CONFIG_XEN_DOM0=y\n")
+    res = runner.invoke(main, [*ws, "config", "--base", "tinyconfig", "-f", str(bad), "--srctree", str(linux61),
+                               "-o", str(tmp_path / "bad.out")])
+    assert res.exit_code == 4
+    assert "XEN_DOM0" in res.output and (tmp_path / "bad.out").is_file()
+    res = runner.invoke(main, [*ws, "config", "explain", "XEN_DOM0", "--profile", "xen-dom0", "--srctree", str(linux61)])
+    assert res.exit_code == 0 and "arch/x86/xen/Kconfig:88" in res.output
+    res = runner.invoke(main, [*ws, "config", "diff", str(guest), str(tmp_path / "bad.out")])
+    assert res.exit_code == 0 and "CONFIG_VIRTIO_PCI: y -> -" in res.output
