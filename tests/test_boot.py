@@ -189,3 +189,35 @@ def test_real_hung_guest_times_out_and_qemu_is_reaped(tmp_ws, tmp_path, real_ker
     assert r.verdict == "timeout" and r.duration < 25
     marker = r.argv[r.argv.index("-name") + 1]
     assert qemu.marked_pids(marker) == []
+
+
+@pytest.mark.slow
+def test_real_guest_loads_the_builds_modules(tmp_ws, tmp_path, real_kernel):
+    """Every .ko of the kernel's build folder, staged as modules_install would, loads in the guest
+    (or is skipped when it drives hardware QEMU lacks, as x86_pkg_temp_thermal does)."""
+    import shutil
+    import subprocess
+
+    ws = tmp_ws()
+    build = real_kernel.parents[3]  # <O=>/arch/x86/boot/bzImage
+    release = image.kernel_release(build)
+    kos = sorted(build.rglob("*.ko"))
+    stage = tmp_path / "stage"
+    mod_dir = stage / "lib/modules" / release
+    for ko in kos:
+        dest = mod_dir / "kernel" / ko.relative_to(build)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ko, dest)
+    mod_dir.mkdir(parents=True, exist_ok=True)
+    if shutil.which("depmod"):
+        subprocess.run(["depmod", "-b", str(stage), release], check=True)
+    initrd = image.build_initramfs(ws, kernel_release=release, modules_dir=stage, smoke=[], mode="guest")
+    r = boot.boot(ws, mode="guest", kernel=real_kernel, initrd=initrd, run_dir=tmp_path / "run", timeout=120)
+    mods = {c.name: c for c in r.results if c.name.startswith("module")}
+    if kos:
+        assert set(mods) == {f"module-{ko.name[:-3]}" for ko in kos}
+    else:
+        assert mods["modules-load"].status == "skip"
+    for c in mods.values():
+        assert c.status == "pass" or (c.status == "skip" and c.reason), (c.name, c.status, c.output)
+    assert r.verdict == "pass", r.message
