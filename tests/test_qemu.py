@@ -179,3 +179,25 @@ def test_oops_and_diagnostics_are_told_apart(tmp_path):
 def test_missing_qemu_is_a_prereq_error(tmp_path):
     with pytest.raises(PrereqError, match="not found"):
         qemu.run([str(tmp_path / "no-qemu")], log=tmp_path / "c.log", timeout=5, marker="kpt-none")
+
+
+def test_ctrl_c_reaps_qemu(tmp_path):
+    """Ctrl-C (SIGINT to kpt) while the fake QEMU hangs: QEMU's whole process group is gone after."""
+    import signal
+    import subprocess
+    import sys
+
+    script, token = fake_qemu(tmp_path, "booting")
+    marker = qemu.new_marker()
+    code = (f"from kpatch_tool import qemu\nfrom pathlib import Path\n"
+            f"qemu.run([{str(script)!r}, '-name', {marker!r}], log=Path({str(tmp_path / 'c.log')!r}), "
+            f"timeout=60, marker={marker!r})\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not sleepers(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers(token), "fake QEMU did not start"
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=15)
+    assert "KeyboardInterrupt" in err
+    assert qemu.marked_pids(marker) == [] and sleepers(token) == []
