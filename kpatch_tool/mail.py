@@ -19,7 +19,8 @@ mails are then finished the way a maintainer's tools read them:
   cover letter gets the union.
 - The gates (gates.py) judge the patch mails before anything goes out.
 
-Output: one file per mail plus an mboxrd mbox per tree, under
+Output: one file per mail plus mboxrd mboxes per tree (the patches, which
+git am applies, and the whole thread), under
 `<out>/<tree>/` (default `out/mail/<series>-v<N>/<tree>/`). Sending is
 git send-email's job, and only on an explicit request.
 """
@@ -61,7 +62,8 @@ class TreeMail:
     kind: str
     out_dir: Path
     files: list[Path]  # cover letter first, then the patches in order
-    mbox: Path
+    mbox: Path  # the patches (git am applies it on the base; b4 reads it)
+    thread_mbox: Path  # the whole thread as it goes out, cover letter first
     cover: Path
     subject: str  # the cover letter's
     message_id: str  # the cover letter's (thread root)
@@ -101,6 +103,7 @@ class MailResult:
     def to_dict(self) -> dict:
         return {"series": self.series, "version": self.version, "out": str(self.out),
                 "trees": {n: {"files": [str(f) for f in t.files], "mbox": str(t.mbox),
+                              "thread_mbox": str(t.thread_mbox),
                               "cover": str(t.cover), "subject": t.subject,
                               "message_id": t.message_id,
                               "recipients": t.recipients.to_dict(),
@@ -470,10 +473,13 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
         p = outdir / fname
         p.write_text(text, encoding="utf-8")
         paths.append(p)
+    # git am stops at a cover letter ("Patch is empty"), so the mbox to apply
+    # holds the patches only; the thread mbox is what the list will archive.
     mbox = outdir / f"{name}-v{version}-{t}.mbox"
-    mbox.write_text(mboxrd(final), encoding="utf-8")
-    subject_line = part.subject
-    return TreeMail(t, part.kind, outdir, paths, mbox, paths[0], subject_line, ids[0], part.cover_rec,
+    mbox.write_text(mboxrd(final[1:]), encoding="utf-8")
+    thread = outdir / f"{name}-v{version}-{t}.thread.mbox"
+    thread.write_text(mboxrd(final), encoding="utf-8")
+    return TreeMail(t, part.kind, outdir, paths, mbox, thread, paths[0], part.subject, ids[0], part.cover_rec,
                     {n: part.per_patch[n] for n in part.names[1:]}, part.gates, part.ar.base_commit,
                     part.ar.series_base, part.ar.head_commit, part.ar.worktree, part.prerequisites,
                     part.range_diff)

@@ -127,3 +127,42 @@ def copy_kernel_scripts(dest: Path, linux_src: Path) -> None:
     (dest / "scripts").mkdir(parents=True, exist_ok=True)
     for s in KERNEL_SCRIPTS:
         shutil.copy2(Path(linux_src) / "scripts" / s, dest / "scripts" / s)
+
+
+def add_tree(folder: Path, tree: str, repo: Path, base: str, tip: str, tree_toml: str = "") -> None:
+    """Add a second tree's patches to a stored series."""
+    tdir = folder / tree
+    tdir.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["git", "-C", str(repo), "format-patch", "--zero-commit", "--no-signature",
+                          "--no-numbered", "--full-index", "-o", str(tdir), f"{base}..{tip}"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    (tdir / "series").write_text("".join(Path(p).name + "\n" for p in out))
+    with open(folder / "series.toml", "a") as fh:
+        fh.write(f'\n[trees.{tree}]\nbase = "{base}"\n{tree_toml}\n')
+
+
+def workspace(root: Path, cache: Path, trees: dict[str, Path]):
+    """A workspace at root whose trees are the given local repositories."""
+    from kpatch_tool import workspace as wsmod
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "patches").mkdir(exist_ok=True)
+    text = f'cache_dir = "{cache}"\n'
+    for name, repo in trees.items():
+        text += f'\n[trees.{name}]\nsource = "{repo}"\n'
+    (root / "kpt.toml").write_text(text)
+    return wsmod.load(root)
+
+
+def linux_series(tmp_path: Path, linux_src: Path, name: str = "s1"):
+    """A kernel-like repo with two commits (foo, bar) stored as series `name`.
+
+    Returns (workspace, repo, base commit)."""
+    repo = kernel_like_repo(tmp_path / "linux", linux_src)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    commit(repo, "drivers/foo/foo.c", FOO_C.replace("return 0", "return 42"), "foo: return the answer")
+    tip = commit(repo, "lib/bar.c", BAR_C.replace("return 1", "return 2"), "bar: return two")
+    git(repo, "checkout", "-q", "--detach", base)
+    ws = workspace(tmp_path / "ws", tmp_path / "cache", {"linux": repo})
+    store_series(ws.root, name, "linux", repo, base, tip)
+    return ws, repo, base

@@ -1,0 +1,270 @@
+"""kpt mail: threads as git format-patch makes them, cover letters, versions,
+round trips through git am and b4, and refusals that send nothing.
+
+Real git, the kernel's real checkpatch.pl / get_maintainer.pl (copied from the
+Linux 6.1 checkout into a small kernel-shaped fixture repository), real b4."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import mailfixtures as mf
+from kpatch_tool import apply as applymod
+from kpatch_tool import mail
+from kpatch_tool.cli import main
+from kpatch_tool.errors import UsageError
+from kpatch_tool.series import load_series
+
+
+@pytest.fixture
+def env_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPT_OUT", str(tmp_path / "out"))
+    # The user's git config (sendemail.*, identity) must not leak into tests.
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    (tmp_path / "gitconfig").write_text("")
+
+
+@pytest.fixture
+def s1(tmp_path, linux_src, env_out):
+    return mf.linux_series(tmp_path, linux_src)
+
+
+def msg(path: Path):
+    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+
+
+def subjects(tm) -> list[str]:
+    return [" ".join(str(msg(f)["Subject"]).split()) for f in tm.files]
+
+
+def test_mail_writes_one_shallow_thread_under_the_cover(s1):
+    ws, repo, base = s1
+    res = mail.prepare(ws, "s1")
+    tm = res.trees["linux"]
+    assert subjects(tm) == ["[PATCH 0/2] foo: make foo better", "[PATCH 1/2] foo: return the answer",
+                            "[PATCH 2/2] bar: return two"]
+    ids = [str(msg(f)["Message-Id"]) for f in tm.files]
+    assert ids[0] == "<kpt.s1.v1.linux.0@example.org>"
+    assert ids[1] == "<kpt.s1.v1.linux.1@example.org>"
+    for f in tm.files[1:]:
+        assert str(msg(f)["In-Reply-To"]) == ids[0]
+        assert str(msg(f)["References"]) == ids[0]
+    assert msg(tm.files[0])["In-Reply-To"] is None
+    assert tm.out_dir == Path(ws.out_dir) / "mail" / "s1-v1" / "linux"
+    assert tm.mbox.read_text().count("\nMessage-Id: ") == 2
+    assert tm.thread_mbox.read_text().count("\nMessage-Id: ") == 3
+
+
+def test_rerunning_mail_writes_the_same_bytes(s1):
+    ws, _, _ = s1
+    def mails():
+        d = mail.prepare(ws, "s1").trees["linux"].out_dir
+        return {f.name: f.read_bytes() for f in d.iterdir() if f.suffix in (".patch", ".mbox")}
+
+    first = mails()
+    assert len(first) == 5
+    assert mails() == first
+
+
+def test_cover_letter_has_body_shortlog_diffstat_and_base_commit(s1):
+    ws, _, base = s1
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    body = msg(tm.cover).get_content()
+    assert "This series makes foo better, for the tests of s1." in body
+    assert "Test Author (2):\n  foo: return the answer\n  bar: return two" in body
+    assert "drivers/foo/foo.c | 2 +-" in body and "2 files changed" in body
+    assert f"base-commit: {base}" in body
+    assert "prerequisite-patch-id" not in body
+    assert "*** SUBJECT HERE ***" not in tm.cover.read_text()
+
+
+def test_mbox_applies_with_git_am_to_the_tree_kpt_apply_makes(s1, tmp_path):
+    ws, repo, base = s1
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    ar = applymod.apply_series(ws, "s1", tree="linux")
+    clone = tmp_path / "am"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo), str(clone)], check=True)
+    mf.git(clone, "checkout", "-q", "--detach", base)
+    mf.git(clone, "am", "-q", "--patch-format=mboxrd", str(tm.mbox))
+    assert mf.git(clone, "rev-list", "--count", f"{base}..HEAD").strip() == "2"
+    assert (mf.git(clone, "rev-parse", "HEAD^{tree}").strip()
+            == mf.git(repo, "rev-parse", f"{ar.head_commit}^{{tree}}").strip())
+
+
+def test_per_patch_changes_go_below_the_dashes_and_git_am_drops_them(s1, tmp_path):
+    ws, repo, base = s1
+    series = load_series(ws, "s1")
+    p = series.trees["linux"].patches[0].path
+    p.with_suffix(".changes").write_text("v2: return 42, not 41\n")
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    text = tm.files[1].read_text()
+    assert "---\nv2: return 42, not 41\n\n drivers/foo/foo.c" in text
+    clone = tmp_path / "am"
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo), str(clone)], check=True)
+    mf.git(clone, "checkout", "-q", "--detach", base)
+    mf.git(clone, "am", "-q", "--patch-format=mboxrd", str(tm.mbox))
+    assert "return 42, not 41" not in mf.git(clone, "log", "--format=%B", f"{base}..HEAD")
+
+
+def test_depends_series_patches_are_prerequisites_not_mailed(s1, tmp_path):
+    ws, repo, base = s1
+    mf.git(repo, "checkout", "-q", "main")
+    tip = mf.commit(repo, "drivers/foo/foo.c", mf.FOO_C.replace("return 0", "return 43"), "foo: return 43")
+    mf.git(repo, "checkout", "-q", "--detach", base)
+    mf.store_series(ws.root, "s2", "linux", repo, "main~1", tip, depends=["s1"],
+                    cover="foo: follow up\n\nBuilds on s1.\n")
+    # The stored base of s2 is the tree base; its dependency s1 goes under it.
+    toml = ws.root / "patches/s2/series.toml"
+    toml.write_text(toml.read_text().replace('base = "main~1"', f'base = "{base}"'))
+    tm = mail.prepare(ws, "s2").trees["linux"]
+    assert subjects(tm)[1:] == ["[PATCH 1/1] foo: return 43"]
+    body = msg(tm.cover).get_content()
+    assert f"base-commit: {base}" in body
+    ids = [l.split(": ")[1] for l in body.splitlines() if l.startswith("prerequisite-patch-id:")]
+    s1_ids = []
+    for c in mf.git(repo, "rev-list", "--reverse", f"{base}..main~1").split():
+        diff = mf.git(repo, "show", c)
+        s1_ids.append(subprocess.run(["git", "patch-id", "--stable"], input=diff, capture_output=True,
+                                     text=True, check=True).stdout.split()[0])
+    assert ids == s1_ids
+
+
+def test_qemu_thread_has_project_list_and_based_on_its_dependency(tmp_path, linux_src, env_out):
+    # A kernel-shaped repo stands in for QEMU: what matters here is the kind.
+    repo = mf.kernel_like_repo(tmp_path / "qemu", linux_src)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    mid = mf.commit(repo, "drivers/foo/foo.c", mf.FOO_C.replace("return 0", "return 5"), "foo: five")
+    tip = mf.commit(repo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 6"), "bar: six")
+    mf.git(repo, "checkout", "-q", "--detach", base)
+    ws = mf.workspace(tmp_path / "ws", tmp_path / "cache", {"qemu": repo})
+    mf.store_series(ws.root, "dep", "qemu", repo, base, mid)
+    mf.store_series(ws.root, "top", "qemu", repo, base, tip, depends=["dep"],
+                    cover="bar: six\n\nOn top of dep.\n")
+    (ws.root / "patches/top/qemu/series").write_text("0002-bar-six.patch\n")
+    for f in (ws.root / "patches/top/qemu").glob("0001-*"):
+        f.unlink()
+    tm = mail.prepare(ws, "top").trees["qemu"]
+    assert "qemu-devel@nongnu.org" in tm.recipients.to
+    cover = msg(tm.cover)
+    assert "Based-on: <kpt.dep.v1.qemu.0@example.org>" in cover.get_content()
+    assert "qemu-devel@nongnu.org" in str(cover["To"])
+
+
+def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, env_out):
+    ws, repo, base = mf.linux_series(tmp_path, linux_src)
+    qrepo = mf.kernel_like_repo(tmp_path / "qemu", linux_src)
+    qbase = mf.git(qrepo, "rev-parse", "HEAD").strip()
+    qtip = mf.commit(qrepo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 9"), "bar: nine")
+    mf.git(qrepo, "checkout", "-q", "--detach", qbase)
+    (ws.root / "kpt.toml").write_text((ws.root / "kpt.toml").read_text() + f'\n[trees.qemu]\nsource = "{qrepo}"\n')
+    from kpatch_tool import workspace as wsmod
+    ws = wsmod.load(ws.root)
+    mf.add_tree(ws.root / "patches/s1", "qemu", qrepo, qbase, qtip)
+    res = mail.prepare(ws, "s1")
+    assert set(res.trees) == {"linux", "qemu"}
+    lbody = msg(res.trees["linux"].cover).get_content()
+    qbody = msg(res.trees["qemu"].cover).get_content()
+    assert "[PATCH 0/1] foo: make foo better" in lbody and "qemu-devel@nongnu.org" in lbody
+    assert "https://lore.kernel.org/r/kpt.s1.v1.qemu.0@example.org" in lbody
+    assert "[PATCH 0/2] foo: make foo better" in qbody and "foo-list@vger.kernel.org" in qbody
+
+
+def test_reroll_tags_bumps_and_the_next_cover_has_range_diff_and_link(s1):
+    ws, repo, base = s1
+    v1 = mail.prepare(ws, "s1").trees["linux"]
+    rr = mail.reroll(ws, "s1")
+    assert (rr.sent, rr.next) == (1, 2)
+    assert mf.git(repo, "rev-parse", "refs/tags/kpt/s1/v1^{commit}").strip() == v1.head_commit
+    series = load_series(ws, "s1")
+    assert series.version == 2 and "TODO" in series.changelog[2]
+    # v2 changes a patch; the changelog says so.
+    p = series.trees["linux"].patches[1].path
+    p.write_text(p.read_text().replace("+\treturn 2;", "+\treturn 3;"))
+    toml = series.toml_path
+    toml.write_text(toml.read_text().replace("- TODO: what changed since v1", "- bar: return three"))
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    assert subjects(tm)[0] == "[PATCH v2 0/2] foo: make foo better"
+    assert tm.files[1].name.startswith("v2-0001-")
+    body = msg(tm.cover).get_content()
+    assert "Changes in v2:\n- bar: return three\n- Link to v1: https://lore.kernel.org/r/kpt.s1.v1.linux.0@example.org" in body
+    assert "Range-diff against v1:" in body
+    rd = body.split("Range-diff against v1:")[1]
+    assert "1:  " in rd and "= 1:" in rd and "2:  " in rd
+    assert "-+\treturn 2;" in rd and "++\treturn 3;" in rd
+    assert str(msg(tm.files[1])["Message-Id"]) == "<kpt.s1.v2.linux.1@example.org>"
+
+
+def test_v2_without_the_v1_tag_is_refused_naming_the_tag(s1):
+    ws, _, _ = s1
+    toml = ws.root / "patches/s1/series.toml"
+    toml.write_text(toml.read_text().replace("version = 1", "version = 2"))
+    with pytest.raises(UsageError, match=r"no tag kpt/s1/v1 in tree 'linux'"):
+        mail.prepare(ws, "s1")
+    assert mail.prepare(ws, "s1", range_diff_=False).trees["linux"].range_diff is None
+
+
+def test_series_without_cover_text_is_refused(s1):
+    ws, _, _ = s1
+    (ws.root / "patches/s1/cover.md").unlink()
+    with pytest.raises(UsageError, match="no cover letter text"):
+        mail.prepare(ws, "s1")
+
+
+def run_cli(ws, *args):
+    return CliRunner().invoke(main, ["-w", str(ws.root), "mail", *args])
+
+
+def test_send_without_smtp_config_refuses_with_exit_2(s1):
+    ws, _, _ = s1
+    r = run_cli(ws, "s1", "--send")
+    assert r.exit_code == 2, r.output
+    assert "sendemail.smtpServer" in r.output and "nothing sent" in r.output
+
+
+def test_dry_run_shows_what_git_send_email_would_send(s1):
+    ws, _, _ = s1
+    r = run_cli(ws, "s1", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "Dry-OK" in r.output
+    assert "RCPT TO:<foo@example.org>" in r.output and "RCPT TO:<linux-kernel@vger.kernel.org>" in r.output
+    assert "Subject: [PATCH 2/2] bar: return two" in r.output
+
+
+def test_failed_gate_blocks_unless_forced(tmp_path, linux_src, env_out):
+    repo = mf.kernel_like_repo(tmp_path / "linux", linux_src)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    tip = mf.commit(repo, "drivers/foo/foo.c", mf.FOO_C.replace("return 0", "return 1"),
+                    "foo: return one", signoff=False)
+    mf.git(repo, "checkout", "-q", "--detach", base)
+    ws = mf.workspace(tmp_path / "ws", tmp_path / "cache", {"linux": repo})
+    mf.store_series(ws.root, "nosob", "linux", repo, base, tip)
+    r = run_cli(ws, "nosob", "--dry-run")
+    assert r.exit_code == 2 and "gates failed (linux:checkpatch, linux:signoff)" in r.output, r.output
+    assert "Dry-OK" not in r.output
+    r = run_cli(ws, "nosob", "--dry-run", "--force")
+    assert r.exit_code == 0 and "Dry-OK" in r.output, r.output
+
+
+def test_b4_reads_the_mbox_as_one_series_with_version_and_count(s1, tmp_path):
+    ws, repo, _ = s1
+    mail.prepare(ws, "s1")
+    mail.reroll(ws, "s1")
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    b4 = Path(sys.executable).parent / "b4"
+    for box in (tm.mbox, tm.thread_mbox):
+        out = tmp_path / f"b4-{box.name}"
+        res = subprocess.run([str(b4), "--no-stdin", "--offline-mode", "am", "-m", str(box), "-o", str(out)],
+                             cwd=repo, capture_output=True, text=True, timeout=120)
+        text = res.stdout + res.stderr
+        assert res.returncode == 0, text
+        assert "[PATCH v2 1/2] foo: return the answer" in text and "[PATCH v2 2/2] bar: return two" in text
+        assert "Total patches: 2" in text
+    assert "Cover: " in text and "Base: applies clean" in text  # the thread mbox has the cover
+    assert len(list(out.glob("v2_*.mbx"))) == 1
