@@ -27,7 +27,7 @@ from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
 STAMP = "kpt-build.json"
-LOCK = Path(os.environ.get("KPT_BUILD_LOCK", "/tmp/kpt-kbuild.lock"))
+DEFAULT_LOCK = "/tmp/kpt-kbuild.lock"
 ERROR_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?:fatal )?error: (?P<msg>.*)$")
 WARN_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? warning: (?P<msg>.*)$")
 STEP_RE = re.compile(r"^\s{2}(?P<step>[A-Z0-9_\[\]]+)\s+(?P<target>\S+)")
@@ -89,14 +89,15 @@ def cores() -> int:
 @contextmanager
 def build_lock(progress=None):
     """One kernel build at a time on this machine (2 cores): others wait."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(LOCK, "a+")
+    lock = Path(os.environ.get("KPT_BUILD_LOCK", DEFAULT_LOCK))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a+")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if progress:
-                progress(f"waiting for another kernel build to finish (lock {LOCK})")
+                progress(f"waiting for another kernel build to finish (lock {lock})")
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
     finally:
@@ -131,7 +132,19 @@ def compiler_id(wrapper: str | None) -> str:
 
 
 def build_dir_for(ws: Workspace, tree: str, srctree: Path, profile: str, config_hash: str) -> Path:
-    where = hashlib.sha256(str(Path(srctree).resolve()).encode()).hexdigest()[:8]
+    """Where the O= folder of (srctree, config) lives.
+
+    For our own worktrees it is a direct child of the source tree: kbuild then
+    uses `..` as srctree, so every compiler command line is the same in every
+    worktree and ccache hits across them (a series worktree builds warm after
+    its base). The kernel's .gitignore (`.*`) keeps it out of git's view. A
+    folder of the user's (--worktree) is not written to: its builds go to the cache.
+    """
+    srctree = Path(srctree).resolve()
+    ours = (ws.cache_dir / "worktrees").resolve()
+    if ours in srctree.parents:
+        return srctree / f".kpt-build-{profile}-{config_hash[:12]}"
+    where = hashlib.sha256(str(srctree).encode()).hexdigest()[:8]
     return ws.cache_dir / "builds" / tree / f"{profile}-{where}-{config_hash[:12]}"
 
 
