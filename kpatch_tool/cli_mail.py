@@ -50,6 +50,9 @@ def register(main):
             return
         if do_send and dry_run:
             raise UsageError("--send and --dry-run exclude each other")
+        if do_send and not mail.smtp_configured(obj.ws.root):
+            # Say so before minutes of applying and checking.
+            raise UsageError(f"git send-email has no SMTP server configured; nothing sent: {mail.SMTP_HINT}")
         res = mail.prepare(obj.ws, name, version=version, out=Path(out) if out else None, force=force,
                            progress=say, tree=tree, range_diff_=not no_range_diff)
         if as_json:

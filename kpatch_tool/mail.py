@@ -92,6 +92,7 @@ class MailResult:
     version: int
     out: Path
     trees: dict[str, TreeMail] = field(default_factory=dict)
+    forced: bool = False  # prepared with force=True: send() goes ahead despite failed gates
 
     @property
     def blocked(self) -> bool:
@@ -326,7 +327,8 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
 
     Nothing is sent. The result says per tree which files, mbox and
     recipients were written and how each gate went; `result.blocked` is true
-    when a gate failed (send() then refuses unless forced).
+    when a gate failed, and send() then refuses unless force was given here
+    (or to send()).
     """
     from kpatch_tool import apply as applymod
 
@@ -338,7 +340,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
     if not trees:
         raise UsageError(f"series '{name}' has no trees ({series.toml_path})")
     out = Path(out) if out else ws.out_dir / "mail" / f"{name}-v{version}"
-    result = MailResult(name, version, out)
+    result = MailResult(name, version, out, forced=force)
     parts: dict[str, _Part] = {}
 
     with tempfile.TemporaryDirectory(prefix="kpt-mail-") as tmp:
@@ -378,7 +380,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
             for i in range(1, len(files)):
                 files[i].write_text(part.texts[i], encoding="utf-8")
             say(f"{t}: gates (checkpatch, signoff, fixes, subject)")
-            log = out / t / "gates.log"
+            log = out / t / "mail.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text("")
             part.gates = gatesmod.run_gates(ws, series, wt, ar.series_base, kind,
@@ -511,7 +513,7 @@ def send(result: MailResult, *, dry_run: bool = False, force: bool = False,
     passed (or force); otherwise nothing is sent.
     """
     say = say or (lambda m: None)
-    if result.blocked and not force:
+    if result.blocked and not (force or result.forced):
         names = ", ".join(f"{t}:{g.name}" for t, g in result.failed_gates())
         raise UsageError(f"gates failed ({names}); nothing sent (fix the patches, or --force)")
     if not dry_run:
