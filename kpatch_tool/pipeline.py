@@ -384,6 +384,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         manifest.data["interrupted"] = True
         manifest.write()
         raise
+    manifest.data["exit_code"] = result.exit_code
+    manifest.write()
     try:
         stage("report", do_report)
     except KptError as exc:

@@ -156,7 +156,7 @@ def render_html(run_dir: Path, manifest: dict, rr: results.RunResults | None = N
     except Exception:  # a report must render even when the config diff cannot
         cfg_diff = []
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT_ROOT / "templates")),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True)
     logs = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.log"))
     max_recent = max([r["seconds"] for r in recent] or [1])
     return env.get_template("report.html.j2").render(

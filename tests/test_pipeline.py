@@ -1,0 +1,84 @@
+"""kpt ci: run folders, manifest, the workspace lock, reports; the real guest run (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kpatch_tool import pipeline, report, results
+from kpatch_tool.errors import UsageError
+
+
+def test_second_run_on_a_busy_workspace_is_refused_naming_the_holder(tmp_path):
+    with pipeline.WorkspaceLock(tmp_path, "run-A"):
+        with pytest.raises(UsageError, match=r"workspace is busy: kpt ci run run-A \(pid \d+\)"):
+            with pipeline.WorkspaceLock(tmp_path, "run-B"):
+                pass
+    with pipeline.WorkspaceLock(tmp_path, "run-C"):
+        pass
+
+
+def test_unknown_mode_is_a_usage_error(tmp_ws):
+    with pytest.raises(UsageError, match="--mode kvm"):
+        pipeline.run_ci(tmp_ws(), mode="kvm")
+
+
+def test_a_run_that_stops_early_still_gets_complete_red_results(tmp_ws, tmp_path):
+    """A bad base ref stops the trees stage: the report must say so, in JUnit too."""
+    repo = tmp_path / "lin"
+    repo.mkdir()
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "Makefile").write_text("all:\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "i"], check=True)
+    ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n')
+    res = pipeline.run_ci(ws, None, mode="guest", onto={"linux": "no-such-ref"})
+    assert res.exit_code == 2 and res.failed_stage == "trees"
+    manifest = json.loads((res.run_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["exit_code"] == 2
+    assert manifest["error"]["stage"] == "trees"
+    rr = results.load_json(res.run_dir / results.RESULTS_JSON)
+    by = {c.name: c.status for c in rr.cases if c.classname == "stages.guest"}
+    assert by["trees"] == "fail" and by["build"] == "skip"
+    xml = (res.run_dir / results.RESULTS_XML).read_text()
+    assert 'failures="1"' in xml
+    html = (res.run_dir / report.REPORT_HTML).read_text()
+    assert "Stopped at trees" in html and "<svg" in html
+
+
+def test_report_of_a_deleted_run_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="no such run folder"):
+        report.load_manifest(tmp_path / "gone")
+
+
+@pytest.mark.slow
+def test_real_guest_ci_passes_and_a_warm_rerun_repeats_no_stage(project_ws, guest_build):
+    first = pipeline.run_ci(project_ws, None, mode="guest")
+    assert first.exit_code == 0, first.message
+    assert [s.name for s in first.stages] == pipeline.STAGES
+    start = time.monotonic()
+    again = pipeline.run_ci(project_ws, None, mode="guest")
+    took = time.monotonic() - start
+    assert again.exit_code == 0
+    status = {s.name: s.status for s in again.stages}
+    assert status["build"] == "cached" and status["boot"] == "cached" and status["apply"] == "skipped"
+    assert took < 30
+    rr = results.load_json(again.run_dir / results.RESULTS_JSON)
+    assert any(c.name == "kernel-release" and c.status == "pass" for c in rr.cases)
+
+
+@pytest.mark.slow
+def test_real_matrix_with_a_failing_cell_runs_every_cell(project_ws, guest_build, tmp_path):
+    from kpatch_tool import matrix
+
+    bad = tmp_path / "bad.config"
+    bad.write_text("CONFIG_XEN_GRANT_DMA_OPS=y\n")  # no prompt: only XEN_VIRTIO selects it
+    m = tmp_path / "m.toml"
+    m.write_text(f'[[cell]]\nname = "bad-fragment"\nbase = "linux"\nfragments = ["{bad}"]\n\n'
+                 '[[cell]]\nname = "good"\nbase = "linux"\n')
+    outs = matrix.run(project_ws, matrix.load(project_ws, m))
+    assert [(o.cell.name, o.exit_code, o.failed_stage) for o in outs] == [("bad-fragment", 4, "config"), ("good", 0, None)]
