@@ -403,8 +403,18 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
         fallback = header(first_author, "From") or "kpt <kpt@localhost>"
         me = sender(next(iter(parts.values())).ar.worktree, fallback)
         domain = _domain(me)
+        # Trees left out with --tree still get named as companions, from
+        # series.toml (their lists as far as it and the project tell).
+        others = {}
+        for ot, ost in series.trees.items():
+            if ot in parts:
+                continue
+            v = f" v{version}" if version > 1 else ""
+            lists = [x for x in (ost.list, maintainers.PROJECT_LIST.get(ws.tree(ot).kind)) if x]
+            others[ot] = {"subject": f"[{ost.subject_prefix}{v} 0/{len(ost.patches)}] {series.cover_title.strip()}",
+                          "lists": lists or list(ost.to[:1])}
         for t, part in parts.items():
-            result.trees[t] = _finish_tree(ws, series, part, parts, version, me, domain, out / t)
+            result.trees[t] = _finish_tree(ws, series, part, parts, version, me, domain, out / t, others)
     return result
 
 
@@ -420,12 +430,14 @@ def _lists_of(part: _Part) -> list[str]:
 
 
 def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _Part], version: int,
-                 me: str, domain: str, outdir: Path) -> TreeMail:
+                 me: str, domain: str, outdir: Path, others: dict | None = None) -> TreeMail:
     name, t = series.name, part.tree
     ids = [message_id(name, version, t, k, domain) for k in range(len(part.texts))]
     companions = [{"subject": o.subject, "lists": _lists_of(o),
                    "link": LORE.format(message_id(name, version, o.tree, 0, domain)[1:-1])}
                   for ot, o in parts.items() if ot != t]
+    companions += [{**o, "link": LORE.format(message_id(name, version, ot, 0, domain)[1:-1])}
+                   for ot, o in (others or {}).items()]
     based_on = []
     if part.kind == "qemu":
         from kpatch_tool.series import load_series as _load

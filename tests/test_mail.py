@@ -174,6 +174,11 @@ def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, 
     assert "[PATCH 0/1] foo: make foo better" in lbody and "qemu-devel@nongnu.org" in lbody
     assert "https://lore.kernel.org/r/kpt.s1.v1.qemu.0@example.org" in lbody
     assert "[PATCH 0/2] foo: make foo better" in qbody and "foo-list@vger.kernel.org" in qbody
+    # One tree alone still names the other thread.
+    only = mail.prepare(ws, "s1", tree="linux")
+    assert set(only.trees) == {"linux"}
+    body = msg(only.trees["linux"].cover).get_content()
+    assert "[PATCH 0/1] foo: make foo better\n    to qemu-devel@nongnu.org" in body
 
 
 def test_reroll_tags_bumps_and_the_next_cover_has_range_diff_and_link(s1):
