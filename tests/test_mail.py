@@ -273,3 +273,16 @@ def test_b4_reads_the_mbox_as_one_series_with_version_and_count(s1, tmp_path):
         assert "Total patches: 2" in text
     assert "Cover: " in text and "Base: applies clean" in text  # the thread mbox has the cover
     assert len(list(out.glob("v2_*.mbx"))) == 1
+
+
+def test_non_ascii_cover_is_encoded_and_still_reads_back(s1):
+    ws, _, _ = s1
+    (ws.root / "patches/s1/cover.md").write_text("foo: café support\n\nThanks to Philippe Mathieu-Daudé.\n")
+    tm = mail.prepare(ws, "s1").trees["linux"]
+    raw = tm.cover.read_bytes()
+    head = raw.split(b"\n\n", 1)[0]
+    assert head.isascii(), head  # RFC 2047 in the header
+    m = msg(tm.cover)
+    assert str(m["Subject"]) == "[PATCH 0/2] foo: café support"
+    assert m.get_content_charset() == "utf-8"
+    assert "Philippe Mathieu-Daudé" in m.get_content()
