@@ -129,3 +129,17 @@ def test_subject_length_and_prefix_per_project(krepo, tmp_path):
     assert "summary is 77 characters, linux wants at most 75" in r.errors[1]
     # Xen allows 80 characters.
     assert len(gates.gate_subject(mails[1:2], "xen").errors) == 0
+
+
+def test_fixes_on_a_snapshot_base_is_a_warning_not_a_failure(tmp_path):
+    """A tarball import has a single parentless commit: a Fixes: id cannot be looked up there."""
+    repo = mf.kernel_like_repo(tmp_path / "snap", None, scripts=False)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    mf.commit(repo, "drivers/foo/foo.c", mf.FOO_C.replace("return 0", "return 1"), "foo: fix it",
+              body='Fix it.\n\nFixes: ef8ae384b4c9 ("xen/virtio: Handle PCI devices which Host controller is described in DT")')
+    mf.commit(repo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 2"), "bar: fix it",
+              body="Fix it.\n\nFixes: ef8ae384b4c9")
+    files = fmt(repo, f"{base}..HEAD", tmp_path / "p")
+    r = gates.gate_fixes(gates.read_mails(files), repo, base)
+    assert any("snapshot without history" in w for w in r.warnings)
+    assert len(r.errors) == 1 and "bar-fix-it" in r.errors[0] and "write the subject" in r.errors[0]
