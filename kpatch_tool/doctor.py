@@ -80,6 +80,16 @@ def _git_version(env_path: str | None) -> Check:
     return Check("git version", "ok", out.strip())
 
 
+def _mailtools() -> Check:
+    # git send-email's SMTP code (Mail::Address) comes from this package.
+    ok = subprocess.run(["perl", "-MMail::Address", "-e", "1"], capture_output=True).returncode == 0 \
+        if shutil.which("perl") else False
+    if ok:
+        return Check("libmailtools-perl", "ok", "Mail::Address for git send-email", required=False)
+    return Check("libmailtools-perl", "missing", "git send-email cannot load Mail::Address (kpt mail --send)",
+                 "apt-get install -y libmailtools-perl", required=False)
+
+
 def _busybox() -> Check:
     p = Path("/bin/busybox")
     if p.exists():
@@ -190,6 +200,7 @@ def run_checks(ws: Workspace, env_path: str | None = None) -> Report:
     for tool, pkg, purpose, required in TOOLS:
         rep.checks.append(_tool_check(tool, pkg, purpose, required, env_path))
     rep.checks.append(_busybox())
+    rep.checks.append(_mailtools())
     rep.checks.append(_xen())
     rep.checks.extend(_linux_source(ws))
     rep.checks.append(_disk(ws))
