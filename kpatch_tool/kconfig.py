@@ -184,6 +184,7 @@ class _Tree:
     lock: threading.Lock
     bases: dict[str, str] = field(default_factory=dict)
     scratch: str = ""
+    new_choices: bool = False  # the Linux 6.11+ choice rule (kconfig_compat.Choice611)
 
 
 _TREES: dict[tuple[str, str], _Tree] = {}
@@ -219,10 +220,12 @@ def load_tree(srctree: Path, arch: str = "x86") -> _Tree:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        new_choices = kconfig_compat.adapt(kconf, str(srctree))
         # Redefinitions are reported by us with both fragment lines.
         kconf.warn_assign_override = False
         kconf.warn_assign_redun = False
-        tree = _TREES[key] = _Tree(kconf, srctree, arch, env, threading.Lock(), scratch=scratch)
+        tree = _TREES[key] = _Tree(kconf, srctree, arch, env, threading.Lock(), scratch=scratch,
+                                   new_choices=new_choices)
         return tree
 
 
@@ -253,6 +256,8 @@ def _load_text(tree: _Tree, text: str, replace: bool) -> None:
         tree.kconf.load_config(tmp, replace=replace)
     finally:
         os.unlink(tmp)
+    if tree.new_choices:
+        kconfig_compat.invalidate_choices(tree.kconf)
 
 
 def _allnoconfig(tree: _Tree, allconfig: Path | None) -> str:
@@ -261,12 +266,20 @@ def _allnoconfig(tree: _Tree, allconfig: Path | None) -> str:
     kconf.unset_values()
     if allconfig is not None and allconfig.is_file():
         kconf.load_config(str(allconfig), replace=False)
+    if tree.new_choices:
+        kconfig_compat.invalidate_choices(kconf)
     warn = kconf.warn
     kconf.warn = False
     try:
         for sym in kconf.unique_defined_syms:
-            if sym.orig_type in (BOOL, TRISTATE) and sym.user_value is None:
-                sym.set_value(2 if sym.is_allnoconfig_y else 0)
+            if sym.orig_type not in (BOOL, TRISTATE) or sym.user_value is not None:
+                continue
+            # Linux >= 6.11's conf leaves choice members and prompt-less
+            # symbols alone (it walks menus with prompts); older conf sets
+            # every bool/tristate symbol.
+            if tree.new_choices and (sym.choice is not None or not any(n.prompt for n in sym.nodes)):
+                continue
+            sym.set_value(2 if sym.is_allnoconfig_y else 0)
     finally:
         kconf.warn = warn
     return _config_text(tree)

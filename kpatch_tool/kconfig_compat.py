@@ -21,6 +21,14 @@ installed kconfiglib stays unmodified.
    ``/bin/sh -c`` in a private scratch directory that plays the object tree, with
    the environment kbuild exports (:func:`kbuild_env`).
 
+3. Linux 6.11 reworked how a choice picks its member (symbol.c,
+   ``sym_calc_choice``): a default member the user explicitly set to n is
+   skipped, then the first visible member without a user value is taken.
+   kconfiglib keeps the old rule (the default wins even when set to n), which
+   made 6.12's x86_64_defconfig (``# CONFIG_INTEL_IOMMU_DEFAULT_ON is not set``)
+   come out differently from ``make``. :func:`adapt` switches the choices of a
+   tree whose scripts/kconfig has the new rule to :class:`Choice611`.
+
 Everything else (environment, base configs) is kbuild's behaviour reproduced in
 kconfig.py, checked against ``make olddefconfig`` by ``kconfig.cross_check``.
 """
@@ -62,6 +70,59 @@ class Kconfig(kconfiglib.Kconfig):
             dep = node.dep
             super()._parse_props(node)
             node.dep = self._make_and(dep, node.dep)
+
+
+class Choice611(kconfiglib.Choice):
+    """A choice that picks its member the way Linux >= 6.11's kconfig does."""
+
+    __slots__ = ()
+
+    def _selection(self):
+        if self.tri_value != 2:
+            return None
+        # 1. A visible member the user set to y (kconfiglib keeps the last one).
+        us = self.user_selection
+        if us is not None and us.visibility and us.user_value == 2:
+            return us
+        # 2. The default, unless the user explicitly set it to n.
+        default = self._selection_from_defaults()
+        if default is not None and default.user_value != 0:
+            return default
+        # 3. The first visible member the user said nothing about.
+        for sym in self.syms:
+            if sym.visibility and sym.user_value is None:
+                return sym
+        # 4. Every visible member is n: the least recently set one (the last).
+        for sym in reversed(self.syms):
+            if sym.visibility:
+                return sym
+        return None
+
+
+def new_choice_rule(srctree: str) -> bool:
+    """Does this tree's kconfig use the 6.11+ choice rule (choice_members list)?"""
+    try:
+        with open(os.path.join(srctree, "scripts/kconfig/symbol.c"), encoding="utf-8", errors="replace") as fh:
+            return "choice_members" in fh.read()
+    except OSError:
+        return False
+
+
+def adapt(kconf, srctree: str) -> bool:
+    """Switch kconf's choices to the 6.11+ rule when srctree's kconfig has it."""
+    if not new_choice_rule(srctree):
+        return False
+    for choice in kconf.choices:
+        # Same slots, so the class of the existing object can change in place.
+        choice.__class__ = Choice611
+    return True
+
+
+def invalidate_choices(kconf) -> None:
+    """Setting a choice member to n does not invalidate its choice in kconfiglib;
+    under the 6.11+ rule that n changes the selection, so drop the caches."""
+    for choice in kconf.unique_choices:
+        choice._rec_invalidate()
 
 
 def shell_fn(kconf, _name, command):

@@ -99,6 +99,10 @@ config B
 
 config HAS_CWD_WRITABLE
 \tdef_bool $(cc-option)
+
+config WHERE
+\tstring
+\tdefault "$(shell,pwd)"
 """
 
 
@@ -124,13 +128,14 @@ def test_stock_kconfiglib_rejects_bare_modules_and_the_shim_accepts_it(synth_tre
     assert tree.kconf.mainmenu_text == "Synthetic x86 9.9.0"
 
 
-def test_shell_macros_run_in_a_writable_scratch_dir_like_kbuilds_objtree(synth_tree, monkeypatch, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    monkeypatch.chdir(ro)  # kconfiglib alone would run cc-option here and get n
+def test_shell_macros_run_in_a_scratch_objtree_not_in_cwd_or_srctree(synth_tree, monkeypatch, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # kconfiglib alone would run $(shell,...) here
     result = kconfig.evaluate(synth_tree, "allnoconfig", [])
     assert "CONFIG_HAS_CWD_WRITABLE=y" in result.config_text
+    where = kconfig.read_values(result.config_text)["WHERE"].strip('"')
+    assert where not in (str(elsewhere), str(synth_tree)) and Path(where).name.startswith("kpt-kconfig-")
     assert not list(synth_tree.glob(".tmp_*"))
 
 
@@ -143,6 +148,35 @@ def test_tristate_m_needs_modules_and_the_fix_is_suggested(synth_tree, tmp_path)
     assert (p.symbol, p.requested, p.actual) == ("B", "m", "y")
     assert p.reason == "m needs CONFIG_MODULES=y" and p.unmet_expr == "MODULES [=n]"
     assert set(p.suggestions) == {"CONFIG_MODULES=y", "CONFIG_A=y"}
+
+
+CHOICE_KCONFIG = """\
+choice
+\tprompt "pick"
+\tdefault FIRST
+
+config FIRST
+\tbool "first"
+
+config SECOND
+\tbool "second"
+
+endchoice
+"""
+
+
+@pytest.mark.parametrize("new_rule,expected", [(False, "FIRST"), (True, "SECOND")])
+def test_choice_default_set_to_n_follows_the_trees_kconfig_version(tmp_path, new_rule, expected):
+    """Linux >= 6.11 skips a default member explicitly set to n; older kconfig keeps it."""
+    src = tmp_path / "choice"
+    (src / "scripts/kconfig").mkdir(parents=True)
+    (src / "Kconfig").write_text(CHOICE_KCONFIG)
+    (src / "scripts/kconfig/symbol.c").write_text("list_for_each_entry(sym, &choice->choice_members, choice_link)\n"
+                                                  if new_rule else "/* old kconfig */\n")
+    base = tmp_path / "base.config"
+    base.write_text("# CONFIG_FIRST is not set\n")
+    result = kconfig.evaluate(src, str(base), [])
+    assert f"CONFIG_{expected}=y" in result.config_text
 
 
 def test_unparsable_kconfig_is_a_config_error_naming_file_line_and_construct(tmp_path):
@@ -280,3 +314,27 @@ def test_cli_config_profile_explain_and_diff(project_ws, linux61, tmp_path):
     assert res.exit_code == 0 and "arch/x86/xen/Kconfig:88" in res.output
     res = runner.invoke(main, [*ws, "config", "diff", str(guest), str(tmp_path / "bad.out")])
     assert res.exit_code == 0 and "CONFIG_VIRTIO_PCI: y -> -" in res.output
+
+
+# ---------------------------------------------------------------- Linux 6.12 (slow: imports a second tree)
+
+
+@pytest.fixture(scope="module")
+def linux612(project_ws):
+    from kpatch_tool import trees
+
+    trees.import_tree(project_ws, "linux-6.12")
+    src = trees.checkout(project_ws, "linux-6.12")
+    kconfig.load_tree(src)
+    return src
+
+
+@pytest.mark.slow
+def test_linux_6_12_bases_and_profiles_match_its_c_tools(project_ws, linux612, tmp_path):
+    for base, target in [("tinyconfig", "tinyconfig"), ("defconfig", "x86_64_defconfig")]:
+        ours = kconfig.evaluate(linux612, base, []).config_text
+        assert kconfig.normalise(ours) == kconfig.normalise(kconfig.kbuild_config(linux612, target)), base
+    for profile in PROFILES:
+        out = tmp_path / f"{profile}.config"
+        assert kconfig.config_for_profile(project_ws, linux612, profile, output=out).problems == []
+        assert kconfig.cross_check(linux612, out) == [], profile
