@@ -66,6 +66,19 @@ def test_diff_configs_is_symbol_level():
     assert kconfig.diff_configs(a, b) == [("A", "y", "m"), ("B", "n", None), ("D", None, "y")]
 
 
+def test_profile_fragments_adds_series_fragments_relative_to_the_series(tmp_ws):
+    ws = tmp_ws()
+    ws.configs_dir.mkdir()
+    (ws.configs_dir / "profiles.toml").write_text('[profiles.p]\nbase = "tinyconfig"\nfragments = ["a.config"]\n')
+    (ws.patches_dir / "s1").mkdir()
+    (ws.patches_dir / "s1" / "series.toml").write_text('name = "s1"\nfragments = ["extra.config"]\n')
+    base, frags = kconfig.profile_fragments(ws, "p", ["s1"])
+    assert base == "tinyconfig"
+    assert frags == [ws.configs_dir / "a.config", ws.patches_dir / "s1" / "extra.config"]
+    with pytest.raises(UsageError, match="did you mean p"):
+        kconfig.profile_fragments(ws, "pp")
+
+
 def test_kernelversion_from_makefile(tmp_path):
     (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\nEXTRAVERSION = -rc1\n")
     assert kconfig_compat.kernelversion(str(tmp_path)) == "6.1.192-rc1"
