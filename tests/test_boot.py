@@ -191,28 +191,25 @@ def test_real_hung_guest_times_out_and_qemu_is_reaped(tmp_ws, tmp_path, real_ker
     assert qemu.marked_pids(marker) == []
 
 
-@pytest.mark.slow
-def test_real_guest_loads_the_builds_modules(tmp_ws, tmp_path, real_kernel):
-    """Every .ko of the kernel's build folder, staged as modules_install would, loads in the guest
-    (or is skipped when it drives hardware QEMU lacks, as x86_pkg_temp_thermal does)."""
+def _stage_modules(build: Path, stage: Path) -> list[Path]:
+    """Stage every .ko of a build folder as `make modules_install INSTALL_MOD_PATH=stage` would."""
     import shutil
     import subprocess
 
-    ws = tmp_ws()
-    build = real_kernel.parents[3]  # <O=>/arch/x86/boot/bzImage
     release = image.kernel_release(build)
     kos = sorted(build.rglob("*.ko"))
-    stage = tmp_path / "stage"
     mod_dir = stage / "lib/modules" / release
+    mod_dir.mkdir(parents=True, exist_ok=True)
     for ko in kos:
         dest = mod_dir / "kernel" / ko.relative_to(build)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ko, dest)
-    mod_dir.mkdir(parents=True, exist_ok=True)
     if shutil.which("depmod"):
         subprocess.run(["depmod", "-b", str(stage), release], check=True)
-    initrd = image.build_initramfs(ws, kernel_release=release, modules_dir=stage, smoke=[], mode="guest")
-    r = boot.boot(ws, mode="guest", kernel=real_kernel, initrd=initrd, run_dir=tmp_path / "run", timeout=120)
+    return kos
+
+
+def _check_modules(r, kos):
     mods = {c.name: c for c in r.results if c.name.startswith("module")}
     if kos:
         assert set(mods) == {f"module-{ko.name[:-3]}" for ko in kos}
@@ -220,4 +217,50 @@ def test_real_guest_loads_the_builds_modules(tmp_ws, tmp_path, real_kernel):
         assert mods["modules-load"].status == "skip"
     for c in mods.values():
         assert c.status == "pass" or (c.status == "skip" and c.reason), (c.name, c.status, c.output)
+
+
+@pytest.mark.slow
+def test_real_guest_loads_the_builds_modules(tmp_ws, tmp_path, real_kernel):
+    """Every .ko of the kernel's build folder, staged as modules_install would, loads in the guest
+    (or is skipped when it drives hardware QEMU lacks, as x86_pkg_temp_thermal does)."""
+    ws = tmp_ws()
+    build = real_kernel.parents[3]  # <O=>/arch/x86/boot/bzImage
+    kos = _stage_modules(build, tmp_path / "stage")
+    initrd = image.build_initramfs(ws, kernel_release=image.kernel_release(build), modules_dir=tmp_path / "stage",
+                                   smoke=[], mode="guest")
+    r = boot.boot(ws, mode="guest", kernel=real_kernel, initrd=initrd, run_dir=tmp_path / "run", timeout=120)
+    _check_modules(r, kos)
     assert r.verdict == "pass", r.message
+
+
+@pytest.fixture(scope="session")
+def real_dom0_kernel(request) -> Path:
+    """KPT_TEST_DOM0_BZIMAGE if set, else the xen-dom0 profile's kernel (fixture `dom0_kernel`)."""
+    if os.environ.get("KPT_TEST_DOM0_BZIMAGE"):
+        return Path(os.environ["KPT_TEST_DOM0_BZIMAGE"])
+    return Path(request.getfixturevalue("dom0_kernel"))
+
+
+@pytest.mark.slow
+def test_real_xen_dom0_boot_passes_the_dom0_checks_and_loads_backends(tmp_ws, tmp_path, real_dom0_kernel):
+    """Debian's Xen under QEMU TCG, our kernel as PV dom0 with its modules (xen-netback...)."""
+    from kpatch_tool.doctor import xen_binary
+
+    assert xen_binary(), "xen-hypervisor-4.17-amd64 must be installed for this test"
+    ws = tmp_ws()
+    build = real_dom0_kernel.parents[3]
+    kos = _stage_modules(build, tmp_path / "stage")
+    smoke = [{"series": "demo", "name": "dom0-sees-xen", "where": "dom0", "run": "cat /sys/hypervisor/type",
+              "expect": "^xen$"},
+             {"series": "demo", "name": "guest-only", "where": "guest", "run": "false"}]
+    initrd = image.build_initramfs(ws, kernel_release=image.kernel_release(build), modules_dir=tmp_path / "stage",
+                                   smoke=smoke, mode="xen")
+    r = boot.boot(ws, mode="xen", kernel=real_dom0_kernel, initrd=initrd, run_dir=tmp_path / "run", timeout=300)
+    got = {(c.classname, c.name): c.status for c in r.results}
+    for name in ("kernel-release", "xen-capabilities", "hypervisor-type", "xenbus", "xen-devices", "dmesg-clean"):
+        assert got[("base.xen", name)] == "pass", (name, r.message)
+    assert got[("demo.xen", "dom0-sees-xen")] == "pass" and got[("demo.xen", "guest-only")] == "skip"
+    _check_modules(r, kos)
+    assert r.verdict == "pass", r.message
+    assert "-kernel" in r.argv and "xen" in r.argv[r.argv.index("-kernel") + 1]
+    assert qemu.marked_pids(r.argv[r.argv.index("-name") + 1]) == []
