@@ -56,11 +56,12 @@ def register(main):
     @click.option("--timeout", type=float, default=None, help="Seconds before the boot counts as hung "
                   "(default 120 guest, 300 xen).")
     @click.option("--append", default="", help="Extra kernel command line.")
+    @click.option("--memory", type=int, default=None, help="Guest RAM in MiB (default 512 guest, 1024 xen).")
     @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
                   help="Run folder for console.log, results.json, results.xml (default: out/boot-<time>).")
     @click.option("--verbose", "-v", is_flag=True, help="Stream the console while it boots.")
     @click.pass_obj
-    def boot_cmd(obj, mode, kernel, initrd, xen, timeout, append, out, verbose):
+    def boot_cmd(obj, mode, kernel, initrd, xen, timeout, append, memory, out, verbose):
         """Boot a kernel under QEMU (or as Xen dom0), run the checks, judge the console.
 
         Exit 0 when every check passed, 1 when a check failed, 6 on panic, oops,
@@ -88,7 +89,7 @@ def register(main):
             say(f"TCG: {qemu.kvm()[1]}")
         result = bootmod.boot(ws, mode=mode, kernel=Path(kernel), initrd=Path(initrd), run_dir=run_dir,
                               timeout=timeout or (120 if mode == "guest" else 300), xen=Path(xen) if xen else None,
-                              on_line=on_line, append=append)
+                              on_line=on_line, append=append, memory=memory)
         res.print_table(res.load_json(run_dir / res.RESULTS_JSON), console)
         result.raise_for_verdict()
 

@@ -264,3 +264,18 @@ def test_real_xen_dom0_boot_passes_the_dom0_checks_and_loads_backends(tmp_ws, tm
     assert r.verdict == "pass", r.message
     assert "-kernel" in r.argv and "xen" in r.argv[r.argv.index("-kernel") + 1]
     assert qemu.marked_pids(r.argv[r.argv.index("-name") + 1]) == []
+
+
+@pytest.mark.slow
+def test_real_xen_panic_under_noreboot_is_stopped_by_the_runner(tmp_ws, tmp_path, real_kernel):
+    """A kernel Xen cannot start as dom0 (the guest profile has no PV support): Xen panics and,
+    with `noreboot`, would hang forever; the runner sees "Panic on CPU" and stops QEMU."""
+    ws = tmp_ws()
+    initrd = image.build_initramfs(ws, kernel_release=qemu.bzimage_release(real_kernel), modules_dir=None,
+                                   smoke=[], mode="xen")
+    r = boot.boot(ws, mode="xen", kernel=real_kernel, initrd=initrd, run_dir=tmp_path / "run", timeout=120)
+    if r.verdict == "pass":
+        pytest.fail("this kernel booted as dom0; the test needs a kernel without Xen PV support")
+    assert r.verdict == "panic" and "Could not construct domain 0" in r.message
+    assert r.outcome.stopped == "panic" and r.duration < 60
+    assert qemu.marked_pids(r.argv[r.argv.index("-name") + 1]) == []
