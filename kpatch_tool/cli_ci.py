@@ -85,12 +85,12 @@ def register(main):
             return
         default_series, default_mode = _defaults(ws)
         names = list(series) or default_series or [None]
-        mode = mode or default_mode
         worst = None
         for name in names:
-            rep = progress.for_terminal(pipeline.STAGES, f"kpt ci {name or 'base'} ({mode})")
+            run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
+            rep = progress.for_terminal(pipeline.STAGES, f"kpt ci {name or 'base'} ({run_mode})")
             try:
-                res = pipeline.run_ci(ws, name, mode=mode, onto=_onto(onto), profile=profile, timeout=timeout,
+                res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                       reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
                                       qemu_args=tuple(qemu_args))
             finally:

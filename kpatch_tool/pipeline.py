@@ -191,6 +191,10 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         raise UsageError(f"--mode {mode}: one of {', '.join(MODES)}")
     rep = reporter or Reporter()
     onto = dict(onto or {})
+    declared = series_ci_settings(ws, series) if series else {}
+    profile = profile or declared.get("profile")
+    qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
+    timeout = timeout or declared.get("timeout")
     tree = "linux"
     for t in onto:
         if t in ws.trees and ws.trees[t].kind == "linux":
@@ -395,6 +399,23 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     manifest.data["complete"] = True
     manifest.write()
     return result
+
+
+def series_ci_settings(ws: Workspace, series: str) -> dict:
+    """How a series wants to be booted when the command line does not say: series.toml [ci]
+    (mode, profile, qemu_args, timeout)."""
+    import tomllib
+
+    path = ws.patches_dir / series / "series.toml"
+    try:
+        data = tomllib.loads(path.read_text()).get("ci") or {}
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    if not isinstance(data, dict) or set(data) - {"mode", "profile", "qemu_args", "timeout"}:
+        raise UsageError(f"{path}: [ci] takes mode, profile, qemu_args and timeout")
+    if "mode" in data and data["mode"] not in MODES:
+        raise UsageError(f"{path}: [ci] mode '{data['mode']}' ({', '.join(MODES)})")
+    return data
 
 
 def _chain(ws: Workspace, series: str):

@@ -33,7 +33,8 @@ COVER = "cover.md"
 ORDER = "series"
 SMOKE_WHERE = ("guest", "dom0", "domU")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream"}
+TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
+            "domU", "ci"}  # domU: nested.domu_settings; ci: pipeline.series_ci_settings
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
 SMOKE_KEYS = {"name", "where", "run", "expect", "timeout"}
 UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
