@@ -7,7 +7,6 @@ second; the slow ones boot the guest profile's kernel under QEMU TCG.
 
 import json
 import os
-import struct
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
