@@ -198,6 +198,11 @@ def parse_bases(ws: Workspace, default_tree: str, bases: list[str]) -> list[tupl
         if "=" in b:
             t, ref = b.split("=", 1)
             ws.tree(t)
+        elif b in ws.trees and ws.trees[b].kind == ws.tree(default_tree).kind:
+            # A tree's name alone: that tree at its own base (linux-6.12 = its import).
+            from kpatch_tool import trees as treesmod
+
+            t, ref = b, treesmod.get(ws, b).ref
         else:
             t, ref = default_tree, b
         if not ref:

@@ -25,9 +25,9 @@ from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
 BUSYBOX = Path("/bin/busybox")
-MODES = ("guest", "xen")
+MODES = ("guest", "xen", "domU")
 # Where each mode's /init runs: a plain guest, or Xen's dom0.
-WHERE = {"guest": "guest", "xen": "dom0"}
+WHERE = {"guest": "guest", "xen": "dom0", "domU": "domU"}
 DEFAULT_TIMEOUT = 30
 # Bump when the layout or /init changes meaning, so old cached images are not reused.
 FORMAT = "kpt-initramfs-1"
@@ -237,11 +237,13 @@ def plan_groups(kernel_release: str, modules: list[str], has_dep: bool, smoke: l
     return groups
 
 
-def render_init(ws: Workspace, *, mode: str, kernel_release: str, groups: list[dict]) -> str:
+def render_init(ws: Workspace, *, mode: str, kernel_release: str, groups: list[dict],
+                hold_port: int | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["shquote"] = lambda s: shlex.quote(str(s))
-    return env.get_template("init.sh.j2").render(mode=mode, kernel_release=kernel_release, groups=groups)
+    return env.get_template("init.sh.j2").render(mode=mode, kernel_release=kernel_release, groups=groups,
+                                                 hold_port=hold_port)
 
 
 # ---------------------------------------------------------------- the image
@@ -252,11 +254,17 @@ def _extra_entry(path: str, data: bytes) -> Entry:
 
 
 def build_initramfs(ws: Workspace, *, kernel_release: str, modules_dir: Path | None, smoke: list[dict],
-                    mode: str, extra_files: dict[str, bytes] | None = None, busybox: Path = BUSYBOX) -> Path:
-    """The initramfs for one boot, built once per distinct content (cached); returns its path."""
+                    mode: str, extra_files: dict[str, bytes] | None = None, busybox: Path = BUSYBOX,
+                    hold_port: int | None = None) -> Path:
+    """The initramfs for one boot, built once per distinct content (cached); returns its path.
+
+    hold_port (domU): after its checks /init waits for a connection on that
+    port (dom0's release, up to 2 minutes) before powering off, so dom0 can
+    run the checks that need the domain alive.
+    """
     mod_entries, kos, has_dep = module_files(modules_dir)
     groups = plan_groups(kernel_release, kos, has_dep, smoke, mode)
-    init = render_init(ws, mode=mode, kernel_release=kernel_release, groups=groups)
+    init = render_init(ws, mode=mode, kernel_release=kernel_release, groups=groups, hold_port=hold_port)
     entries = busybox_entries(busybox) + base_entries() + mod_entries
     entries += [_extra_entry(p, d) for p, d in sorted((extra_files or {}).items())]
     entries.append(Entry("init", S_IFREG | 0o755, init.encode()))

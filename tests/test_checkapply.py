@@ -83,3 +83,12 @@ def test_parse_bases(series_ws):
     assert checkapply.parse_bases(series_ws, "linux", ["a", "linux=b"]) == [("a", "linux", "a"), ("linux=b", "linux", "b")]
     with pytest.raises(UsageError):
         checkapply.parse_bases(series_ws, "linux", ["linux="])
+
+
+def test_a_bare_tree_name_means_that_tree_at_its_base(tmp_ws, make_repo):
+    from kpatch_tool.checkapply import parse_bases
+
+    repo = make_repo("lin", {"a": "1\n"})
+    ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n[trees."linux-6.12"]\nsource = "{repo}"\nkind = "linux"\n')
+    assert parse_bases(ws, "linux", ["linux-6.12", "v1.0", "linux=abc"]) == [
+        ("linux-6.12", "linux-6.12", "HEAD"), ("v1.0", "linux", "v1.0"), ("linux=abc", "linux", "abc")]
