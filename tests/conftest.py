@@ -184,3 +184,16 @@ def demo_series(series_ws, series_repo):
 
     series, _ = export.import_stack(series_ws, "v1..work", "linux", name="demo")
     return series
+
+
+@pytest.fixture(scope="session")
+def dom0_build(project_ws, linux_src):
+    """The `xen-dom0` profile built by kpt's build stage (about 10-12 min cold)."""
+    from kpatch_tool import pipeline
+
+    return pipeline.build_profile(project_ws, "linux", "xen-dom0", srctree=linux_src)
+
+
+@pytest.fixture(scope="session")
+def dom0_kernel(dom0_build) -> Path:
+    return dom0_build.bzimage

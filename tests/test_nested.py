@@ -1,0 +1,74 @@
+"""xen+domU: templates, the merge of the domU's KTAP into dom0's, and a real nested boot."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kpatch_tool import ktap, nested, results
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_recorded_nested_console_gives_dom0_and_domu_results():
+    """A console log recorded from a real nested boot here (Xen 4.17, 6.1 dom0 + domU)."""
+    k = ktap.parse((DATA / "nested-console.log").read_text())
+    assert k.plan_seen
+    cases = results.cases_from_ktap(k, "xen+domU")
+    by = {(c.classname, c.name): c.status for c in cases}
+    assert by[("dom0.xen+domU", "xl-create")] == "pass"
+    assert by[("dom0.xen+domU", "vif-connected")] == "pass"
+    assert by[("dom0.xen+domU", "ping-domU")] == "pass"
+    # The domU's own document is a subtest of dom0's: its groups appear below "domU".
+    assert by[("domU.xen+domU", "base.kernel-release")] == "pass"
+    assert by[("domU.xen+domU", "domU-net.ping-dom0")] == "pass"
+
+
+def test_dom0_init_renders_series_checks_and_is_valid_shell(project_ws):
+    smoke = [{"series": "s1", "name": "threads", "where": "dom0", "run": "ps -eo comm | grep \"^$VIF-q\"",
+              "expect": "guest-rx", "timeout": 20},
+             {"series": "s1", "name": "in-domu", "where": "domU", "run": "true", "expect": "", "timeout": 5}]
+    text = nested.render_dom0_init(project_ws, smoke)
+    assert "check \"    \" 1 threads 20 guest-rx" in text
+    assert "in-domu" not in text  # domU checks go into the domU's image, not dom0's
+    assert 'echo "1..3"' in text
+    res = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_domu_config_takes_the_series_settings(project_ws, tmp_path):
+    cfg = nested.render_domu_cfg(project_ws, {"memory": 300, "vcpus": 2, "vif_options": "rate=10Mb/s",
+                                             "extra_config": ['cpu_weight = 512']})
+    assert "memory = 300" in cfg and "vcpus = 2" in cfg
+    assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,rate=10Mb/s' ]" in cfg
+    assert "cpu_weight = 512" in cfg
+
+
+def test_domu_settings_are_read_from_series_toml(tmp_ws):
+    ws = tmp_ws()
+    (ws.patches_dir / "s").mkdir(parents=True)
+    (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nvcpus = 2\nvif_options = "rate=1Mb/s"\n')
+    s = nested.domu_settings(ws, ["s"])
+    assert s["vif_options"] == "rate=1Mb/s" and s["memory"] == 256
+
+
+@pytest.mark.nested
+@pytest.mark.slow
+def test_real_nested_boot_runs_a_domu_over_a_vif(project_ws, dom0_build):
+    from kpatch_tool import pipeline, qemu
+
+    start = time.monotonic()
+    res = pipeline.run_ci(project_ws, None, mode="xen+domU", rerun_boot=True)
+    took = time.monotonic() - start
+    assert res.exit_code == 0, res.message
+    rr = results.load_json(res.run_dir / results.RESULTS_JSON)
+    by = {(c.classname, c.name): c.status for c in rr.cases}
+    assert by[("dom0.xen+domU", "ping-domU")] == "pass"
+    assert by[("domU.xen+domU", "domU-net.ping-dom0")] == "pass"
+    threads = next(c for c in rr.cases if c.name == "vif-queue-threads")
+    # SMP dom0 and a 2-vCPU domU: netback gets two queues.
+    assert "-q1-guest-rx" in threads.output
+    print(f"nested run: {took:.1f}s")
