@@ -158,7 +158,7 @@ def render_html(run_dir: Path, manifest: dict, rr: results.RunResults | None = N
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT_ROOT / "templates")),
                              autoescape=True)
     logs = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.log"))
-    max_recent = max([r["seconds"] for r in recent] or [1])
+    max_recent = max([r["seconds"] for r in recent] + [0.001])
     return env.get_template("report.html.j2").render(
         m=manifest, rr=rr, counts=rr.counts(), timeline=jinja2.filters.Markup(_timeline_svg(manifest.get("stages", []))),
         recent=recent, max_recent=max_recent, logs=[str(p) for p in logs], config_diff=cfg_diff)
