@@ -7,6 +7,7 @@ needs a config). Nothing here knows how a stage works inside.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
@@ -36,10 +37,49 @@ def source_for(ws: Workspace, tree: str, *, series: str | None = None, worktree:
 
 
 def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str, ...] = (),
-               fragments: tuple[Path, ...] = ()):
+               fragments: tuple[Path, ...] = (), output: Path | None = None):
+    """The profile's configuration for srctree, remembered by its inputs.
+
+    Evaluating means parsing the whole Kconfig tree (~4 s). The result only
+    depends on the source (commit + edits), the base, the fragments' bytes and
+    our kconfig code, so a rerun with those unchanged reads it back instead.
+    Only configurations that validated are remembered.
+    """
+    import hashlib
+
     from kpatch_tool import kconfig
 
-    return kconfig.config_for_profile(ws, srctree, profile, extra_fragments=tuple(fragments), series=tuple(series))
+    base, frags = kconfig.profile_fragments(ws, profile, series)
+    frags = [*frags, *(Path(f) for f in fragments)]
+    state = buildmod.source_state(Path(srctree))
+    key = None
+    if state:
+        h = hashlib.sha256(f"{state}\0{base}\0".encode())
+        for f in frags:
+            h.update(str(f).encode() + b"\0" + (Path(f).read_bytes() if Path(f).is_file() else b"<missing>"))
+        if not base.endswith(("tinyconfig", "allnoconfig", "defconfig")) and Path(base).is_file():
+            h.update(Path(base).read_bytes())
+        for mod in (kconfig.__file__, kconfig.__file__.replace("kconfig.py", "kconfig_compat.py")):
+            h.update(Path(mod).read_bytes())
+        key = h.hexdigest()[:24]
+        hit = ws.cache_dir / "configs" / f"{key}.config"
+        if hit.exists():
+            text = hit.read_text()
+            res = kconfig.ConfigResult(config_text=text, config_hash=kconfig.config_hash(text), base=base,
+                                       fragments=frags, srctree=Path(srctree))
+            res.from_cache = True  # read back, not evaluated: the config stage says "cached"
+            if output is not None:
+                Path(output).write_text(text)
+            return res
+    res = kconfig.config_for_profile(ws, srctree, profile, extra_fragments=tuple(fragments), series=tuple(series),
+                                     output=output)
+    if key:
+        hit = ws.cache_dir / "configs" / f"{key}.config"
+        hit.parent.mkdir(parents=True, exist_ok=True)
+        tmp = hit.with_suffix(".tmp")
+        tmp.write_text(res.config_text)
+        os.replace(tmp, hit)
+    return res
 
 
 def build_profile(ws: Workspace, tree: str, profile: str, *, srctree: Path | None = None,
@@ -61,7 +101,6 @@ import fcntl  # noqa: E402
 import getpass  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -277,8 +316,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         from kpatch_tool import kconfig
 
         cfg_path = run_dir / ".config"
-        cfg = kconfig.config_for_profile(ws, ctx["srctree"], profile, series=(series,) if series else (),
-                                         extra_fragments=tuple(fragments), output=cfg_path)
+        cfg = config_for(ws, ctx["srctree"], profile, series=(series,) if series else (),
+                         fragments=tuple(fragments), output=cfg_path)
         ok_mark = ws.cache_dir / "config-checks" / f"{cfg.config_hash}.ok"
         if not ok_mark.exists():
             detail("cross-checking the .config with make olddefconfig")
@@ -291,7 +330,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             ok_mark.write_text("ok\n")
         ctx["config"] = cfg
         manifest.data["inputs"]["config_hash"] = cfg.config_hash
-        return "ok", f"profile {profile}, config {cfg.config_hash[:12]}"
+        how = "cached" if getattr(cfg, "from_cache", False) else "ok"
+        return how, f"profile {profile}, config {cfg.config_hash[:12]}"
 
     def do_build():
         cfg = ctx["config"]
