@@ -272,6 +272,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             rep.done(name, "failed", rec.seconds, exc.message[:80])
             raise
         rec = StageRecord(name, status, start, time.time(), str(logs / f"{name}.log"), note)
+        with (logs / f"{name}.log").open("a") as fh:
+            fh.write(f"{name}: {status} in {rec.seconds:.1f}s: {note}\n")
         result.stages.append(rec)
         manifest.data["stages"].append(asdict(rec))
         manifest.write()
