@@ -1,0 +1,223 @@
+"""Xen hypervisor builds: `make -C xen O=...`, configured by kpt's own Kconfig code.
+
+Xen's kconfig is a copy of Linux's (about 5.4) and kconfiglib reads it as it
+is: with the variables Xen's Makefile exports (ARCH=x86_64 from
+XEN_TARGET_ARCH, SRCARCH=x86, srctree=xen/, CC, LD, XEN_FULLVERSION,
+XEN_HAS_CHECKPOLICY, XEN_HAS_BUILD_ID, CLANG_FLAGS), our evaluation of
+x86_64_defconfig is identical line for line to `make -C xen defconfig`. So a
+fragment goes through kconfig.evaluate() like a Linux one (every requested
+value checked, explained when it does not take), and before make starts the
+result is checked against Xen's own `make olddefconfig`: our .config must be
+its fixed point, or the build would silently use other values.
+
+Xen 4.17 builds out of tree (O=). The build folder is a direct child of the
+tree's xen/ folder, so Xen uses `..` as srctree and compiler command lines are
+the same in every worktree (ccache hits across them); a `.gitignore` of `*`
+in it keeps it out of git's view. The cache works as for Linux (build.py): a
+stamp of (source state, config hash, compiler) written after a good build;
+a rerun with nothing changed never starts make.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kpatch_tool import build as buildmod
+from kpatch_tool import proc
+from kpatch_tool.build import Artifact
+from kpatch_tool.errors import ConfigError, KptError, UsageError
+from kpatch_tool.workspace import Workspace
+
+ARCH = "x86_64"  # XEN_TARGET_ARCH; Xen's Kconfig sees it as $(ARCH)
+BASE = "defconfig"  # arch/x86/configs/x86_64_defconfig, Xen's KBUILD_DEFCONFIG
+TARGETS = ["xen.gz"]  # builds xen (the multiboot ELF) and gzips it (gzip -n: reproducible)
+# compile.h carries who/where/when: fixed, so two builds of one source are the same bytes
+# and ccache is not defeated by a date in a header.
+REPRODUCIBLE = {"XEN_WHOAMI": "kpt", "XEN_DOMAIN": "kpt", "XEN_BUILD_HOST": "kpt",
+                "XEN_BUILD_DATE": "Thu Jan  1 00:00:00 UTC 1970", "XEN_BUILD_TIME": "00:00:00"}
+
+
+@dataclass
+class XenBuildResult:
+    tree: str
+    srctree: Path  # the worktree (its xen/ folder is the hypervisor)
+    build_dir: Path
+    version: str
+    config_hash: str
+    fragments: list[str]
+    cached: bool
+    duration: float
+    log: Path
+    warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    @property
+    def xen(self) -> Path:
+        """The multiboot ELF QEMU's -kernel loads."""
+        return self.build_dir / "xen"
+
+    @property
+    def xen_gz(self) -> Path:
+        return self.build_dir / "xen.gz"
+
+    @property
+    def config(self) -> Path:
+        return self.build_dir / ".config"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("srctree", "build_dir", "log"):
+            d[k] = str(d[k])
+        return d
+
+
+def hypervisor_dir(srctree: Path) -> Path:
+    xen = Path(srctree) / "xen"
+    if not (xen / "Makefile").is_file() or not (xen / "Kconfig").is_file():
+        raise UsageError(f"{srctree}: not a Xen source tree (no xen/Makefile and xen/Kconfig)")
+    return xen
+
+
+def xen_version(xen: Path) -> str:
+    res = proc.run(["make", "-s", "-C", str(xen), "xenversion"], timeout=60)
+    return res.stdout.strip().splitlines()[-1] if res.ok and res.stdout.strip() else ""
+
+
+def kconfig_env(xen: Path, cc: str = "gcc") -> dict[str, str]:
+    """The variables Xen's Kconfig reads beyond kbuild's (xen/Makefile, Config.mk)."""
+    # Config.mk: ld-ver-build-id prints n when `ld --build-id` *mentions* build-id (an error).
+    ld = proc.run(["ld", "--build-id"], timeout=30)
+    has_build_id = "n" if "build-id" in (ld.stdout + ld.stderr) else "y"
+    cp = proc.which("checkpolicy")
+    has_checkpolicy = "n"
+    if cp:
+        r = proc.run([cp, "-h"], timeout=30)
+        has_checkpolicy = "y" if "xen" in (r.stdout + r.stderr) else "n"
+    return {"XEN_FULLVERSION": xen_version(xen), "XEN_HAS_CHECKPOLICY": has_checkpolicy,
+            "XEN_HAS_BUILD_ID": has_build_id, "CLANG_FLAGS": "", "XEN_TARGET_ARCH": ARCH}
+
+
+@contextmanager
+def _environ(extra: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def configure(srctree: Path, fragments=(), *, base: str = BASE):
+    """kconfig.evaluate() on xen/Kconfig; ConfigError when a request did not take.
+
+    kconfiglib reads $(VAR)s from the environment while it parses, once per
+    process and tree: Xen's extra variables are set for that parse.
+    """
+    from kpatch_tool import kconfig
+
+    xen = hypervisor_dir(srctree)
+    with _environ(kconfig_env(xen)):
+        result = kconfig.evaluate(xen, base, [Path(f) for f in fragments], arch=ARCH)
+    if result.problems:
+        raise ConfigError(f"xen: {len(result.problems)} requested value(s) not in the .config",
+                          detail=result.report())
+    return result
+
+
+def cross_check(srctree: Path, config_text: str, log: Path | None = None) -> list[str]:
+    """Diff between our .config and Xen's own `make olddefconfig` of it ([] = fixed point)."""
+    from kpatch_tool import kconfig
+
+    xen = hypervisor_dir(srctree)
+    theirs = kconfig.kbuild_config(xen, "olddefconfig", config_text, arch=ARCH,
+                                   extra_env={"XEN_TARGET_ARCH": ARCH}, log=log)
+    return list(difflib.unified_diff(kconfig.normalise(config_text), kconfig.normalise(theirs),
+                                     fromfile="xen .config (kpt)", tofile="make -C xen olddefconfig",
+                                     lineterm="", n=1))
+
+
+def _artifacts(build_dir: Path) -> dict[str, Artifact]:
+    out = {}
+    for name in ("xen", "xen.gz", "xen-syms", ".config"):
+        p = build_dir / name
+        if p.is_file():
+            out[name] = Artifact(str(p), p.stat().st_size, buildmod._sha256(p))
+    return out
+
+
+def make_dir(build_dir: Path, in_source: bool) -> None:
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if in_source and not (build_dir / ".gitignore").exists():
+        # Xen's outputmakefile writes the same file, but only once make got that far.
+        (build_dir / ".gitignore").write_text("# kpt build folder\n*\n")
+
+
+def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), wrapper: str | None = "ccache",
+              jobs: int | None = None, progress=None, force: bool = False, check: bool = True,
+              timeout: float = 3 * 3600) -> XenBuildResult:
+    """Configure (defconfig + fragments) and build xen + xen.gz out of tree."""
+    srctree = Path(srctree)
+    xen = hypervisor_dir(srctree)
+    t0 = time.monotonic()
+    cfg = configure(srctree, fragments)
+    build_dir = buildmod.build_dir_for(ws, tree, xen, "xen", cfg.config_hash)
+    in_source = xen.resolve() in build_dir.resolve().parents
+    make_dir(build_dir, in_source)
+    log = build_dir / "build.log"
+    state = buildmod.source_state(srctree)
+    ident = {"config_hash": cfg.config_hash, "source": state, "compiler": buildmod.compiler_id(wrapper),
+             "srctree": str(srctree.resolve())}
+    stamp = buildmod._read_stamp(build_dir)
+    frag_names = [str(f) for f in fragments]
+    version = (stamp or {}).get("version", "")
+    if not force and state and stamp and stamp.get("identity") == ident and (build_dir / "xen").exists():
+        return XenBuildResult(tree, srctree, build_dir, version, cfg.config_hash, frag_names, True,
+                              time.monotonic() - t0, log, stamp.get("warnings", []),
+                              {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
+
+    with buildmod.build_lock(progress):
+        (build_dir / buildmod.STAMP).unlink(missing_ok=True)
+        log.write_text("")
+        if check:
+            diff = cross_check(srctree, cfg.config_text, log)
+            if diff:
+                raise ConfigError("xen: kpt's .config is not a fixed point of Xen's `make olddefconfig` "
+                                  "(our evaluation differs from Xen's kconfig)", detail="\n".join(diff))
+        conf = build_dir / ".config"
+        if not conf.exists() or conf.read_text() != cfg.config_text:
+            # Only a changed config is written: its mtime drives Xen's syncconfig.
+            tmp = conf.with_suffix(".kpt-new")
+            tmp.write_text(cfg.config_text)
+            os.replace(tmp, conf)
+        expected = (stamp or {}).get("steps") or None
+        extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+        res, w = buildmod.run_make(xen, build_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,
+                                   expected_steps=expected, progress=progress, extra=extra, timeout=timeout)
+        if not res.ok:
+            raise buildmod._fail(w, res, log, f"build of {tree} failed")
+        if not (build_dir / "xen").is_file():
+            raise KptError(f"build of {tree}: make succeeded but {build_dir / 'xen'} is missing (log {log})")
+        if not (build_dir / "xen.gz").is_file():
+            # An older Makefile without the xen.gz rule: gzip it as `make install` would.
+            with open(build_dir / "xen", "rb") as src, gzip.GzipFile(build_dir / "xen.gz", "wb", 9, mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
+        version = xen_version(xen)
+        arts = _artifacts(build_dir)
+        stamp = {"identity": ident, "version": version, "warnings": w.warnings,
+                 "steps": max(w.steps, expected or 0), "fragments": frag_names,
+                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
+        (build_dir / buildmod.STAMP).write_text(json.dumps(stamp, indent=1))
+    return XenBuildResult(tree, srctree, build_dir, version, cfg.config_hash, frag_names, False,
+                          time.monotonic() - t0, log, w.warnings, arts)

@@ -1,0 +1,214 @@
+"""Xen hypervisor builds: config through kpt's kconfig, no-op reruns, failures.
+
+The fast tests drive build_xen.py with a miniature Xen tree: a real Kconfig
+(read by kconfiglib), an x86_64_defconfig, and an xen/Makefile that takes O=,
+answers `xenversion` and `olddefconfig` like Xen's, prints kbuild step lines
+and links src/*.c into $(O)/xen with real gcc. The heavy test builds the real
+Debian Xen 4.17 hypervisor (`pytest -m heavy tests/test_build_xen.py`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import git
+from kpatch_tool import build_xen
+from kpatch_tool.errors import BuildError, ConfigError
+
+KCONFIG = """\
+mainmenu "Xen/$(SRCARCH) $(XEN_FULLVERSION) Configuration"
+
+config X86_64
+	def_bool y
+
+config EXPERT
+	bool "Configure standard Xen features (expert users)"
+
+config PV
+	bool "PV support"
+	default y
+
+config PV_SHIM
+	bool "PV shim"
+	depends on PV
+
+config TRACEBUFFER
+	bool "Trace buffer" if EXPERT
+	default y
+"""
+
+# olddefconfig keeps .config as it is (our output is its fixed point), unless
+# FAKE_XEN_DRIFT asks it to behave like a kconfig that evaluates differently.
+MAKEFILE = r"""
+O ?= .
+CC ?= gcc
+SRC := $(CURDIR)
+xenversion:
+	@echo 4.17.0-fake
+olddefconfig:
+	@if [ -n "$(FAKE_XEN_DRIFT)" ]; then echo "CONFIG_DRIFT=y" >> $(O)/.config; fi
+xen.gz: $(O)/xen
+	@gzip -n -f -9 < $< > $@.new && mv $@.new $(O)/xen.gz
+$(O)/%.o: $(SRC)/src/%.c $(O)/.config
+	@echo "  CC      $*.o"
+	@$(CC) -Wall -c $< -o $@
+$(O)/xen: $(patsubst $(SRC)/src/%.c,$(O)/%.o,$(sort $(wildcard $(SRC)/src/*.c)))
+	@echo run >> $(O)/make-runs
+	@echo "  LD      xen"
+	@$(CC) $^ -o $@
+	@test "$(XEN_WHOAMI)" = kpt
+.PHONY: xenversion olddefconfig xen.gz
+"""
+
+
+@pytest.fixture
+def xen_tree(make_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("KPT_BUILD_LOCK", str(tmp_path / "build.lock"))
+    # kconfig's cross-check keeps a folder per tree in the cache: not the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("KPT_CACHE", raising=False)
+    monkeypatch.delenv("FAKE_XEN_DRIFT", raising=False)
+
+    def make(where: str = "xen"):
+        return make_repo(where, {
+            "xen/Kconfig": KCONFIG,
+            "xen/Makefile": MAKEFILE,
+            "xen/arch/x86/configs/x86_64_defconfig": "CONFIG_PV=y\n",
+            "xen/src/setup.c": "int start_xen(void);\nint main(void) { return start_xen(); }\n",
+            "xen/src/domain.c": "int start_xen(void) { return 0; }\n",
+        })
+
+    return make
+
+
+@pytest.fixture
+def fragment(tmp_path):
+    def make(text: str, name: str = "frag.config") -> Path:
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+
+    return make
+
+
+def _build(ws, src, fragments=(), **kw):
+    return build_xen.build_xen(ws, srctree=src, fragments=fragments, wrapper="none", jobs=1, **kw)
+
+
+def test_builds_xen_and_xen_gz_with_hashes(tmp_ws, xen_tree):
+    ws = tmp_ws()
+    res = _build(ws, xen_tree())
+    assert not res.cached and res.version == "4.17.0-fake"
+    assert res.xen.is_file() and gzip.decompress(res.xen_gz.read_bytes()) == res.xen.read_bytes()
+    assert set(res.artifacts) >= {"xen", "xen.gz", ".config"}
+    assert res.artifacts["xen"].size == res.xen.stat().st_size
+    assert len(res.artifacts["xen.gz"].sha256) == 64
+    assert res.to_json()["build_dir"] == str(res.build_dir)
+
+
+def test_rerun_with_nothing_changed_does_not_start_make(tmp_ws, xen_tree):
+    ws = tmp_ws()
+    src = xen_tree()
+    first = _build(ws, src)
+    runs = (first.build_dir / "make-runs").read_text()
+    start = time.monotonic()
+    again = _build(ws, src)
+    assert again.cached and time.monotonic() - start < 3
+    assert (first.build_dir / "make-runs").read_text() == runs
+    assert again.artifacts["xen"].sha256 == first.artifacts["xen"].sha256
+
+
+def test_a_changed_source_file_runs_make_again(tmp_ws, xen_tree):
+    ws = tmp_ws()
+    src = xen_tree()
+    _build(ws, src)
+    (src / "xen/src/domain.c").write_text("int start_xen(void) { return 1; }\n")
+    res = _build(ws, src)
+    assert not res.cached
+    log = res.log.read_text()
+    assert "CC      domain.o" in log and "CC      setup.o" not in log
+
+
+def test_fragment_values_land_in_the_config_make_sees(tmp_ws, xen_tree, fragment):
+    ws = tmp_ws()
+    src = xen_tree()
+    plain = _build(ws, src)
+    frag = fragment("CONFIG_EXPERT=y\n# CONFIG_TRACEBUFFER is not set\nCONFIG_PV_SHIM=y\n")
+    res = _build(ws, src, [frag])
+    assert res.build_dir != plain.build_dir and res.config_hash != plain.config_hash
+    text = res.config.read_text()
+    assert "CONFIG_PV_SHIM=y" in text and "# CONFIG_TRACEBUFFER is not set" in text
+    assert "Xen/x86 4.17.0-fake Configuration" in text  # Xen's own variables reached kconfiglib
+    assert res.fragments == [str(frag)]
+
+
+def test_a_value_that_cannot_take_is_a_config_error_before_make(tmp_ws, xen_tree, fragment):
+    ws = tmp_ws()
+    src = xen_tree()
+    # TRACEBUFFER's prompt needs EXPERT: without it the default y wins.
+    frag = fragment("# CONFIG_TRACEBUFFER is not set\n# CONFIG_PV is not set\nCONFIG_PV_SHIM=y\n")
+    with pytest.raises(ConfigError) as exc:
+        _build(ws, src, [frag])
+    assert exc.value.exit_code == 4
+    assert "CONFIG_TRACEBUFFER" in exc.value.detail and "CONFIG_PV_SHIM" in exc.value.detail
+    assert not list(src.glob("xen/.kpt-build-*/make-runs")) and not list(ws.cache_dir.rglob("make-runs"))
+
+
+def test_a_config_xens_olddefconfig_would_change_fails_before_make(tmp_ws, xen_tree, monkeypatch):
+    ws = tmp_ws()
+    src = xen_tree()
+    monkeypatch.setenv("FAKE_XEN_DRIFT", "1")
+    with pytest.raises(ConfigError) as exc:
+        _build(ws, src)
+    assert "fixed point" in exc.value.message and "+CONFIG_DRIFT=y" in exc.value.detail
+    assert not list(ws.cache_dir.rglob("make-runs"))
+
+
+def test_a_compile_error_is_a_build_error_naming_file_line_and_log(tmp_ws, xen_tree):
+    ws = tmp_ws()
+    src = xen_tree()
+    (src / "xen/src/domain.c").write_text("int start_xen(void) { return nope; }\n")
+    with pytest.raises(BuildError) as exc:
+        _build(ws, src)
+    assert exc.value.exit_code == 5
+    assert "domain.c:1:" in exc.value.message and "nope" in exc.value.message
+    assert "build.log" in exc.value.message
+    # A failed build leaves no stamp: the next run must not trust it.
+    (src / "xen/src/domain.c").write_text("int start_xen(void) { return 0; }\n")
+    assert not _build(ws, src).cached
+
+
+def test_our_worktree_gets_the_build_folder_inside_xen_and_git_ignores_it(tmp_ws, xen_tree):
+    ws = tmp_ws()
+    # A checkout of ours lives under the cache's worktrees/: built in place, beside the source.
+    (ws.cache_dir / "worktrees" / "xen").mkdir(parents=True)
+    src = xen_tree()
+    ours = ws.cache_dir / "worktrees" / "xen" / "0123456789ab"
+    src.rename(ours)
+    res = _build(ws, ours)
+    assert res.build_dir.parent == ours / "xen" and res.build_dir.name.startswith(".kpt-build-xen-")
+    assert git(ours, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_real_xen_hypervisor_builds_and_a_rerun_is_a_no_op(project_ws):
+    """The Debian Xen 4.17 tree (`kpt tree import xen`), kernel-configs/xen/smoke.config."""
+    from kpatch_tool import trees
+    from conftest import PROJECT
+
+    src = trees.checkout(project_ws, "xen")
+    frag = PROJECT / "kernel-configs/xen/smoke.config"
+    res = build_xen.build_xen(project_ws, srctree=src, fragments=[frag])
+    assert res.version.startswith("4.17")
+    head = res.xen.read_bytes()[:4]
+    assert head == b"\x7fELF" and res.artifacts["xen.gz"].size > 500_000
+    assert "# CONFIG_TRACEBUFFER is not set" in res.config.read_text()
+    start = time.monotonic()
+    again = build_xen.build_xen(project_ws, srctree=src, fragments=[frag])
+    assert again.cached and time.monotonic() - start < 10
+    assert git(src, "status", "--porcelain") == ""
