@@ -124,3 +124,69 @@ def register(main):
             bad |= s.status != "builds" or bool(s.new_warnings)
         if bad:
             raise BuildError(f"series {series}: not every patch builds cleanly (see above)")
+
+    def _manifest(res, head: str, as_json: bool) -> None:
+        if as_json:
+            click.echo(json.dumps(res.to_json(), indent=1))
+            return
+        how = "cached, nothing started" if res.cached else f"built in {res.duration:.1f}s"
+        console.print(f"{head} ({how})")
+        console.print(f"  build dir: {res.build_dir}")
+        for name, a in res.artifacts.items():
+            console.print(f"  {name:17} {a.size:>10}  {a.sha256[:16]}  {a.path}")
+        if res.warnings:
+            console.print(f"  {len(res.warnings)} compiler warning(s); see {res.log}")
+
+    @build.command("xen")
+    @click.option("--tree", default="xen", show_default=True)
+    @click.option("--series", default=None, help="Apply this series (with its depends) first and build its worktree.")
+    @click.option("--worktree", type=click.Path(file_okay=False), default=None, help="Build this Xen source folder instead.")
+    @click.option("--onto", default=None, help="Base ref instead of the tree's default.")
+    @click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False),
+                  help="Kconfig fragment over x86_64_defconfig (repeatable); every line is checked.")
+    @click.option("--wrapper", default="ccache", show_default=True)
+    @click.option("--jobs", "-j", type=int, default=None)
+    @click.option("--force", is_flag=True, help="Run make even when nothing changed.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+    @click.pass_obj
+    def build_xen_cmd(obj, tree, series, worktree, onto, fragments, wrapper, jobs, force, as_json):
+        """Configure and build the Xen hypervisor (xen, xen.gz) out of tree; cached like Linux.
+
+        \b
+        Example: kpt build xen --tree xen --fragment kernel-configs/xen/smoke.config
+        """
+        from kpatch_tool import build_xen, pipeline
+
+        srctree, _ = pipeline.source_for(obj.ws, tree, series=series, worktree=worktree, onto=onto, progress=say)
+        res = build_xen.build_xen(obj.ws, srctree=srctree, tree=tree, fragments=[Path(f) for f in fragments],
+                                  wrapper=wrapper, jobs=jobs, progress=say, force=force)
+        _manifest(res, f"{tree}: Xen {res.version}", as_json)
+
+    @build.command("qemu")
+    @click.option("--tree", default="qemu", show_default=True)
+    @click.option("--series", default=None, help="Apply this series (with its depends) first and build its worktree.")
+    @click.option("--worktree", type=click.Path(file_okay=False), default=None, help="Build this QEMU source folder instead.")
+    @click.option("--onto", default=None, help="Base ref instead of the tree's default.")
+    @click.option("--target-list", default="i386-softmmu", show_default=True, help="configure --target-list.")
+    @click.option("--enable-xen/--no-xen", "enable_xen", default=True, show_default=True,
+                  help="Debian's qemu-system-xen flavour (the Xen PV device model).")
+    @click.option("--configure-arg", "configure_args", multiple=True, help="Extra configure argument (repeatable).")
+    @click.option("--wrapper", default="ccache", show_default=True)
+    @click.option("--jobs", "-j", type=int, default=None)
+    @click.option("--force", is_flag=True, help="Run ninja even when nothing changed.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
+    @click.pass_obj
+    def build_qemu_cmd(obj, tree, series, worktree, onto, target_list, enable_xen, configure_args, wrapper, jobs,
+                       force, as_json):
+        """Configure (minimal target list) and build QEMU with ninja; cached by source and configure args.
+
+        \b
+        Example: kpt build qemu --tree qemu --target-list i386-softmmu --enable-xen
+        """
+        from kpatch_tool import build_qemu, pipeline
+
+        srctree, _ = pipeline.source_for(obj.ws, tree, series=series, worktree=worktree, onto=onto, progress=say)
+        res = build_qemu.build_qemu(obj.ws, srctree=srctree, tree=tree, target_list=target_list.split(","),
+                                    enable_xen=enable_xen, extra_args=list(configure_args), wrapper=wrapper,
+                                    jobs=jobs, progress=say, force=force)
+        _manifest(res, f"{tree}: QEMU {res.version} {','.join(res.targets)}", as_json)

@@ -1,0 +1,238 @@
+"""QEMU builds: configure with a minimal target list, then ninja, cached.
+
+The default is Debian's qemu-system-xen flavour (qemu-7.2/debian/rules,
+configure-xen): `--enable-xen --target-list=i386-softmmu --disable-tcg
+--disable-kvm --without-default-features`, the Xen PV device model, minus
+Debian's optional extras (spice, vnc, libusb, virtfs) that a smoke test does
+not need. Debian's source has no bundled meson: the system's is used.
+
+The build folder is a direct child of the source worktree, named after a hash
+of the configure arguments: meson writes compiler command lines relative to it
+(`../hw/...`), so they are the same in every worktree and ccache hits across
+them. A `.gitignore` of `*` in it keeps it out of git's view (QEMU ignores only
+`/build/`). Whether anything changed is decided before ninja is started: a
+stamp of (source state, configure args, compiler), written after a good build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kpatch_tool import build as buildmod
+from kpatch_tool import proc
+from kpatch_tool.build import Artifact
+from kpatch_tool.errors import BuildError, KptError, UsageError
+from kpatch_tool.workspace import Workspace
+
+CONFIGURED = "kpt-configured.json"
+NINJA_RE = re.compile(r"^\[(?P<n>\d+)/(?P<m>\d+)\] (?P<what>.*)$")
+# meson's own errors: `../meson.build:2768:2: ERROR: Problem encountered: fdt not available ...`
+MESON_ERROR_RE = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?:\d+:)? ERROR: (?P<msg>.*)$")
+XEN_ARGS = ["--enable-xen", "--disable-tcg", "--disable-kvm"]
+COMMON_ARGS = ["--without-default-features", "--disable-docs", "--disable-tools",
+               "--disable-install-blobs", "--with-git-submodules=ignore"]
+
+
+@dataclass
+class QemuBuildResult:
+    tree: str
+    srctree: Path
+    build_dir: Path
+    version: str
+    targets: list[str]
+    configure_args: list[str]
+    cached: bool
+    duration: float
+    log: Path
+    warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    @property
+    def binaries(self) -> list[Path]:
+        return [self.build_dir / binary_for(t) for t in self.targets]
+
+    @property
+    def qemu_system_i386(self) -> Path:
+        return self.build_dir / "qemu-system-i386"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("srctree", "build_dir", "log"):
+            d[k] = str(d[k])
+        return d
+
+
+def binary_for(target: str) -> str:
+    """configure's target name to the binary ninja builds (i386-softmmu -> qemu-system-i386)."""
+    arch, _, kind = target.partition("-")
+    if kind == "softmmu":
+        return f"qemu-system-{arch}"
+    if kind in ("linux-user", "bsd-user"):
+        return f"qemu-{arch}"
+    raise UsageError(f"QEMU target '{target}': expected <arch>-softmmu, <arch>-linux-user or <arch>-bsd-user")
+
+
+def configure_args(target_list: list[str], *, enable_xen: bool = True, wrapper: str | None = "ccache",
+                   extra: list[str] = ()) -> list[str]:
+    """The configure command line (after ./configure), the build's identity."""
+    if not target_list:
+        raise UsageError("QEMU: an empty --target-list builds nothing")
+    for t in target_list:
+        binary_for(t)
+    if enable_xen and any(not t.endswith("-softmmu") for t in target_list):
+        raise UsageError("QEMU: --enable-xen builds system emulators only (<arch>-softmmu targets)")
+    args = [*(XEN_ARGS if enable_xen else []), f"--target-list={','.join(target_list)}", *COMMON_ARGS,
+            f"--cc={buildmod.cc_for(wrapper)}", "--meson=meson"]
+    return args + list(extra)
+
+
+def qemu_version(srctree: Path) -> str:
+    try:
+        return (Path(srctree) / "VERSION").read_text().strip()
+    except OSError:
+        return ""
+
+
+class NinjaWatcher:
+    """Follows ninja's `[N/M] ...` lines: a percentage, warnings, first errors."""
+
+    def __init__(self, progress: Callable[[str], None] | None):
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+        self.last = ""
+        self.warnings: list[str] = []
+        self.errors: list[str] = []
+        self.error_context: list[str] = []
+        self._last_report = 0.0
+        self._start = time.monotonic()
+
+    @property
+    def percent(self) -> int | None:
+        return 100 * self.done // self.total if self.total else None
+
+    def __call__(self, line: str) -> None:
+        m = NINJA_RE.match(line)
+        if m:
+            self.done, self.total = int(m.group("n")), int(m.group("m"))
+            self.last = m.group("what")
+        elif buildmod.WARN_RE.match(line):
+            self.warnings.append(line.strip())
+        elif buildmod.ERROR_RE.match(line) or MESON_ERROR_RE.match(line) or line.startswith(("FAILED:", "ERROR:", "ninja: error", "meson.build:")):
+            if len(self.error_context) < 40:
+                self.error_context.append(line)
+            if len(self.errors) < 10:
+                self.errors.append(line.strip())
+        now = time.monotonic()
+        if self.progress and m and (now - self._last_report > 1.0 or self.done == self.total):
+            self._last_report = now
+            self.progress(f"ninja {self.percent}% [{self.done}/{self.total}] [{now - self._start:.0f}s] {self.last}")
+
+
+def _fail(w: NinjaWatcher, res: proc.ProcResult, log: Path, what: str) -> BuildError:
+    if res.timed_out:
+        msg = f"{what}: timed out after {res.duration:.0f}s (log {log})"
+    else:
+        first = next((e for e in w.errors if buildmod.ERROR_RE.match(e) or MESON_ERROR_RE.match(e)), None) \
+            or next((e for e in w.errors if not e.startswith("FAILED:")), None) or (w.errors[0] if w.errors else None)
+        m = buildmod.ERROR_RE.match(first or "") or MESON_ERROR_RE.match(first or "")
+        if m:
+            msg = f"{what}: {m.group('file')}:{m.group('line')}: {m.group('msg')} (log {log})"
+        elif first:
+            msg = f"{what}: {first} (log {log})"
+        else:
+            msg = f"{what}: exited {res.returncode} (log {log})"
+    detail = w.error_context[:15] or res.stdout.splitlines()[-15:]
+    return BuildError(msg, detail="\n".join(detail))
+
+
+def _artifacts(build_dir: Path, targets: list[str]) -> dict[str, Artifact]:
+    out = {}
+    for t in targets:
+        p = build_dir / binary_for(t)
+        if p.is_file():
+            out[p.name] = Artifact(str(p), p.stat().st_size, buildmod._sha256(p))
+    return out
+
+
+def build_dir_for(ws: Workspace, tree: str, srctree: Path, args: list[str]) -> Path:
+    key = hashlib.sha256("\0".join(args).encode()).hexdigest()
+    return buildmod.build_dir_for(ws, tree, srctree, "qemu", key)
+
+
+def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list: list[str] = ("i386-softmmu",),
+               enable_xen: bool = True, extra_args: list[str] = (), wrapper: str | None = "ccache",
+               jobs: int | None = None, progress=None, force: bool = False,
+               timeout: float = 4 * 3600) -> QemuBuildResult:
+    """configure + ninja for the target list; a rerun with nothing changed starts neither."""
+    srctree = Path(srctree)
+    if not (srctree / "configure").is_file() or not (srctree / "meson.build").is_file():
+        raise UsageError(f"{srctree}: not a QEMU source tree (no configure and meson.build)")
+    targets = list(target_list)
+    args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, extra=list(extra_args))
+    t0 = time.monotonic()
+    build_dir = build_dir_for(ws, tree, srctree, args)
+    in_source = srctree.resolve() in build_dir.resolve().parents
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if in_source and not (build_dir / ".gitignore").exists():
+        (build_dir / ".gitignore").write_text("# kpt build folder\n*\n")
+    log = build_dir / "build.log"
+    state = buildmod.source_state(srctree)
+    ident = {"configure": args, "source": state, "compiler": buildmod.compiler_id(wrapper),
+             "srctree": str(srctree.resolve())}
+    stamp = buildmod._read_stamp(build_dir)
+    binaries = [build_dir / binary_for(t) for t in targets]
+    version = qemu_version(srctree)
+    if not force and state and stamp and stamp.get("identity") == ident and all(b.exists() for b in binaries):
+        return QemuBuildResult(tree, srctree, build_dir, version, targets, args, True, time.monotonic() - t0, log,
+                               stamp.get("warnings", []),
+                               {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
+
+    env = buildmod.make_env(wrapper)
+    with buildmod.build_lock(progress):
+        (build_dir / buildmod.STAMP).unlink(missing_ok=True)
+        log.write_text("")
+        configured = _read_json(build_dir / CONFIGURED)
+        if configured != {"configure": args} or not (build_dir / "build.ninja").is_file():
+            (build_dir / CONFIGURED).unlink(missing_ok=True)
+            if progress:
+                progress(f"configuring QEMU {version} in {build_dir}")
+            w = NinjaWatcher(None)
+            try:
+                res = proc.stream([str(srctree.resolve() / "configure"), *args], cwd=build_dir, env=env,
+                                  on_line=w, log=log, timeout=1800)
+            except OSError as exc:
+                raise KptError(f"cannot run QEMU's configure in {build_dir}: {exc}") from None
+            if not res.ok:
+                raise _fail(w, res, log, f"configure of {tree} failed")
+            (build_dir / CONFIGURED).write_text(json.dumps({"configure": args}))
+        w = NinjaWatcher(progress)
+        cmd = ["ninja", "-C", str(build_dir), f"-j{jobs or buildmod.cores()}", *(b.name for b in binaries)]
+        try:
+            res = proc.stream(cmd, on_line=w, env=env, log=log, timeout=timeout)
+        except OSError as exc:
+            raise KptError(f"cannot run ninja in {build_dir}: {exc}") from None
+        if not res.ok:
+            raise _fail(w, res, log, f"build of {tree} failed")
+        missing = [b for b in binaries if not b.is_file()]
+        if missing:
+            raise KptError(f"build of {tree}: ninja succeeded but {missing[0]} is missing (log {log})")
+        arts = _artifacts(build_dir, targets)
+        stamp = {"identity": ident, "warnings": w.warnings, "steps": w.total,
+                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
+        (build_dir / buildmod.STAMP).write_text(json.dumps(stamp, indent=1))
+    return QemuBuildResult(tree, srctree, build_dir, version, targets, args, False, time.monotonic() - t0, log,
+                           w.warnings, arts)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
