@@ -124,7 +124,8 @@ class NinjaWatcher:
             self.last = m.group("what")
         elif buildmod.WARN_RE.match(line):
             self.warnings.append(line.strip())
-        elif buildmod.ERROR_RE.match(line) or MESON_ERROR_RE.match(line) or line.startswith(("FAILED:", "ERROR:", "ninja: error", "meson.build:")):
+        elif (buildmod.ERROR_RE.match(line) or MESON_ERROR_RE.match(line)
+              or line.startswith(("FAILED:", "ERROR:", "ninja: error"))):
             if len(self.error_context) < 40:
                 self.error_context.append(line)
             if len(self.errors) < 10:
