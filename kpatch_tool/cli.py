@@ -20,8 +20,9 @@ from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
 from kpatch_tool.errors import EXIT_USAGE, KptError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 class Ctx:
