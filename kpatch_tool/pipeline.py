@@ -31,7 +31,8 @@ def source_for(ws: Workspace, tree: str, *, series: str | None = None, worktree:
     if series:
         from kpatch_tool import apply as applymod
 
-        res = applymod.apply_series(ws, series, tree=tree, onto=onto, progress=progress)
+        res = applymod.apply_series(ws, series, tree=tree, onto=onto, say=progress,
+                                    progress=(lambda msg, i, n: progress(f"{msg} ({i}/{n})")) if progress else None)
         return Path(res.worktree), res.base_commit
     return trees.checkout(ws, tree, onto, progress=progress), None
 
@@ -306,7 +307,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             s.name: {"version": s.version,
                      "patches": {f"{t}/{p.file}": p.sha256 for t, st in s.trees.items() for p in st.patches}}
             for s in chain}
-        res = applymod.apply_series(ws, series, tree=tree, onto=onto.get(tree), progress=detail, say=detail)
+        res = applymod.apply_series(ws, series, tree=tree, onto=onto.get(tree), say=detail,
+                                    progress=lambda msg, i, n: detail(f"{msg} ({i}/{n})"))
         ctx["srctree"] = res.worktree
         ctx["series_base"] = res.series_base
         merged = f", {len(res.skipped_merged)} already upstream" if res.skipped_merged else ""

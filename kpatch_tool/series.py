@@ -275,7 +275,9 @@ def read_order(order: Path) -> list[tuple[int, str]]:
 
 def diffstat(patch: Patch) -> list[tuple[str, str, str]]:
     """(added, deleted, path) per file, from git apply --numstat (validates too)."""
-    res = gitutil.git(None, "apply", "--numstat", str(patch.path), cwd=patch.path.parent)
+    # Outside any repository: inside one (patches/ is in ours) git apply ignores
+    # the paths that lie outside the current folder, i.e. all of them.
+    res = gitutil.git(None, "apply", "--numstat", str(patch.path), cwd="/")
     if not res.ok:
         why = (res.stderr.strip().splitlines() or ["unreadable"])[0]
         raise UsageError(f"{patch.path}: git cannot read this patch: {why}")

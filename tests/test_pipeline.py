@@ -82,3 +82,11 @@ def test_real_matrix_with_a_failing_cell_runs_every_cell(project_ws, guest_build
                  '[[cell]]\nname = "good"\nbase = "linux"\n')
     outs = matrix.run(project_ws, matrix.load(project_ws, m))
     assert [(o.cell.name, o.exit_code, o.failed_stage) for o in outs] == [("bad-fragment", 4, "config"), ("good", 0, None)]
+
+
+def test_source_for_a_series_reports_progress_through_a_one_argument_callback(series_ws, demo_series):
+    """`kpt build --each/linux --series` pass the CLI's say(msg): apply must not call it with three."""
+    said = []
+    src, base = pipeline.source_for(series_ws, "linux", series="demo", progress=said.append)
+    assert (src / "Makefile").exists() and base
+    assert all(isinstance(m, str) for m in said)

@@ -166,3 +166,15 @@ def test_cli_series_list_show_new(series_ws, demo_series):
     assert r.exit_code == 0 and (series_ws.patches_dir / "other" / "linux" / "series").is_file()
     r = kpt(series_ws, "series", "show", "missing")
     assert r.exit_code == 2
+
+
+def test_diffstat_counts_files_of_a_patch_stored_inside_a_git_repository(demo_series):
+    """The store lives in the project's own repo; git apply there must still count every file."""
+    import subprocess
+
+    from kpatch_tool.series import diffstat
+
+    patch = demo_series.trees["linux"].patches[0]
+    subprocess.run(["git", "init", "-q", str(demo_series.path.parent.parent)], check=True)
+    rows = diffstat(patch)
+    assert rows and all(int(a) + int(d) > 0 for a, d, _ in rows)
