@@ -62,8 +62,13 @@ def tmp_ws(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def project_ws() -> wsmod.Workspace:
-    """The project's own workspace (kpt.toml at the repository root, default cache)."""
+def project_ws(tmp_path_factory) -> wsmod.Workspace:
+    """The project's own workspace (kpt.toml at the repository root, default cache).
+
+    Runs go to a folder of the session's own: a developer's `kpt ci` in out/
+    (and its workspace lock) is neither disturbed nor littered by the tests.
+    """
+    os.environ["KPT_OUT"] = str(tmp_path_factory.mktemp("out"))
     return wsmod.load(PROJECT)
 
 
