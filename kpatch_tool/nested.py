@@ -41,7 +41,7 @@ DOM0_CHECKS = [
     ("traffic-sink", "(while busybox nc -l -p " + str(SINK_PORT) + " >/dev/null 2>&1; do :; done) >/dev/null 2>&1 & echo listening", "listening", 5),
     ("xl-create", "xl create /etc/xen/kpt-domU.cfg 2>&1 && xl domid $DOMU", "^[0-9]+$", 90),
     ("xl-list", "xl list $DOMU", r"kpt-domU\s+[0-9]+", 20),
-    ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s\"; exit 1", "connected", 100),
+    ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
     ("vif-queue-threads", "ps -eo comm | grep \"^$VIF-q\" | sort; ls /sys/class/net/$VIF/queues", "guest-rx", 20),
     ("ping-domU", "i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 $DOMU_IP && exit 0; i=$((i+1)); done; exit 1", "1 received|1 packets received", 70),
 ]
