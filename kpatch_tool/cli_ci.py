@@ -149,5 +149,5 @@ def _print_matrix(console, outs, as_json):
         table.add_row(series, *[cells.get(c, "") for c in columns])
     console.print(table)
     for o in outs:
-        if o.run_dir:
-            console.print(f"  {o.cell.label}: {o.run_dir}")
+        why = f" - {o.message}" if o.message and not o.as_expected else ""
+        console.print(f"  {o.cell.label}: {o.run_dir or 'no run folder'}{why}", markup=False)

@@ -144,7 +144,8 @@ def run(ws: Workspace, cells: list[Cell], *, reporter_factory=None, rerun_boot: 
                                   profile=cell.profile, fragments=tuple(cell.fragments),
                                   qemu_args=tuple(cell.qemu_args), reporter=rep, rerun_boot=rerun_boot,
                                   label=cell.label)
-            out = CellOutcome(cell, res.exit_code, res.failed_stage, res.run_dir, res.message)
+            stage = res.failed_stage or ("setup" if res.exit_code else None)
+            out = CellOutcome(cell, res.exit_code, stage, res.run_dir, res.message)
         except KptError as exc:
             out = CellOutcome(cell, exc.exit_code, "setup", None, exc.message)
         finally:
