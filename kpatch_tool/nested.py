@@ -37,8 +37,11 @@ DOM0_CHECKS = [
     ("xenconsoled", "xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console >/dev/null 2>&1 && echo started", "started", 30),
     ("netback-module", "modprobe xen-netback 2>&1 || true; ls -d /sys/bus/xen-backend/drivers/vif", "vif", 30),
     ("bridge", "ip link add name xenbr0 type bridge stp_state 0 forward_delay 0 && ip addr add $DOM0_IP/24 dev xenbr0 && ip link set xenbr0 up && ip -br addr show xenbr0", "UP|UNKNOWN", 20),
-    # Debian's busybox-static installs no applet links: call nc through busybox.
-    ("traffic-sink", "(while busybox nc -l -p " + str(SINK_PORT) + " >/dev/null 2>&1; do :; done) >/dev/null 2>&1 & echo listening", "listening", 5),
+    # Debian's busybox-static installs no applet links: nc is called through busybox. A
+    # plain `nc -l` with stdin at EOF closes at once; a persistent server whose
+    # handler reads everything is a sink.
+    ("traffic-sink", "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/run/kpt-sink && chmod +x /run/kpt-sink && "
+     "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 5),
     ("xl-create", "xl create /etc/xen/kpt-domU.cfg 2>&1 && xl domid $DOMU", "^[0-9]+$", 90),
     ("xl-list", "xl list $DOMU", r"kpt-domU\s+[0-9]+", 20),
     ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
