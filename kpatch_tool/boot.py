@@ -65,7 +65,9 @@ class BootResult:
 def _verdict(out: qemu.RunOutcome, k: ktap.KtapResult, timeout: float) -> tuple[str, str]:
     last = next((line.strip() for line in reversed(out.tail) if line.strip() and not line.startswith("# exit")), "")
     if out.panic:
-        return "panic", out.panic
+        # The panic is often only the end of it (init killed by an oops): name the cause.
+        cause = f" (after: {'; '.join(out.oopses[:2])})" if out.oopses else ""
+        return "panic", out.panic + cause
     if out.timed_out and not out.ktap_done:
         if out.plan_seen:
             got = sum(len(d.tests) for d in k.documents if not d.from_kernel)

@@ -278,3 +278,17 @@ def test_real_xen_panic_under_noreboot_is_stopped_by_the_runner(tmp_ws, tmp_path
     assert r.verdict == "panic" and "Could not construct domain 0" in r.message
     assert r.outcome.stopped == "panic" and r.duration < 60
     assert qemu.marked_pids(r.argv[r.argv.index("-name") + 1]) == []
+
+
+def test_a_panic_caused_by_an_oops_quotes_the_oops(tmp_ws, tmp_path, fake):
+    """The 6.1 dom0 oops (xen_dt_get_node) ends as init being killed: the verdict must name the BUG."""
+    console = ("[    3.210819] BUG: kernel NULL pointer dereference, address: 0000000000000260\n"
+               "[    3.210994] Oops: 0000 [#1] SMP\n"
+               "[    3.343316] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009")
+    kernel, initrd = fake(console, "hang")
+    r = _boot(tmp_ws(), kernel, initrd, tmp_path / "run")
+    assert r.verdict == "panic"
+    assert "Attempted to kill init" in r.message and "NULL pointer dereference" in r.message
+    with pytest.raises(BootError) as exc:
+        r.raise_for_verdict()
+    assert exc.value.exit_code == 6 and "address: 0000000000000260" in exc.value.message
