@@ -34,6 +34,13 @@ STEP_RE = re.compile(r"^\s{2}(?P<step>[A-Z0-9_\[\]]+)\s+(?P<target>\S+)")
 COMPILE_STEPS = {"CC", "AS", "CC [M]", "LD", "LD [M]", "AR", "HOSTCC", "CPP"}
 
 
+class PathsAsStrings:
+    """to_json() for result dataclasses: Path fields become strings."""
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
 @dataclass
 class Artifact:
     path: str
@@ -42,7 +49,7 @@ class Artifact:
 
 
 @dataclass
-class BuildResult:
+class BuildResult(PathsAsStrings):
     tree: str
     srctree: Path
     build_dir: Path
@@ -67,14 +74,9 @@ class BuildResult:
     def config(self) -> Path:
         return self.build_dir / ".config"
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for k in ("srctree", "build_dir", "log"):
-            d[k] = str(d[k])
-        return d
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -122,7 +124,7 @@ def source_state(srctree: Path) -> str | None:
         h.update(e.encode("utf-8", "surrogateescape"))
         p = srctree / e[3:]
         if p.is_file():
-            h.update(_sha256(p).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()
 
 
@@ -214,14 +216,14 @@ def _collect(build_dir: Path) -> dict[str, Artifact]:
                       ("System.map", "System.map"), (".config", ".config")):
         p = build_dir / rel
         if p.exists():
-            out[name] = Artifact(str(p), p.stat().st_size, _sha256(p))
+            out[name] = Artifact(str(p), p.stat().st_size, sha256_file(p))
     staging = build_dir / "staging"
     if staging.is_dir():
         kos = sorted(staging.rglob("*.ko"))
         h = hashlib.sha256()
         for ko in kos:
             h.update(ko.name.encode())
-            h.update(_sha256(ko).encode())
+            h.update(sha256_file(ko).encode())
         out["modules"] = Artifact(str(staging), len(kos), h.hexdigest())
     return out
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kpatch_tool import build as buildmod
 from kpatch_tool import proc
-from kpatch_tool.build import Artifact
+from kpatch_tool.build import Artifact, PathsAsStrings
 from kpatch_tool.errors import BuildError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -40,7 +40,7 @@ COMMON_ARGS = ["--without-default-features", "--disable-docs", "--disable-tools"
 
 
 @dataclass
-class QemuBuildResult:
+class QemuBuildResult(PathsAsStrings):
     tree: str
     srctree: Path
     build_dir: Path
@@ -60,12 +60,6 @@ class QemuBuildResult:
     @property
     def qemu_system_i386(self) -> Path:
         return self.build_dir / "qemu-system-i386"
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for k in ("srctree", "build_dir", "log"):
-            d[k] = str(d[k])
-        return d
 
 
 def binary_for(target: str) -> str:
@@ -158,7 +152,7 @@ def _artifacts(build_dir: Path, targets: list[str]) -> dict[str, Artifact]:
     for t in targets:
         p = build_dir / binary_for(t)
         if p.is_file():
-            out[p.name] = Artifact(str(p), p.stat().st_size, buildmod._sha256(p))
+            out[p.name] = Artifact(str(p), p.stat().st_size, buildmod.sha256_file(p))
     return out
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kpatch_tool import build as buildmod
 from kpatch_tool import proc
-from kpatch_tool.build import Artifact
+from kpatch_tool.build import Artifact, PathsAsStrings
 from kpatch_tool.errors import ConfigError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -46,7 +46,7 @@ REPRODUCIBLE = {"XEN_WHOAMI": "kpt", "XEN_DOMAIN": "kpt", "XEN_BUILD_HOST": "kpt
 
 
 @dataclass
-class XenBuildResult:
+class XenBuildResult(PathsAsStrings):
     tree: str
     srctree: Path  # the worktree (its xen/ folder is the hypervisor)
     build_dir: Path
@@ -71,12 +71,6 @@ class XenBuildResult:
     @property
     def config(self) -> Path:
         return self.build_dir / ".config"
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for k in ("srctree", "build_dir", "log"):
-            d[k] = str(d[k])
-        return d
 
 
 def hypervisor_dir(srctree: Path) -> Path:
@@ -153,7 +147,7 @@ def _artifacts(build_dir: Path) -> dict[str, Artifact]:
     for name in ("xen", "xen.gz", "xen-syms", ".config"):
         p = build_dir / name
         if p.is_file():
-            out[name] = Artifact(str(p), p.stat().st_size, buildmod._sha256(p))
+            out[name] = Artifact(str(p), p.stat().st_size, buildmod.sha256_file(p))
     return out
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
-from kpatch_tool.errors import EXIT_USAGE, KptError
+from kpatch_tool.errors import KptError
 
 # Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)

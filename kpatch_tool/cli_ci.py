@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import click
@@ -24,7 +23,7 @@ def _defaults(ws) -> tuple[list[str], str]:
 
 
 def register(main):
-    from kpatch_tool.cli import console, err_console
+    from kpatch_tool.cli import console
 
     @main.command()
     @click.argument("series", nargs=-1)

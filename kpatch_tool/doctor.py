@@ -10,7 +10,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatch_tool import proc
 from kpatch_tool.workspace import Workspace
 
 MIN_GIT = (2, 30)

@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 import threading
 import tomllib

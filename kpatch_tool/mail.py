@@ -32,7 +32,6 @@ import email.header
 import email.policy
 import email.utils
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field

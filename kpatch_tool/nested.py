@@ -18,7 +18,7 @@ from pathlib import Path
 import jinja2
 
 from kpatch_tool import boot as bootmod
-from kpatch_tool import image, qemu, rootfs
+from kpatch_tool import image, rootfs
 from kpatch_tool.workspace import Workspace
 
 DOMU = "kpt-domU"

@@ -175,12 +175,7 @@ class WorkspaceLock:
         self.fh.close()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = buildmod.sha256_file
 
 
 def new_run_dir(ws: Workspace, label: str) -> tuple[str, Path]:

@@ -6,7 +6,6 @@ O= and prints kbuild-style step lines; the slow ones build the real kernel.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 

@@ -58,7 +58,7 @@ def test_domu_settings_are_read_from_series_toml(tmp_ws):
 @pytest.mark.nested
 @pytest.mark.slow
 def test_real_nested_boot_runs_a_domu_over_a_vif(project_ws, dom0_build):
-    from kpatch_tool import pipeline, qemu
+    from kpatch_tool import pipeline
 
     start = time.monotonic()
     res = pipeline.run_ci(project_ws, None, mode="xen+domU", rerun_boot=True)
