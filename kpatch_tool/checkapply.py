@@ -248,3 +248,36 @@ def check_apply(ws: Workspace, name: str, bases: list[str], tree: str | None = N
 
 def reports_json(reports: list[BaseReport]) -> str:
     return json.dumps([r.to_json() for r in reports], indent=1)
+
+
+# Worst first: the one word a table cell shows for a series on a base.
+_RANK = ["fails", "fuzz", "3way", "offset", "clean"]
+
+
+def summarise(report: BaseReport) -> str:
+    """One cell: clean / offset / 3way / fuzz / fails N / merged / merged k of n (+ the worst of the rest)."""
+    n = len(report.results)
+    if not n:
+        return "no patches"
+    merged = len(report.merged)
+    if merged == n:
+        return "merged"
+    rest = [r.status for r in report.results if r.status != "merged"]
+    worst = next(s for s in _RANK if s in rest)
+    cell = f"fails {rest.count('fails')}" if worst == "fails" else worst
+    return f"{cell}, merged {merged} of {n}" if merged else cell
+
+
+def applicability(ws: Workspace, bases: list[str], tree: str = "linux", progress=None) -> list[dict]:
+    """Every shipped series that has patches for `tree`, checked on every base: rows for a table."""
+    from kpatch_tool.series import list_series
+
+    rows = []
+    for s in list_series(ws):
+        if tree not in s.trees or not s.trees[tree].patches:
+            continue
+        reports = check_apply(ws, s.name, bases, tree, progress=progress)
+        rows.append({"series": s.name, "patches": len(s.trees[tree].patches),
+                     "bases": {r.base: summarise(r) for r in reports},
+                     "reports": [r.to_json() for r in reports]})
+    return rows

@@ -208,24 +208,39 @@ def register(main):
             console.print(f"  removed {f}")
 
     @main.command("check-apply")
-    @click.argument("name")
+    @click.argument("name", required=False)
     @click.option("--onto", required=True, help="Comma-separated refs; TREE=REF checks against another tree.")
     @click.option("--tree", default=None)
+    @click.option("--all", "all_series", is_flag=True, help="Every shipped series: one table, series x bases.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def check_apply_cmd(obj, name, onto, tree, as_json):
+    def check_apply_cmd(obj, name, onto, tree, all_series, as_json):
         """Does the series apply on these bases? No checkout; exit 3 if a patch fails.
 
         \b
         Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
+        Example: kpt check-apply --all --onto linux,linux-6.12
         """
         from rich.markup import escape
         from rich.table import Table
 
         from kpatch_tool import checkapply
-        from kpatch_tool.errors import ApplyError
+        from kpatch_tool.errors import ApplyError, UsageError
 
         console, _ = _ui()
+        if all_series or not name:
+            if name:
+                raise UsageError("give a series name or --all, not both")
+            bases = onto.split(",")
+            rows = checkapply.applicability(obj.ws, bases, tree or "linux")
+            if as_json:
+                click.echo(json.dumps(rows, indent=1))
+                return
+            table = Table("series", "patches", *bases, title=f"applicability on {tree or 'linux'} bases")
+            for row in rows:
+                table.add_row(row["series"], str(row["patches"]), *[row["bases"].get(b, "") for b in bases])
+            console.print(table)
+            return
         reports = checkapply.check_apply(obj.ws, name, onto.split(","), tree)
         if as_json:
             click.echo(checkapply.reports_json(reports))

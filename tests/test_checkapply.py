@@ -92,3 +92,24 @@ def test_a_bare_tree_name_means_that_tree_at_its_base(tmp_ws, make_repo):
     ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n[trees."linux-6.12"]\nsource = "{repo}"\nkind = "linux"\n')
     assert parse_bases(ws, "linux", ["linux-6.12", "v1.0", "linux=abc"]) == [
         ("linux-6.12", "linux-6.12", "HEAD"), ("v1.0", "linux", "v1.0"), ("linux=abc", "linux", "abc")]
+
+
+def test_summary_cell_names_the_worst_outcome_and_merged_counts():
+    from kpatch_tool.checkapply import BaseReport, PatchCheck, summarise
+
+    def rep(*statuses):
+        return BaseReport("b", "linux", "c" * 40, [PatchCheck("s", f"{i}.patch", "x", st) for i, st in enumerate(statuses)])
+
+    assert summarise(rep("clean", "offset")) == "offset"
+    assert summarise(rep("merged", "merged")) == "merged"
+    assert summarise(rep("merged", "clean", "3way")) == "3way, merged 1 of 3"
+    assert summarise(rep("fails", "fuzz", "fails")) == "fails 2"
+
+
+def test_all_series_table_covers_every_series_with_patches_for_the_tree(demo_series, series_ws):
+    from kpatch_tool.checkapply import applicability
+
+    rows = applicability(series_ws, ["v1", "merged"])
+    assert [r["series"] for r in rows] == ["demo"]
+    assert rows[0]["bases"]["v1"] == "clean"
+    assert "merged 1 of 3" in rows[0]["bases"]["merged"]
