@@ -75,7 +75,6 @@ class BuildResult(PathsAsStrings):
         return self.build_dir / ".config"
 
 
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
