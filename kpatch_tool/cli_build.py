@@ -55,16 +55,7 @@ def register(main):
         res = pipeline.build_profile(obj.ws, tree, profile, srctree=srctree, series=(series,) if series else (),
                                      fragments=tuple(Path(f) for f in fragments), wrapper=wrapper, jobs=jobs,
                                      progress=say, force=force)
-        if as_json:
-            click.echo(json.dumps(res.to_json(), indent=1))
-            return
-        how = "cached, make not started" if res.cached else f"built in {res.duration:.1f}s"
-        console.print(f"{tree} {profile}: {res.kernel_release} ({how})")
-        console.print(f"  build dir: {res.build_dir}")
-        for name, a in res.artifacts.items():
-            console.print(f"  {name:11} {a.size:>10}  {a.sha256[:16]}  {a.path}")
-        if res.warnings:
-            console.print(f"  {len(res.warnings)} compiler warning(s); see {res.log}")
+        _manifest(res, f"{tree} {profile}: {res.kernel_release}", as_json, tool="make")
 
     @build.command("module")
     @click.argument("subdir")
@@ -125,11 +116,13 @@ def register(main):
         if bad:
             raise BuildError(f"series {series}: not every patch builds cleanly (see above)")
 
-    def _manifest(res, head: str, as_json: bool) -> None:
+    def _manifest(res, head: str, as_json: bool, tool: str | None = None) -> None:
+        """The result of any build: JSON, or a head line and one line per artifact."""
         if as_json:
             click.echo(json.dumps(res.to_json(), indent=1))
             return
-        how = "cached, nothing started" if res.cached else f"built in {res.duration:.1f}s"
+        idle = f"{tool} not started" if tool else "nothing started"
+        how = f"cached, {idle}" if res.cached else f"built in {res.duration:.1f}s"
         console.print(f"{head} ({how})")
         console.print(f"  build dir: {res.build_dir}")
         for name, a in res.artifacts.items():
