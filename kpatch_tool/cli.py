@@ -9,6 +9,7 @@ unless --debug is given.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -42,10 +43,17 @@ def say(msg: str) -> None:
     err_console.print(f"[dim]kpt:[/dim] {escape(msg)}")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 class KptGroup(click.Group):
     """Maps KptError to its exit code and a one-line message."""
 
     def invoke(self, ctx):
+        # A CI runner cancels a job with SIGTERM: clean up exactly as for Ctrl-C
+        # (worktrees, locks and QEMU processes are released on the way out).
+        signal.signal(signal.SIGTERM, _terminated)
         try:
             return super().invoke(ctx)
         except KptError as exc:

@@ -10,6 +10,7 @@ and one results file cover all three places.
 
 from __future__ import annotations
 
+import re
 import shlex
 import tomllib
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from pathlib import Path
 import jinja2
 
 from kpatch_tool import boot as bootmod
-from kpatch_tool import image, rootfs
+from kpatch_tool import image, proc, rootfs
+from kpatch_tool.errors import KptError, PrereqError
 from kpatch_tool.workspace import Workspace
 
 DOMU = "kpt-domU"
@@ -42,7 +44,9 @@ DOM0_CHECKS = [
     # handler reads everything is a sink.
     ("traffic-sink", "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/run/kpt-sink && chmod +x /run/kpt-sink && "
      "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 5),
-    ("xl-create", "xl create /etc/xen/kpt-domU.cfg 2>&1 && xl domid $DOMU", "^[0-9]+$", 90),
+    # xl's debug log is kept for the checks after it; only its warnings and errors are shown.
+    ("xl-create", "xl -vvv create /etc/xen/kpt-domU.cfg >/var/log/xen/xl-create.log 2>&1; r=$?; "
+     "grep -vE ': debug: |: detail: ' /var/log/xen/xl-create.log | tail -n 20; [ $r = 0 ] && xl domid $DOMU", "^[0-9]+$", 90),
     ("xl-list", "xl list $DOMU", r"kpt-domU\s+[0-9]+", 20),
     ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
     ("vif-queue-threads", "ps -eo comm | grep \"^$VIF-q\" | sort; ls /sys/class/net/$VIF/queues", "guest-rx", 20),
@@ -69,6 +73,45 @@ class NestedImages:
         return {"dom0-rootfs": self.dom0_initrd, "domU-initramfs": self.domu_initrd}
 
 
+# The series' own QEMU (a device model for the domU) lives here in dom0, with the
+# libraries it needs that dom0's Debian root filesystem lacks.
+DM_DIR = "/opt/kpt/qemu"
+DM_WRAPPER = f"{DM_DIR}/bin/qemu-system-i386"
+# glibc comes from dom0's own Debian: mixing the host's loader and libc with
+# dom0's would be fragile, and both are bookworm.
+_GLIBC = re.compile(r"^(ld-linux.*|libc|libm|libdl|libpthread|librt|libresolv|libutil)\.so")
+
+
+def shared_libraries(binary: Path) -> dict[str, Path]:
+    """The binary's shared library closure (soname -> host file), from ldd, the tool that owns it."""
+    try:
+        out = proc.run(["ldd", binary], timeout=60)
+    except OSError as exc:
+        raise PrereqError(f"cannot run ldd on {binary}: {exc}") from None
+    if not out.ok:
+        raise KptError(f"ldd {binary} failed: {out.stderr.strip() or out.stdout.strip()}")
+    libs = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"\s*(\S+) => (\S+) \(0x", line)
+        if m:
+            libs[m.group(1)] = Path(m.group(2))
+        elif "=> not found" in line:
+            raise PrereqError(f"{binary}: shared library {line.split()[0]} not found on this host")
+    return libs
+
+
+def device_model_files(binary: Path) -> dict[str, bytes | Path]:
+    """A QEMU built on this host, runnable in dom0: the binary, its non-glibc libraries and
+    a wrapper that points the loader at them (libxl execs device_model_override directly)."""
+    files: dict[str, bytes | Path] = {f"{DM_DIR}/bin/qemu-system-i386.bin": Path(binary)}
+    for soname, path in sorted(shared_libraries(binary).items()):
+        if not _GLIBC.match(soname):
+            files[f"{DM_DIR}/lib/{soname}"] = path.resolve()
+    files[DM_WRAPPER] = (f"#!/bin/sh\n# kpt: the series' QEMU with its own libraries\n"
+                         f"LD_LIBRARY_PATH={DM_DIR}/lib exec {DM_DIR}/bin/qemu-system-i386.bin \"$@\"\n").encode()
+    return files
+
+
 def _env(ws: Workspace) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -77,8 +120,9 @@ def _env(ws: Workspace) -> jinja2.Environment:
 
 
 def domu_settings(ws: Workspace, series: list[str]) -> dict:
-    """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config."""
-    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": []}
+    """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config,
+    device_model_args (the QEMU of the series, started for the domU, gets these)."""
+    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "device_model_args": []}
     for name in series:
         path = ws.patches_dir / name / "series.toml"
         if path.exists():
@@ -95,8 +139,37 @@ def render_domu_cfg(ws: Workspace, settings: dict) -> str:
         **settings)
 
 
-def render_dom0_init(ws: Workspace, smoke: list[dict]) -> str:
-    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": ""} for n, r, e, t in DOM0_CHECKS]
+# With a device model of the series' own, dom0 starts it for the paused domU
+# the way libxl starts a PV device model (-xen-domid/-xen-attach, machine xenpv),
+# waits for it to report "running" in xenstore and only then unpauses the domU.
+# By hand rather than through libxl: Xen 4.17's libxl starts a PV QEMU only for
+# devices it knows (vfb, vkb, qdisk, 9pfs), and a domU's device model started
+# by hand is how its own smoke scripts and developers run a new backend.
+DM_LOG = "/var/log/xen/qemu-dm-$DOMU.log"
+
+
+def dm_check(args: list[str]) -> tuple[str, str, str, int]:
+    argv = [DM_WRAPPER, "-xen-domid", "$D", "-xen-attach", "-machine", "xenpv", "-display", "none",
+            "-nodefaults", "-no-user-config", "-name", "$DOMU", *args]
+    cmd = " ".join(a if a in ("$D", "$DOMU") else shlex.quote(a) for a in argv)
+    run = (f"({cmd} >{DM_LOG} 2>&1 &); i=0; "
+           "while [ \"$(xenstore-read /local/domain/0/device-model/$D/state 2>/dev/null)\" != running ] "
+           "&& [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "
+           f"ps -eo pid,args | grep '[x]en-domid' | cut -c1-300; tail -n 20 {DM_LOG}; "
+           "[ \"$(xenstore-read /local/domain/0/device-model/$D/state 2>/dev/null)\" = running ] "
+           "&& xl unpause $D && echo dm-running")
+    return ("device-model", run, "dm-running", 70)
+
+
+def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None) -> str:
+    """device_model_args: the domU gets a device model started with these (the domU is created paused)."""
+    checks = list(DOM0_CHECKS)
+    if device_model_args is not None:
+        i = [c[0] for c in checks].index("xl-create")
+        name, run, expect, timeout = checks[i]
+        checks[i] = (name, run.replace("xl -vvv create ", "xl -vvv create -p "), expect, timeout)
+        checks.insert(i + 2, dm_check(device_model_args))
+    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": ""} for n, r, e, t in checks]
     dom0_series = [image.normalise_smoke(s, series=s.get("series", "smoke")) for s in smoke if s.get("where") == "dom0"]
     names = sorted({s["series"] for s in dom0_series})
     return _env(ws).get_template("dom0-xl-init.sh.j2").render(
@@ -104,20 +177,28 @@ def render_dom0_init(ws: Workspace, smoke: list[dict]) -> str:
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT)
 
 
-def images(ws: Workspace, *, build, smoke: list[dict], progress=None) -> NestedImages:
+def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
+           device_model: Path | None = None) -> NestedImages:
+    """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
+    starts for the domU with the series' [domU] device_model_args."""
     series = sorted({s.get("series") for s in smoke if s.get("series")})
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
     domu_smoke += [s for s in smoke if s.get("where") == "domU"]
     domu = image.build_initramfs(ws, kernel_release=build.kernel_release, modules_dir=None, smoke=domu_smoke,
                                  mode="domU", hold_port=RELEASE_PORT)
     base = rootfs.base(ws, progress=progress)
+    settings = domu_settings(ws, series)
+    dm_args = settings["device_model_args"] if device_model else None
     files = {
-        "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke).encode(),
-        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, domu_settings(ws, series)).encode(),
+        "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args).encode(),
+        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings).encode(),
         "/boot/kpt/bzImage": build.bzimage,
         "/boot/kpt/domU.cpio.gz": domu,
     }
-    dom0 = rootfs.pack(ws, base, modules_dir=build.modules_dir, files=files, executables=("/sbin/kpt-dom0-init",),
+    if device_model:
+        files.update(device_model_files(device_model))
+    dom0 = rootfs.pack(ws, base, modules_dir=build.modules_dir, files=files,
+                       executables=("/sbin/kpt-dom0-init", DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
                        progress=progress)
     return NestedImages(dom0, domu, build.bzimage)
 

@@ -344,6 +344,23 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
                                              "warnings": len(b.warnings)}
         return ("cached" if b.cached else "ok"), f"{b.kernel_release}{' (make not started)' if b.cached else ''}"
 
+    def do_qemu():
+        """The series' QEMU changes: applied to the qemu tree and built, to be dom0's device model."""
+        from kpatch_tool import apply as applymod
+        from kpatch_tool import build_qemu
+
+        res = applymod.apply_series(ws, series, tree="qemu", onto=onto.get("qemu"), say=detail,
+                                    progress=lambda msg, i, n: detail(f"qemu: {msg} ({i}/{n})"))
+        q = build_qemu.build_qemu(ws, srctree=res.worktree, tree="qemu", progress=detail)
+        shutil.copyfile(q.log, logs / "qemu-build.log") if q.log.exists() else None
+        ctx["device_model"] = q.qemu_system_i386
+        manifest.data["outputs"]["qemu"] = {"worktree": str(res.worktree), "head": res.head_commit,
+                                            "binary": str(q.qemu_system_i386), "version": q.version,
+                                            "sha256": _sha256(q.qemu_system_i386)}
+        how = "cached" if res.noop and q.cached else "ok"
+        return how, f"{len(res.applied)} patches on {res.branch}, qemu {q.version}" + (
+            " (ninja not started)" if q.cached else f" built in {q.duration:.0f}s")
+
     def do_image():
         from kpatch_tool import image
 
@@ -353,7 +370,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         if mode == "xen+domU":
             from kpatch_tool import nested
 
-            imgs = nested.images(ws, build=b, smoke=smoke, progress=detail)
+            imgs = nested.images(ws, build=b, smoke=smoke, progress=detail, device_model=ctx.get("device_model"))
             ctx["initrd"] = imgs.dom0_initrd
             manifest.data["outputs"]["images"] = {k: {"path": str(v), "sha256": _sha256(v)}
                                                   for k, v in imgs.paths().items()}
@@ -416,8 +433,11 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
     try:
         with WorkspaceLock(ws.out_dir, run_id):
-            for name, fn in (("trees", do_trees), ("apply", do_apply), ("config", do_config),
-                             ("build", do_build), ("image", do_image), ("boot", do_boot)):
+            steps = [("trees", do_trees), ("apply", do_apply), ("config", do_config), ("build", do_build),
+                     ("image", do_image), ("boot", do_boot)]
+            if mode == "xen+domU" and series and _needs_device_model(ws, series):
+                steps.insert(4, ("qemu", do_qemu))
+            for name, fn in steps:
                 stage(name, fn)
     except KptError as exc:
         result.exit_code = exc.exit_code
@@ -456,6 +476,11 @@ def series_ci_settings(ws: Workspace, series: str) -> dict:
     if "mode" in data and data["mode"] not in MODES:
         raise UsageError(f"{path}: [ci] mode '{data['mode']}' ({', '.join(MODES)})")
     return data
+
+
+def _needs_device_model(ws: Workspace, series: str) -> bool:
+    """A series (or one it depends on) that changes QEMU boots with that QEMU as the domU's device model."""
+    return any("qemu" in s.trees and s.trees["qemu"].patches for s in _chain(ws, series))
 
 
 def _chain(ws: Workspace, series: str):

@@ -72,3 +72,31 @@ def test_real_nested_boot_runs_a_domu_over_a_vif(project_ws, dom0_build):
     # SMP dom0 and a 2-vCPU domU: netback gets two queues.
     assert "-q1-guest-rx" in threads.output
     print(f"nested run: {took:.1f}s")
+
+
+def test_a_series_device_model_is_started_for_a_paused_domu(project_ws):
+    """With a device model, xl creates the domU paused and dom0 unpauses it only once QEMU runs."""
+    text = nested.render_dom0_init(project_ws, [], device_model_args=["-device", "xen-virtio,id=xv0,devid=0"])
+    assert "xl -vvv create -p " in text
+    dm = next(line for line in text.splitlines() if " device-model " in line)
+    assert "-xen-domid $D -xen-attach -machine xenpv" in dm and "xen-virtio,id=xv0,devid=0" in dm
+    assert "xl unpause $D" in dm
+    order = [line.split()[4] for line in text.splitlines() if line.startswith('check "    "')]
+    assert order.index("device-model") > order.index("xl-create")
+    assert subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True).returncode == 0
+    plain = nested.render_dom0_init(project_ws, [])
+    assert "create -p" not in plain and " device-model " not in plain
+
+
+def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
+    """A real dynamically linked binary (git): its non-glibc libraries ride along, found by ldd."""
+    import shutil
+
+    git = Path(shutil.which("git")).resolve()
+    files = nested.device_model_files(git)
+    libs = [k.rsplit("/", 1)[1] for k in files if k.startswith(nested.DM_DIR + "/lib/")]
+    assert "libz.so.1" in libs  # git links zlib
+    assert not any(name.startswith(("libc.so", "ld-linux", "libm.so")) for name in libs)
+    wrapper = files[nested.DM_WRAPPER].decode()
+    assert f"LD_LIBRARY_PATH={nested.DM_DIR}/lib exec {nested.DM_DIR}/bin/qemu-system-i386.bin" in wrapper
+    assert files[f"{nested.DM_DIR}/bin/qemu-system-i386.bin"] == git

@@ -201,3 +201,28 @@ def test_ctrl_c_reaps_qemu(tmp_path):
     _, err = child.communicate(timeout=15)
     assert "KeyboardInterrupt" in err
     assert qemu.marked_pids(marker) == [] and sleepers(token) == []
+
+
+def test_sigterm_to_kpt_boot_reaps_qemu_and_exits_130(tmp_path):
+    """A CI runner cancelling the job (SIGTERM to the kpt CLI) cleans up like Ctrl-C: exit 130, no QEMU left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script, token = fake_qemu(tmp_path, "booting")
+    (tmp_path / "bzImage").write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 16)
+    (tmp_path / "initrd").write_bytes(b"x")
+    env = dict(os.environ, KPT_QEMU=str(script))
+    child = subprocess.Popen([sys.executable, "-m", "kpatch_tool.cli", "boot", "--kernel", str(tmp_path / "bzImage"),
+                              "--initrd", str(tmp_path / "initrd"), "--out", str(tmp_path / "run"), "--timeout", "60"],
+                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 30
+    while not sleepers(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers(token), "fake QEMU did not start"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=20)
+    assert child.returncode == 130, err
+    assert "interrupted" in err
+    assert sleepers(token) == []
