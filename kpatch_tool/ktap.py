@@ -38,6 +38,7 @@ class KtapTest:
     subtests: list[KtapTest] = field(default_factory=list)
     plan: int | None = None  # the subtests' plan, when there are subtests
     line: int = 0  # 1-based line in the parsed text
+    cut_off: bool = False  # stands in for a result line that never came
 
     @property
     def failed(self) -> bool:
@@ -65,7 +66,7 @@ class KtapDocument:
 
     @property
     def complete(self) -> bool:
-        return self.plan is not None and len(self.tests) >= self.plan
+        return self.plan is not None and len([t for t in self.tests if not t.cut_off]) >= self.plan
 
 
 @dataclass
@@ -164,6 +165,16 @@ class _Frame:
     pending: list[str] = field(default_factory=list)  # diagnostics waiting for a result
 
 
+def _orphan(fr: _Frame, lineno: int, number: int) -> KtapTest:
+    """A subtest whose result line never came (its runner was killed or timed out): a
+    failure, with whatever results it printed kept below it."""
+    done = len(fr.tests)
+    planned = f" of {fr.plan}" if fr.plan is not None else ""
+    return KtapTest(number, fr.name or "subtest", FAIL,
+                    f"incomplete: {done}{planned} results, no result line", diagnostics=fr.pending,
+                    subtests=fr.tests, plan=fr.plan, line=lineno, cut_off=True)
+
+
 def parse(text: str) -> KtapResult:
     """Parse every KTAP document found in text (a console log or plain KTAP)."""
     res = KtapResult()
@@ -176,9 +187,12 @@ def parse(text: str) -> KtapResult:
             return
         top = stack[0]
         doc.tests, doc.plan = top.tests, top.plan
-        # Frames still open: subtests whose parent result line never came.
-        for fr in stack[1:]:
+        # Frames still open: subtests whose parent result line never came. Their
+        # results are kept, under a failed test standing in for the missing line.
+        for i in range(len(stack) - 1, 0, -1):
+            fr = stack[i]
             res.errors.append(f"line {doc.start_line}: subtest {fr.name or '?'} has no result line")
+            stack[i - 1].tests.append(_orphan(fr, doc.start_line, len(stack[i - 1].tests) + 1))
         doc.diagnostics = top.pending
         if doc.plan is not None and len(doc.tests) != doc.plan:
             res.errors.append(f"plan 1..{doc.plan} but {len(doc.tests)} results")
@@ -221,6 +235,7 @@ def parse(text: str) -> KtapResult:
             fr = stack.pop()
             if closed is not None:
                 res.errors.append(f"line {lineno}: subtest {closed.name or '?'} has no result line")
+                fr.tests.append(_orphan(closed, lineno, len(fr.tests) + 1))
             closed = fr
         fr = stack[-1]
         if kind == "version":

@@ -158,3 +158,28 @@ def test_progress_is_done_after_the_last_top_level_result_of_a_userspace_documen
     done_at = [i for i, line in enumerate(lines) if p.feed(line)]
     assert lines[done_at[0]] == "not ok 2 s1"
     assert p.seen_plan
+
+
+def test_a_subtest_cut_off_by_its_parent_keeps_its_results_and_fails():
+    """Seen in a nested boot: the domU was destroyed mid-check, so its series subtest never got
+    its result line and dom0's `ok 3 domU` closed two levels at once."""
+    text = "\n".join([
+        "KTAP version 1", "1..1",
+        "    # Subtest: domU", "    KTAP version 1", "    1..2",
+        "        # Subtest: base", "        1..1", "        ok 1 kernel-release", "    ok 1 base",
+        "        # Subtest: virtio-xenbus", "        1..3",
+        "        not ok 1 frontend-connected", "        ok 2 virtio-status-features",
+        "ok 1 domU"])
+    k = ktap.parse(text)
+    paths = {"/".join(p): t.status for p, t in k.leaves()}
+    assert paths["domU/virtio-xenbus/frontend-connected"] == "fail"
+    assert paths["domU/virtio-xenbus/virtio-status-features"] == "pass"
+    cut = k.tests[0].subtests[1]
+    assert cut.name == "virtio-xenbus" and cut.status == "fail" and "incomplete: 2 of 3" in cut.reason
+    assert any("virtio-xenbus has no result line" in e for e in k.errors)
+
+
+def test_an_open_subtest_at_the_end_of_the_log_is_kept_as_a_failure():
+    k = ktap.parse("KTAP version 1\n1..1\n    # Subtest: s\n    1..2\n    ok 1 a\n")
+    assert [("/".join(p), t.status) for p, t in k.leaves()] == [("s/a", "pass")]
+    assert k.tests[0].status == "fail" and not k.complete
