@@ -121,8 +121,11 @@ def _env(ws: Workspace) -> jinja2.Environment:
 
 def domu_settings(ws: Workspace, series: list[str]) -> dict:
     """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config,
-    device_model_args (the QEMU of the series, started for the domU, gets these)."""
-    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "device_model_args": []}
+    device_model_args (the QEMU of the series, started for the domU, gets these) and
+    device_model_setup (dom0 shell commands run before it starts, e.g. making a disk image).
+    A series later in the depends chain overrides an earlier one key by key."""
+    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "device_model_args": [],
+           "device_model_setup": ""}
     for name in series:
         path = ws.patches_dir / name / "series.toml"
         if path.exists():
@@ -148,11 +151,12 @@ def render_domu_cfg(ws: Workspace, settings: dict) -> str:
 DM_LOG = "/var/log/xen/qemu-dm-$DOMU.log"
 
 
-def dm_check(args: list[str]) -> tuple[str, str, str, int]:
+def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
     argv = [DM_WRAPPER, "-xen-domid", "$D", "-xen-attach", "-machine", "xenpv", "-display", "none",
             "-nodefaults", "-no-user-config", "-name", "$DOMU", *args]
     cmd = " ".join(a if a in ("$D", "$DOMU") else shlex.quote(a) for a in argv)
-    run = (f"({cmd} >{DM_LOG} 2>&1 &); i=0; "
+    run = ((f"{{ {setup.strip()}; }} || exit 1; " if setup.strip() else "") +
+           f"({cmd} >{DM_LOG} 2>&1 &); i=0; "
            "while [ \"$(xenstore-read /local/domain/0/device-model/$D/state 2>/dev/null)\" != running ] "
            "&& [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "
            f"ps -eo pid,args | grep '[x]en-domid' | cut -c1-300; tail -n 20 {DM_LOG}; "
@@ -161,14 +165,15 @@ def dm_check(args: list[str]) -> tuple[str, str, str, int]:
     return ("device-model", run, "dm-running", 70)
 
 
-def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None) -> str:
+def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
+                     device_model_setup: str = "") -> str:
     """device_model_args: the domU gets a device model started with these (the domU is created paused)."""
     checks = list(DOM0_CHECKS)
     if device_model_args is not None:
         i = [c[0] for c in checks].index("xl-create")
         name, run, expect, timeout = checks[i]
         checks[i] = (name, run.replace("xl -vvv create ", "xl -vvv create -p "), expect, timeout)
-        checks.insert(i + 2, dm_check(device_model_args))
+        checks.insert(i + 2, dm_check(device_model_args, device_model_setup))
     dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": ""} for n, r, e, t in checks]
     dom0_series = [image.normalise_smoke(s, series=s.get("series", "smoke")) for s in smoke if s.get("where") == "dom0"]
     names = sorted({s["series"] for s in dom0_series})
@@ -190,7 +195,8 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
     files = {
-        "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args).encode(),
+        "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
+                                                device_model_setup=settings["device_model_setup"]).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings).encode(),
         "/boot/kpt/bzImage": build.bzimage,
         "/boot/kpt/domU.cpio.gz": domu,

@@ -76,11 +76,13 @@ def test_real_nested_boot_runs_a_domu_over_a_vif(project_ws, dom0_build):
 
 def test_a_series_device_model_is_started_for_a_paused_domu(project_ws):
     """With a device model, xl creates the domU paused and dom0 unpauses it only once QEMU runs."""
-    text = nested.render_dom0_init(project_ws, [], device_model_args=["-device", "xen-virtio,id=xv0,devid=0"])
+    text = nested.render_dom0_init(project_ws, [], device_model_args=["-device", "xen-virtio,id=xv0,devid=0"],
+                                   device_model_setup="seq 1 9 > /run/disk.img")
     assert "xl -vvv create -p " in text
     dm = next(line for line in text.splitlines() if " device-model " in line)
     assert "-xen-domid $D -xen-attach -machine xenpv" in dm and "xen-virtio,id=xv0,devid=0" in dm
     assert "xl unpause $D" in dm
+    assert dm.index("seq 1 9 > /run/disk.img") < dm.index("-xen-domid")
     order = [line.split()[4] for line in text.splitlines() if line.startswith('check "    "')]
     assert order.index("device-model") > order.index("xl-create")
     assert subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True).returncode == 0
