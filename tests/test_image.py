@@ -16,6 +16,8 @@ SMOKE = [
     {"series": "s1", "name": "bad", "run": "echo no; exit 3"},
     {"series": "s1", "name": "mismatch", "run": "echo nope", "expect": "^yes$"},
     {"series": "s1", "name": "slow", "run": "sleep 5", "timeout": 1},
+    # A grandchild that outlives its shell and holds the output open (dd stuck on a device).
+    {"series": "s1", "name": "stuck-reader", "run": "(sleep 300; echo late) & sleep 300", "timeout": 1},
     {"series": "s1", "name": "self-skip", "run": "exit 77"},
     {"series": "s2", "name": "dom0-only", "run": "true", "where": "dom0"},
 ]
@@ -149,6 +151,7 @@ def test_init_prints_ktap_verdicts_when_run(tmp_ws, tmp_path):
     assert got["bad"] == ("fail", "exit status 3")
     assert got["mismatch"] == ("fail", "output does not match /^yes$/")
     assert got["slow"] == ("fail", "timed out after 1s")
+    assert got["stuck-reader"] == ("fail", "timed out after 1s")
     assert got["self-skip"][0] == "skip"
     assert got["dom0-only"][0] == "skip"
     assert got["dmesg-clean"] == ("pass", "")
