@@ -12,6 +12,9 @@ of the configure arguments: meson writes compiler command lines relative to it
 them. A `.gitignore` of `*` in it keeps it out of git's view (QEMU ignores only
 `/build/`). Whether anything changed is decided before ninja is started: a
 stamp of (source state, configure args, compiler), written after a good build.
+
+`build_each_qemu` is `kpt build --each SERIES --tree qemu`: the QEMU side of
+build.build_each, ninja after every patch in a bisect worktree of our own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from kpatch_tool.workspace import Workspace
 
 CONFIGURED = "kpt-configured.json"
 NINJA_RE = re.compile(r"^\[(?P<n>\d+)/(?P<m>\d+)\] (?P<what>.*)$")
+# meson's descriptions of compile edges: `Compiling C object libcommon.fa.p/hw_xen_xen-bus.c.o`
+COMPILE_RE = re.compile(r"^Compiling .*?object (?P<obj>\S+)$")
+# gcc colours its diagnostics when meson's b_colorout says `always`
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[mK]")
 # meson's own errors: `../meson.build:2768:2: ERROR: Problem encountered: fdt not available ...`
 MESON_ERROR_RE = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?:\d+:)? ERROR: (?P<msg>.*)$")
 XEN_ARGS = ["--enable-xen", "--disable-tcg", "--disable-kvm"]
@@ -104,6 +111,12 @@ class NinjaWatcher:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.error_context: list[str] = []
+        # Warnings by the ninja edge that printed them. Without a smart terminal
+        # ninja prints `[N/M] description` when an edge finishes, then that
+        # command's whole output: what follows a status line is that edge's.
+        self.units: dict[str, list[str]] = {}
+        self.compiled: list[str] = []
+        self._unit = ""
         self._last_report = 0.0
         self._start = time.monotonic()
 
@@ -112,12 +125,20 @@ class NinjaWatcher:
         return 100 * self.done // self.total if self.total else None
 
     def __call__(self, line: str) -> None:
+        line = ANSI_RE.sub("", line)
         m = NINJA_RE.match(line)
         if m:
             self.done, self.total = int(m.group("n")), int(m.group("m"))
             self.last = m.group("what")
+            c = COMPILE_RE.match(self.last)
+            self._unit = c.group("obj") if c else self.last
+            if c:
+                # Recompiled: whatever it warned about before is replaced by what follows.
+                self.compiled.append(self._unit)
+                self.units[self._unit] = []
         elif buildmod.WARN_RE.match(line):
             self.warnings.append(line.strip())
+            self.units.setdefault(self._unit, []).append(line.strip())
         elif (buildmod.ERROR_RE.match(line) or MESON_ERROR_RE.match(line)
               or line.startswith(("FAILED:", "ERROR:", "ninja: error"))):
             if len(self.error_context) < 40:
@@ -173,10 +194,7 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
     args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, extra=list(extra_args))
     t0 = time.monotonic()
     build_dir = build_dir_for(ws, tree, srctree, args)
-    in_source = srctree.resolve() in build_dir.resolve().parents
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if in_source and not (build_dir / ".gitignore").exists():
-        (build_dir / ".gitignore").write_text("# kpt build folder\n*\n")
+    _ours(build_dir, srctree)
     log = build_dir / "build.log"
     state = buildmod.source_state(srctree)
     ident = {"configure": args, "source": state, "compiler": buildmod.compiler_id(wrapper),
@@ -193,26 +211,8 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
     with buildmod.build_lock(progress):
         (build_dir / buildmod.STAMP).unlink(missing_ok=True)
         log.write_text("")
-        configured = _read_json(build_dir / CONFIGURED)
-        if configured != {"configure": args} or not (build_dir / "build.ninja").is_file():
-            (build_dir / CONFIGURED).unlink(missing_ok=True)
-            if progress:
-                progress(f"configuring QEMU {version} in {build_dir}")
-            w = NinjaWatcher(None)
-            try:
-                res = proc.stream([str(srctree.resolve() / "configure"), *args], cwd=build_dir, env=env,
-                                  on_line=w, log=log, timeout=1800)
-            except OSError as exc:
-                raise KptError(f"cannot run QEMU's configure in {build_dir}: {exc}") from None
-            if not res.ok:
-                raise _fail(w, res, log, f"configure of {tree} failed")
-            (build_dir / CONFIGURED).write_text(json.dumps({"configure": args}))
-        w = NinjaWatcher(progress)
-        cmd = ["ninja", "-C", str(build_dir), f"-j{jobs or buildmod.cores()}", *(b.name for b in binaries)]
-        try:
-            res = proc.stream(cmd, on_line=w, env=env, log=log, timeout=timeout)
-        except OSError as exc:
-            raise KptError(f"cannot run ninja in {build_dir}: {exc}") from None
+        _configure(srctree, build_dir, args, env=env, log=log, tree=tree, progress=progress)
+        res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
         if not res.ok:
             raise _fail(w, res, log, f"build of {tree} failed")
         missing = [b for b in binaries if not b.is_file()]
@@ -224,6 +224,140 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
         (build_dir / buildmod.STAMP).write_text(json.dumps(stamp, indent=1))
     return QemuBuildResult(tree, srctree, build_dir, version, targets, args, False, time.monotonic() - t0, log,
                            w.warnings, arts)
+
+
+def _configure(srctree: Path, build_dir: Path, args: list[str], *, env: dict[str, str], log: Path, tree: str,
+               progress=None) -> bool:
+    """Run configure in build_dir unless it ran there with args already; True when it ran."""
+    configured = _read_json(build_dir / CONFIGURED)
+    if configured == {"configure": args} and (build_dir / "build.ninja").is_file():
+        return False
+    (build_dir / CONFIGURED).unlink(missing_ok=True)
+    if progress:
+        progress(f"configuring QEMU {qemu_version(srctree)} in {build_dir}")
+    w = NinjaWatcher(None)
+    try:
+        res = proc.stream([str(Path(srctree).resolve() / "configure"), *args], cwd=build_dir, env=env,
+                          on_line=w, log=log, timeout=1800)
+    except OSError as exc:
+        raise KptError(f"cannot run QEMU's configure in {build_dir}: {exc}") from None
+    if not res.ok:
+        raise _fail(w, res, log, f"configure of {tree} failed")
+    (build_dir / CONFIGURED).write_text(json.dumps({"configure": args}))
+    return True
+
+
+def _ninja(build_dir: Path, binaries: list[Path], *, env: dict[str, str], jobs: int | None, log: Path,
+           timeout: float, progress=None) -> tuple[proc.ProcResult, NinjaWatcher]:
+    w = NinjaWatcher(progress)
+    cmd = ["ninja", "-C", str(build_dir), f"-j{jobs or buildmod.cores()}", *(b.name for b in binaries)]
+    try:
+        res = proc.stream(cmd, on_line=w, env=env, log=log, timeout=timeout)
+    except OSError as exc:
+        raise KptError(f"cannot run ninja in {build_dir}: {exc}") from None
+    return res, w
+
+
+def _ours(build_dir: Path, srctree: Path) -> None:
+    """A build folder inside a source worktree hides itself from git."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if Path(srctree).resolve() in build_dir.resolve().parents and not (build_dir / ".gitignore").exists():
+        (build_dir / ".gitignore").write_text("# kpt build folder\n*\n")
+
+
+# --------------------------------------------------------------------------
+# warnings per patch (kpt build --each SERIES --tree qemu)
+
+
+class UnitWarningLedger(buildmod.WarningLedger):
+    """build.WarningLedger keyed by compilation unit (ninja's object) instead of warning file.
+
+    Ninja says which object printed a warning, and which objects a build
+    recompiled: a recompiled object's warnings are replaced by what it said
+    this time, every other object keeps its own. A warning counts as new when
+    no object had it before (a header's warning seen again from another file
+    is not new) and as fixed when no object has it any more. Warnings compare
+    as file + message: a patch adding lines above one moves its line number.
+    """
+
+    def update_units(self, units: dict[str, list[str]]) -> tuple[set[str], set[str]]:
+        before = self.all()
+        for unit, warnings in units.items():
+            normed = {buildmod._norm_warning(w) for w in warnings}
+            if normed:
+                self.by_file[unit] = normed
+            else:
+                self.by_file.pop(unit, None)
+        after = self.all()
+        return after - before, before - after
+
+
+def each_dir_for(ws: Workspace, tree: str, worktree: Path) -> Path:
+    """Our bisect worktree for a series worktree: the same place build.build_each uses."""
+    return ws.cache_dir / "worktrees" / tree / f"each-{hashlib.sha256(str(worktree).encode()).hexdigest()[:8]}"
+
+
+def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qemu",
+                    target_list: list[str] = ("i386-softmmu",), enable_xen: bool = True,
+                    wrapper: str | None = "ccache", jobs: int | None = None, progress=None,
+                    timeout: float = 4 * 3600) -> list[buildmod.EachStep]:
+    """ninja after base and after each commit base..HEAD of worktree, in a worktree of our own.
+
+    Configure runs once, in a build folder that is a child of our bisect
+    worktree (ccache hits what build_qemu built from the series' worktree);
+    each later step is an incremental ninja, meson regenerating by itself when
+    a patch touches a meson.build. The first failing patch ends the run:
+    later ones build on a broken one.
+    """
+    worktree = Path(worktree)
+    targets = list(target_list)
+    args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper)
+    commits = proc.run(["git", "-C", str(worktree), "rev-list", "--reverse", f"{base}..HEAD"],
+                       check=True).stdout.split()
+    if not commits:
+        raise UsageError(f"{worktree}: no commits between {base[:12]} and HEAD to build")
+    each_dir = each_dir_for(ws, tree, worktree)
+    env = buildmod.make_env(wrapper)
+    steps: list[buildmod.EachStep] = []
+    with buildmod.build_lock(progress):
+        if each_dir.exists():
+            # Ours: a detached bisect worktree nobody edits; bring it to the base.
+            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", base], check=True, timeout=600)
+        else:
+            each_dir.parent.mkdir(parents=True, exist_ok=True)
+            proc.run(["git", "-C", str(worktree), "worktree", "add", "-q", "--detach", str(each_dir), base],
+                     check=True, timeout=1800)
+        if not (each_dir / "configure").is_file() or not (each_dir / "meson.build").is_file():
+            raise UsageError(f"{worktree}: not a QEMU source tree at {base[:12]} (no configure and meson.build)")
+        build_dir = build_dir_for(ws, tree, each_dir, args)
+        _ours(build_dir, each_dir)
+        binaries = [build_dir / binary_for(t) for t in targets]
+        log = build_dir / "each.log"
+        log.write_text("")
+        _configure(each_dir, build_dir, args, env=env, log=log, tree=tree, progress=progress)
+        if progress:
+            progress(f"building the base {base[:12]} first")
+        res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
+        if not res.ok:
+            raise _fail(w, res, log, f"the base {base[:12]} does not build")
+        ledger = UnitWarningLedger()
+        ledger.update_units(w.units)
+        for i, c in enumerate(commits, 1):
+            subject = proc.run(["git", "-C", str(worktree), "log", "-1", "--format=%s", c]).stdout.strip()
+            if progress:
+                progress(f"patch {i}/{len(commits)}: {subject}")
+            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", c], check=True, timeout=600)
+            t = time.monotonic()
+            res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
+            if not res.ok:
+                err = _fail(w, res, log, f"patch {i}/{len(commits)} '{subject}'")
+                steps.append(buildmod.EachStep(i, c, subject, "fails", [], [], err.message, time.monotonic() - t))
+                # Later patches build on a broken one: the first failure is the answer.
+                break
+            new, fixed = ledger.update_units(w.units)
+            steps.append(buildmod.EachStep(i, c, subject, "builds", sorted(new), sorted(fixed), "",
+                                           time.monotonic() - t))
+    return steps
 
 
 def _read_json(path: Path) -> dict | None:

@@ -24,6 +24,7 @@ def register(main):
         \b
         Example: kpt build linux --profile guest
         Example: kpt build --each netback-per-vif --profile xen-dom0
+        Example: kpt build --each virtio-xenbus --tree qemu
         """
         if ctx.invoked_subcommand is None:
             if not each:
@@ -83,26 +84,61 @@ def register(main):
 
     @build.command("each")
     @click.argument("series")
-    @click.option("--profile", default="guest", show_default=True)
-    @click.option("--tree", default="linux", show_default=True)
+    @click.option("--profile", default="guest", show_default=True, help="Kernel profile (Linux trees only).")
+    @click.option("--tree", default="linux", show_default=True, help="A linux or qemu tree of the workspace.")
     @click.option("--wrapper", default="ccache", show_default=True)
     @click.option("--jobs", "-j", type=int, default=None)
     @click.pass_obj
     def build_each_cmd(obj, series, profile, tree, wrapper, jobs):
         """Build after each patch of a series; report builds/fails and new warnings per patch.
 
+        A QEMU tree (--tree qemu) is configured once as `kpt build qemu` does
+        and built with ninja after each of the series' own patches, on top of
+        the series it depends on.
+
         \b
         Example: kpt build each netback-per-vif --profile xen-dom0
+        Example: kpt build each virtio-xenbus --tree qemu
         """
+        from kpatch_tool.errors import UsageError
+
+        spec = obj.ws.trees.get(tree)
+        if spec is None:
+            raise UsageError(f"no tree '{tree}' in {obj.ws.root / 'kpt.toml'} (trees: {', '.join(obj.ws.trees)})")
+        if spec.kind == "linux":
+            steps = _each_linux(obj.ws, series, profile, tree, wrapper, jobs)
+        elif spec.kind == "qemu":
+            steps = _each_qemu(obj.ws, series, tree, wrapper, jobs)
+        else:
+            raise UsageError(f"tree '{tree}' is a {spec.kind} tree: --each builds linux and qemu trees")
+        _each_table(series, steps)
+
+    def _each_linux(ws, series, profile, tree, wrapper, jobs):
         from kpatch_tool import build as buildmod
         from kpatch_tool import pipeline
+
+        srctree, base = pipeline.source_for(ws, tree, series=series, progress=say)
+        cfg = pipeline.config_for(ws, srctree, profile, series=(series,))
+        return buildmod.build_each(ws, worktree=srctree, base=base, tree=tree, profile=profile,
+                                   config_text=cfg.config_text, config_hash=cfg.config_hash, wrapper=wrapper,
+                                   jobs=jobs, progress=say)
+
+    def _each_qemu(ws, series, tree, wrapper, jobs):
+        from kpatch_tool import apply as applymod
+        from kpatch_tool import build_qemu
+
+        ar = applymod.apply_series(ws, series, tree=tree, say=say,
+                                   progress=lambda msg, i, n: say(f"{msg} ({i}/{n})"))
+        # The series' own patches: those of the series it depends on are their own run's.
+        if ar.series_base != ar.base_commit:
+            say(f"{series}: its patches on top of {ar.series_base[:12]} (the series it depends on)")
+        return build_qemu.build_each_qemu(ws, worktree=Path(ar.worktree), base=ar.series_base, tree=tree,
+                                          wrapper=wrapper, jobs=jobs, progress=say)
+
+    def _each_table(series, steps) -> None:
+        """One line a patch; exit 5 when one fails or adds a warning."""
         from kpatch_tool.errors import BuildError
 
-        srctree, base = pipeline.source_for(obj.ws, tree, series=series, progress=say)
-        cfg = pipeline.config_for(obj.ws, srctree, profile, series=(series,))
-        steps = buildmod.build_each(obj.ws, worktree=srctree, base=base, tree=tree, profile=profile,
-                                    config_text=cfg.config_text, config_hash=cfg.config_hash, wrapper=wrapper,
-                                    jobs=jobs, progress=say)
         bad = False
         for s in steps:
             mark = "builds" if s.status == "builds" else "FAILS"

@@ -200,3 +200,240 @@ def test_real_qemu_xen_device_model_builds_and_a_rerun_is_a_no_op(project_ws):
     again = build_qemu.build_qemu(project_ws, srctree=src)
     assert again.cached and time.monotonic() - start < 10
     assert git(src, "status", "--porcelain") == ""
+
+
+# --------------------------------------------------------------------------
+# kpt build --each SERIES --tree qemu
+
+# Recorded from ninja 1.11 building Debian's QEMU 7.2 (hw/virtio/virtio-xen.c
+# given an unused variable): ninja prints an edge's `[N/M]` line when the edge
+# finishes, then everything that command printed.
+RECORDED_STEP = """\
+[1/4] Generating qemu-version.h with a custom command (wrapped by meson to capture output)
+[2/4] Compiling C object libcommon.fa.p/hw_virtio_virtio-xen.c.o
+../hw/virtio/virtio-xen.c: In function 'virtio_xen_realize':
+../hw/virtio/virtio-xen.c:412:9: warning: unused variable 'rc' [-Wunused-variable]
+  412 |     int rc;
+      |         ^~
+In file included from ../hw/virtio/virtio-xen.c:20:
+../include/hw/xen/interface/io/virtio.h:88:5: warning: 'packed' attribute ignored [-Wattributes]
+   88 |     uint32_t ring_ref[] __attribute__((packed));
+      |     ^~~~~~~~
+[3/4] Compiling C object libcommon.fa.p/hw_xen_xen-bus.c.o
+[4/4] Linking target qemu-system-i386
+"""
+
+
+def _watch(text: str) -> build_qemu.NinjaWatcher:
+    w = build_qemu.NinjaWatcher(None)
+    for line in text.splitlines():
+        w(line)
+    return w
+
+
+def test_ninja_watcher_gives_each_warning_to_the_object_that_printed_it():
+    w = _watch(RECORDED_STEP)
+    assert w.compiled == ["libcommon.fa.p/hw_virtio_virtio-xen.c.o", "libcommon.fa.p/hw_xen_xen-bus.c.o"]
+    unit = w.units["libcommon.fa.p/hw_virtio_virtio-xen.c.o"]
+    assert len(unit) == 2 and "unused variable 'rc'" in unit[0] and "virtio.h:88:5" in unit[1]
+    assert w.units["libcommon.fa.p/hw_xen_xen-bus.c.o"] == []
+    assert len(w.warnings) == 2
+
+
+def test_ninja_watcher_reads_gcc_s_coloured_diagnostics():
+    coloured = ("[7/9] Compiling C object libcommon.fa.p/hw_xen_xen-bus.c.o\n"
+                "\x1b[01m\x1b[K../hw/xen/xen-bus.c:51:13:\x1b[m\x1b[K \x1b[01;35m\x1b[Kwarning: \x1b[m\x1b[K"
+                "unused variable '\x1b[01m\x1b[Kx\x1b[m\x1b[K' [\x1b[01;35m\x1b[K-Wunused-variable\x1b[m\x1b[K]\n")
+    w = _watch(coloured)
+    assert w.units["libcommon.fa.p/hw_xen_xen-bus.c.o"] == [
+        "../hw/xen/xen-bus.c:51:13: warning: unused variable 'x' [-Wunused-variable]"]
+
+
+def _step(obj: str, *warnings: str) -> str:
+    return "\n".join([f"[1/2] Compiling C object {obj}", *warnings, "[2/2] Linking target qemu-system-i386"])
+
+
+A = "libcommon.fa.p/hw_virtio_virtio-xen.c.o"
+B = "libcommon.fa.p/hw_xen_xen-bus.c.o"
+HDR_WARN = "../include/hw/xen/interface/io/virtio.h:88:5: warning: 'packed' attribute ignored [-Wattributes]"
+
+
+def test_ledger_new_warnings_come_from_the_objects_recompiled_at_that_step():
+    ledger = build_qemu.UnitWarningLedger()
+    ledger.update_units(_watch(RECORDED_STEP).units)
+    # The patch only touches xen-bus.c: virtio-xen.c's two warnings stay, one is added.
+    new, fixed = ledger.update_units(_watch(_step(B, "../hw/xen/xen-bus.c:51:13: warning: unused variable 'x' "
+                                                     "[-Wunused-variable]")).units)
+    assert new == {"../hw/xen/xen-bus.c: unused variable 'x' [-Wunused-variable]"} and fixed == set()
+    assert len(ledger.all()) == 3
+
+
+def test_ledger_a_recompiled_object_without_its_warning_fixes_it():
+    ledger = build_qemu.UnitWarningLedger()
+    ledger.update_units(_watch(RECORDED_STEP).units)
+    new, fixed = ledger.update_units(_watch(_step(A, HDR_WARN)).units)
+    assert new == set()
+    assert fixed == {"../hw/virtio/virtio-xen.c: unused variable 'rc' [-Wunused-variable]"}
+
+
+def test_ledger_a_warning_that_moved_lines_is_neither_new_nor_fixed():
+    ledger = build_qemu.UnitWarningLedger()
+    ledger.update_units(_watch(RECORDED_STEP).units)
+    moved = "../hw/virtio/virtio-xen.c:430:9: warning: unused variable 'rc' [-Wunused-variable]"
+    assert ledger.update_units(_watch(_step(A, moved, HDR_WARN)).units) == (set(), set())
+
+
+def test_ledger_a_header_warning_seen_again_from_another_object_is_not_new():
+    ledger = build_qemu.UnitWarningLedger()
+    ledger.update_units(_watch(RECORDED_STEP).units)
+    new, fixed = ledger.update_units(_watch(_step(B, HDR_WARN)).units)
+    assert new == set() and fixed == set()
+    # Gone from virtio-xen.c, still printed for xen-bus.c: not fixed either.
+    new, fixed = ledger.update_units(_watch(_step(A, "../hw/virtio/virtio-xen.c:412:9: warning: unused variable "
+                                                     "'rc' [-Wunused-variable]")).units)
+    assert new == set() and fixed == set()
+
+
+def _stack(src, steps):
+    base = git(src, "rev-parse", "HEAD").strip()
+    for subject, path, text in steps:
+        (src / path).write_text(text)
+        git(src, "commit", "-q", "-am", subject)
+    return base
+
+
+EACH_STEPS = [
+    ("dev1: add an unused variable", "src/dev1.c", "int dev1(void) { int unused; return 1; }\n"),
+    ("dev2: harmless change", "src/dev2.c", "int dev2(void) { return 2 + 0; }\n"),
+    ("dev1: drop the unused variable", "src/dev1.c", "int dev1(void) { return 1; }\n"),
+    ("dev3: break the build", "src/dev3.c", "int dev3(void) { return missing; }\n"),
+    ("dev4: never built", "src/dev4.c", "int dev4(void) { return 44; }\n"),
+]
+
+
+def test_each_reports_warnings_per_patch_and_stops_at_the_first_that_breaks(tmp_ws, qemu_tree):
+    """The fake configure and real ninja + gcc, in a bisect worktree of ours."""
+    ws = tmp_ws()
+    src = qemu_tree()
+    base = _stack(src, EACH_STEPS)
+    said = []
+    steps = build_qemu.build_each_qemu(ws, worktree=src, base=base, wrapper="none", jobs=1, progress=said.append)
+    assert [s.status for s in steps] == ["builds", "builds", "builds", "fails"]
+    assert [s.subject for s in steps] == [s[0] for s in EACH_STEPS[:4]]
+    assert len(steps[0].new_warnings) == 1 and re.search(r"unused variable .unused.", steps[0].new_warnings[0])
+    assert "dev1.c" in steps[0].new_warnings[0]
+    # dev2.c recompiled: dev1.c's warning is still there, neither new nor fixed.
+    assert steps[1].new_warnings == [] and steps[1].fixed_warnings == []
+    assert steps[2].fixed_warnings == steps[0].new_warnings and steps[2].new_warnings == []
+    assert "dev3: break the build" in steps[3].error and "dev3.c:1:" in steps[3].error
+    assert all(s.seconds > 0 for s in steps)
+    # Ours is separate: the user's tree is still at its tip, with no build folder in it.
+    assert git(src, "log", "-1", "--format=%s").strip() == "dev4: never built"
+    assert git(src, "status", "--porcelain", "--untracked-files=all") == ""
+    each = build_qemu.each_dir_for(ws, "qemu", src)
+    assert each.parent == ws.cache_dir / "worktrees" / "qemu" and each.name.startswith("each-")
+    build_dir, = each.glob(".kpt-build-qemu-*")
+    assert (build_dir / "configure-runs").read_text().count("run") == 1
+    assert git(each, "status", "--porcelain", "--untracked-files=all") == ""
+    assert any("building the base" in s for s in said) and any("patch 4/5: dev3" in s for s in said)
+
+
+def test_each_rerun_reuses_the_worktree_and_configures_nothing(tmp_ws, qemu_tree):
+    ws = tmp_ws()
+    src = qemu_tree()
+    base = _stack(src, EACH_STEPS[:3])
+    first = build_qemu.build_each_qemu(ws, worktree=src, base=base, wrapper="none", jobs=1)
+    again = build_qemu.build_each_qemu(ws, worktree=src, base=base, wrapper="none", jobs=1)
+    assert [s.status for s in again] == ["builds"] * 3
+    assert [(s.new_warnings, s.fixed_warnings) for s in again] == [(s.new_warnings, s.fixed_warnings) for s in first]
+    build_dir, = build_qemu.each_dir_for(ws, "qemu", src).glob(".kpt-build-qemu-*")
+    assert (build_dir / "configure-runs").read_text().count("run") == 1
+
+
+def test_each_with_nothing_to_build_is_a_usage_error(tmp_ws, qemu_tree):
+    ws = tmp_ws()
+    src = qemu_tree()
+    with pytest.raises(UsageError, match="no commits"):
+        build_qemu.build_each_qemu(ws, worktree=src, base="HEAD", wrapper="none", jobs=1)
+
+
+def test_each_holds_the_machine_wide_build_lock(tmp_ws, qemu_tree, tmp_path):
+    import fcntl
+
+    ws = tmp_ws()
+    src = qemu_tree()
+    base = _stack(src, EACH_STEPS[:1])
+    said = []
+    with open(tmp_path / "build.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        import threading
+
+        t = threading.Timer(1.0, lambda: fcntl.flock(fh, fcntl.LOCK_UN))
+        t.start()
+        start = time.monotonic()
+        steps = build_qemu.build_each_qemu(ws, worktree=src, base=base, wrapper="none", jobs=1,
+                                           progress=said.append)
+        t.join()
+    assert time.monotonic() - start >= 1.0 and [s.status for s in steps] == ["builds"]
+    assert "waiting for another" in said[0]
+
+
+def _kpt(ws, *args):
+    from click.testing import CliRunner
+
+    from kpatch_tool.cli import main
+
+    return CliRunner().invoke(main, ["--workspace", str(ws.root), *args])
+
+
+def test_cli_each_on_a_qemu_tree_builds_the_series_own_patches_and_exits_5(tmp_ws, qemu_tree):
+    """`kpt build each top --tree qemu`: top depends on demo; only top's patches are rows."""
+    from kpatch_tool import export
+
+    src = qemu_tree("qemu-src")
+    git(src, "tag", "v1")
+    git(src, "checkout", "-q", "-b", "work")
+    _stack(src, EACH_STEPS[1:2])
+    git(src, "checkout", "-q", "-b", "work2")
+    _stack(src, [EACH_STEPS[0], EACH_STEPS[3]])
+    git(src, "checkout", "-q", "main")
+    ws = tmp_ws(f'[trees.qemu]\nsource = "{src}"\n')
+    export.import_stack(ws, "v1..work", "qemu", name="demo")
+    top, _ = export.import_stack(ws, "work..work2", "qemu", name="top", base="v1")
+    top.toml_path.write_text(top.toml_path.read_text().replace("depends = []", 'depends = ["demo"]'))
+
+    r = _kpt(ws, "build", "each", "top", "--tree", "qemu", "--wrapper", "none", "-j1")
+    assert r.exit_code == 5, r.output
+    rows = [l for l in r.output.splitlines() if re.match(r"\s*\d+ ", l)]
+    assert len(rows) == 2, r.output
+    assert re.match(r"\s*1 builds\s+\+1 -0 warnings\s+[\d.]+s\s+dev1: add an unused variable", rows[0])
+    assert re.match(r"\s*2 FAILS .*dev3: break the build", rows[1])
+    assert "new warning:" in r.output and re.search(r"unused variable .unused.", r.output)
+    assert "not every patch builds cleanly" in r.output
+    # The group's --each takes the same path.
+    r2 = _kpt(ws, "build", "--each", "top", "--tree", "qemu", "--wrapper", "none", "-j1")
+    assert r2.exit_code == 5 and len([l for l in r2.output.splitlines() if re.match(r"\s*\d+ ", l)]) == 2
+
+
+def test_cli_each_refuses_an_unknown_tree_and_a_xen_tree(tmp_ws, qemu_tree):
+    src = qemu_tree()
+    ws = tmp_ws(f'[trees.xen]\nsource = "{src}"\n')
+    r = _kpt(ws, "build", "each", "any", "--tree", "nope")
+    assert r.exit_code == 2 and "no tree 'nope'" in r.output
+    r = _kpt(ws, "build", "each", "any", "--tree", "xen")
+    assert r.exit_code == 2 and "linux and qemu" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_real_virtio_xenbus_qemu_patches_each_build(project_ws):
+    """Debian's QEMU 7.2 with the virtio-xenbus series: every patch builds, none adds a warning."""
+    from kpatch_tool import apply as applymod
+
+    ar = applymod.apply_series(project_ws, "virtio-xenbus", tree="qemu")
+    steps = build_qemu.build_each_qemu(project_ws, worktree=ar.worktree, base=ar.series_base)
+    n = int(git(ar.worktree, "rev-list", "--count", f"{ar.series_base}..HEAD"))
+    assert len(steps) == n >= 5
+    assert [s.status for s in steps] == ["builds"] * n, [s.error for s in steps]
+    assert all(not s.new_warnings for s in steps), [s.new_warnings for s in steps]
+    assert git(build_qemu.each_dir_for(project_ws, "qemu", ar.worktree), "status", "--porcelain") == ""
