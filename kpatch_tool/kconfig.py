@@ -641,17 +641,34 @@ def load_profiles(ws) -> dict:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
 
 
-def series_fragments(ws, series: str) -> list[Path]:
-    """The `fragments = [...]` of patches/<series>/series.toml, as paths."""
-    sdir = ws.patches_dir / series
-    path = sdir / "series.toml"
+def _series_toml(ws, series: str) -> dict:
+    path = ws.patches_dir / series / "series.toml"
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"series '{series}': {path} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
-    return [sdir / f for f in data.get("fragments", [])]
+
+
+def series_fragments(ws, series: str) -> list[Path]:
+    """The `fragments = [...]` of the series and of every series it depends on (deepest
+    first, each once): a series builds on its dependencies' patches, so it needs their
+    configuration too."""
+    out: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        data = _series_toml(ws, name)
+        for dep in data.get("depends", []):
+            visit(dep)
+        out.extend(ws.patches_dir / name / f for f in data.get("fragments", []))
+
+    visit(series)
+    return out
 
 
 def profile_fragments(ws, profile: str, series=()) -> tuple[str, list[Path]]:
@@ -667,7 +684,7 @@ def profile_fragments(ws, profile: str, series=()) -> tuple[str, list[Path]]:
         base = str(ws.configs_dir / base)
     frags = [ws.configs_dir / f for f in prof.get("fragments", [])]
     for s in series or ():
-        frags += series_fragments(ws, s)
+        frags += [f for f in series_fragments(ws, s) if f not in frags]
     return base, frags
 
 

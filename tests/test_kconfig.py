@@ -79,6 +79,20 @@ def test_profile_fragments_adds_series_fragments_relative_to_the_series(tmp_ws):
         kconfig.profile_fragments(ws, "pp")
 
 
+def test_a_series_gets_the_fragments_of_the_series_it_depends_on(tmp_ws):
+    """Seen for real: vring-dma-api (depends on virtio-xenbus) was built without
+    CONFIG_VIRTIO_XENBUS, so its domU had no driver for the devices it was to test."""
+    ws = tmp_ws()
+    ws.configs_dir.mkdir()
+    (ws.configs_dir / "profiles.toml").write_text('[profiles.p]\nbase = "tinyconfig"\n')
+    for name, deps in (("base1", []), ("mid", ["base1"]), ("top", ["mid", "base1"])):
+        (ws.patches_dir / name).mkdir()
+        (ws.patches_dir / name / "series.toml").write_text(
+            f'name = "{name}"\ndepends = {deps!r}\nfragments = ["{name}.config"]\n'.replace("'", '"'))
+    _, frags = kconfig.profile_fragments(ws, "p", ["top"])
+    assert [f.name for f in frags] == ["base1.config", "mid.config", "top.config"]
+
+
 def test_kernelversion_from_makefile(tmp_path):
     (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\nEXTRAVERSION = -rc1\n")
     assert kconfig_compat.kernelversion(str(tmp_path)) == "6.1.192-rc1"
