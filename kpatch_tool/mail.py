@@ -341,6 +341,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
     out = Path(out) if out else ws.out_dir / "mail" / f"{name}-v{version}"
     result = MailResult(name, version, out, forced=force)
     parts: dict[str, _Part] = {}
+    skipped: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="kpt-mail-") as tmp:
         for t in trees:
@@ -353,8 +354,14 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
             count = int(_wt(wt, "rev-list", "--count", f"{ar.series_base}..{ar.head_commit}",
                             check=True).stdout.strip())
             if count == 0:
-                raise UsageError(f"series '{name}': nothing to mail for tree '{t}' "
-                                 f"(no patches, or all already in {ar.base_commit[:12]})")
+                if tree:
+                    raise UsageError(f"series '{name}': nothing to mail for tree '{t}' "
+                                     f"(no patches, or all already in {ar.base_commit[:12]})")
+                # A series may carry only records for a tree (vring-dma-api's Linux side is
+                # upstream): no thread for it, the others go out.
+                say(f"{t}: no patches of {name}'s own; no thread for this tree")
+                skipped.append(t)
+                continue
             d = Path(tmp) / t
             d.mkdir()
             files = _format(wt, series, st, version, ar.base_commit, ar.series_base, ar.head_commit, d)
@@ -397,6 +404,9 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
                 part.range_diff = range_diff(wt, prev, ar.series_base, ar.head_commit)
             parts[t] = part
 
+        if not parts:
+            raise UsageError(f"series '{name}': nothing to mail: no tree has patches of its own "
+                             f"({', '.join(skipped)})")
         # Second pass: ids, headers and cover letters (they name each other).
         first_author = next(iter(parts.values())).texts[1]
         fallback = header(first_author, "From") or "kpt <kpt@localhost>"
@@ -406,7 +416,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
         # series.toml (their lists as far as it and the project tell).
         others = {}
         for ot, ost in series.trees.items():
-            if ot in parts:
+            if ot in parts or ot in skipped or not ost.patches:
                 continue
             v = f" v{version}" if version > 1 else ""
             lists = [x for x in (ost.list, maintainers.PROJECT_LIST.get(ws.tree(ot).kind)) if x]

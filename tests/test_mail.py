@@ -181,6 +181,26 @@ def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, 
     assert "[PATCH 0/1] foo: make foo better\n    to qemu-devel@nongnu.org" in body
 
 
+def test_a_tree_without_patches_of_the_series_gets_no_thread(tmp_path, linux_src, env_out):
+    """Like vring-dma-api, whose Linux side is upstream: the qemu thread goes out alone and
+    does not name a linux thread; asking for the empty tree by name is an error."""
+    ws, repo, base = mf.linux_series(tmp_path, linux_src)
+    qrepo = mf.kernel_like_repo(tmp_path / "qemu", linux_src)
+    qbase = mf.git(qrepo, "rev-parse", "HEAD").strip()
+    qtip = mf.commit(qrepo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 9"), "bar: nine")
+    mf.git(qrepo, "checkout", "-q", "--detach", qbase)
+    (ws.root / "kpt.toml").write_text((ws.root / "kpt.toml").read_text() + f'\n[trees.qemu]\nsource = "{qrepo}"\n')
+    from kpatch_tool import workspace as wsmod
+    ws = wsmod.load(ws.root)
+    mf.add_tree(ws.root / "patches/s1", "qemu", qrepo, qbase, qtip)
+    (ws.root / "patches/s1/linux/series").write_text("# nothing left on linux\n")
+    res = mail.prepare(ws, "s1")
+    assert set(res.trees) == {"qemu"}
+    assert "[PATCH 0/" not in msg(res.trees["qemu"].cover).get_content().replace("[PATCH 0/2]", "")
+    with pytest.raises(UsageError, match="nothing to mail for tree 'linux'"):
+        mail.prepare(ws, "s1", tree="linux")
+
+
 def test_reroll_tags_bumps_and_the_next_cover_has_range_diff_and_link(s1):
     ws, repo, base = s1
     v1 = mail.prepare(ws, "s1").trees["linux"]

@@ -102,3 +102,23 @@ def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
     wrapper = files[nested.DM_WRAPPER].decode()
     assert f"LD_LIBRARY_PATH={nested.DM_DIR}/lib exec {nested.DM_DIR}/bin/qemu-system-i386.bin" in wrapper
     assert files[f"{nested.DM_DIR}/bin/qemu-system-i386.bin"] == git
+
+
+@pytest.mark.heavy
+@pytest.mark.nested
+@pytest.mark.slow
+@pytest.mark.parametrize("series, must_pass", [
+    ("virtio-xenbus", ["frontend-connected", "virtio-status-features", "hwrng-data", "unbind-rebind"]),
+    ("vring-dma-api", ["access-platform-negotiated", "virtio-blk-read", "virtio-net-ping"]),
+])
+def test_virtio_over_xenbus_series_pass_in_nested_xen(project_ws, series, must_pass):
+    """The whole of `kpt ci SERIES`: the series' kernel and QEMU built, QEMU as the domU's
+    device model in dom0, the series' smoke in dom0 and the domU. Heavy: a QEMU build and a
+    kernel build of their own (about 15 min cold on 2 cores) before a 5-minute nested boot."""
+    from kpatch_tool import pipeline
+
+    res = pipeline.run_ci(project_ws, series, mode="xen+domU", rerun_boot=True)
+    rr = results.load_json(res.run_dir / results.RESULTS_JSON)
+    got = {c.name.rsplit(".", 1)[-1]: c.status for c in rr.cases if c.classname.startswith("domU")}
+    assert all(got.get(name) == "pass" for name in must_pass), got
+    assert res.exit_code == 0, res.message

@@ -90,3 +90,13 @@ def test_source_for_a_series_reports_progress_through_a_one_argument_callback(se
     src, base = pipeline.source_for(series_ws, "linux", series="demo", progress=said.append)
     assert (src / "Makefile").exists() and base
     assert all(isinstance(m, str) for m in said)
+
+
+def test_series_that_change_qemu_get_a_device_model_stage(project_ws):
+    """The shipped series: virtio-xenbus carries QEMU patches, vring-dma-api depends on it
+    (and has its own), netback-per-vif is Linux only."""
+    from kpatch_tool import pipeline
+
+    assert pipeline._needs_device_model(project_ws, "virtio-xenbus")
+    assert pipeline._needs_device_model(project_ws, "vring-dma-api")
+    assert not pipeline._needs_device_model(project_ws, "netback-per-vif")
