@@ -53,11 +53,16 @@ DOM0_CHECKS = [
     ("ping-domU", "i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 $DOMU_IP && exit 0; i=$((i+1)); done; exit 1", "1 received|1 packets received", 70),
 ]
 
-# domU side (busybox), before the series' domU checks.
+# domU side (busybox), before the series' domU checks. netfront's interface is
+# found by its driver ("vif"): with other network devices (virtio-net over
+# xenbus) it need not be eth0.
+_NETFRONT = ("for n in /sys/class/net/*; do case \"$(readlink $n/device/driver)\" in */vif) NF=${n##*/};; esac; done; ")
 DOMU_CHECKS = [
-    {"name": "netfront-up", "run": "ip link set eth0 up && ip addr add " + DOMU_IP + "/24 dev eth0 && cat /sys/class/net/eth0/address",
+    {"name": "netfront-up",
+     "run": _NETFRONT + "[ -n \"$NF\" ] || { ls /sys/class/net; exit 1; }; echo \"netfront: $NF\"; "
+            "ip link set $NF up && ip addr add " + DOMU_IP + "/24 dev $NF && cat /sys/class/net/$NF/address",
      "expect": "00:16:3e", "timeout": 20},
-    {"name": "netfront-queues", "run": "ls /sys/class/net/eth0/queues", "expect": "tx-0", "timeout": 10},
+    {"name": "netfront-queues", "run": _NETFRONT + "ls /sys/class/net/$NF/queues", "expect": "tx-0", "timeout": 10},
     {"name": "ping-dom0", "run": "i=0; while [ $i -lt 30 ]; do ping -c 1 -W 1 " + DOM0_IP + " && exit 0; i=$((i+1)); done; exit 1",
      "expect": "1 packets received", "timeout": 40},
 ]
