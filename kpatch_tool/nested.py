@@ -149,6 +149,8 @@ def render_domu_cfg(ws: Workspace, settings: dict) -> str:
 
 # With a device model of the series' own, dom0 starts it for the paused domU
 # the way libxl starts a PV device model (-xen-domid/-xen-attach, machine xenpv),
+# in a session of its own so that nothing aimed at the check's process group
+# reaches it,
 # waits for it to report "running" in xenstore and only then unpauses the domU.
 # By hand rather than through libxl: Xen 4.17's libxl starts a PV QEMU only for
 # devices it knows (vfb, vkb, qdisk, 9pfs), and a domU's device model started
@@ -161,7 +163,7 @@ def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
             "-nodefaults", "-no-user-config", "-name", "$DOMU", *args]
     cmd = " ".join(a if a in ("$D", "$DOMU") else shlex.quote(a) for a in argv)
     run = ((f"{{ {setup.strip()}; }} || exit 1; " if setup.strip() else "") +
-           f"({cmd} >{DM_LOG} 2>&1 &); i=0; "
+           f"(setsid {cmd} >{DM_LOG} 2>&1 &); i=0; "
            "while [ \"$(xenstore-read /local/domain/0/device-model/$D/state 2>/dev/null)\" != running ] "
            "&& [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "
            f"ps -eo pid,args | grep '[x]en-domid' | cut -c1-300; tail -n 20 {DM_LOG}; "
