@@ -411,48 +411,80 @@ class EachStep:
     seconds: float = 0.0
 
 
+def each_commits(worktree: Path, base: str) -> list[tuple[str, str]]:
+    """(commit, subject) for base..HEAD of worktree, oldest first: one git call."""
+    out = proc.run(["git", "-C", str(worktree), "log", "--reverse", "--format=%H %s", f"{base}..HEAD"],
+                   check=True).stdout
+    commits = [tuple(line.split(" ", 1)) if " " in line else (line, "") for line in out.splitlines() if line]
+    if not commits:
+        raise UsageError(f"{worktree}: no commits between {base[:12]} and HEAD to build")
+    return commits
+
+
+def each_dir_for(ws: Workspace, tree: str, worktree: Path) -> Path:
+    """Our bisect worktree for a series worktree."""
+    return ws.cache_dir / "worktrees" / tree / f"each-{hashlib.sha256(str(worktree).encode()).hexdigest()[:8]}"
+
+
+def each_worktree(ws: Workspace, tree: str, worktree: Path, base: str) -> Path:
+    """Our detached bisect worktree, created or brought to base (nobody edits it)."""
+    each_dir = each_dir_for(ws, tree, worktree)
+    if each_dir.exists():
+        proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", base], check=True, timeout=600)
+    else:
+        each_dir.parent.mkdir(parents=True, exist_ok=True)
+        proc.run(["git", "-C", str(worktree), "worktree", "add", "-q", "--detach", str(each_dir), base],
+                 check=True, timeout=1800)
+    return each_dir
+
+
+def run_each(each_dir: Path, commits: list[tuple[str, str]], build, fail, update, progress=None) -> list[EachStep]:
+    """Check out each commit in turn and build it incrementally.
+
+    build() -> (result, watcher); fail(watcher, result, what) -> BuildError;
+    update(watcher) -> (new warnings, fixed warnings). The first failing patch
+    ends the run: later patches build on a broken one.
+    """
+    steps: list[EachStep] = []
+    for i, (c, subject) in enumerate(commits, 1):
+        if progress:
+            progress(f"patch {i}/{len(commits)}: {subject}")
+        proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", c], check=True, timeout=600)
+        t = time.monotonic()
+        res, w = build()
+        if not res.ok:
+            err = fail(w, res, f"patch {i}/{len(commits)} '{subject}'")
+            steps.append(EachStep(i, c, subject, "fails", [], [], err.message, time.monotonic() - t))
+            break
+        new, fixed = update(w)
+        steps.append(EachStep(i, c, subject, "builds", sorted(new), sorted(fixed), "", time.monotonic() - t))
+    return steps
+
+
 def build_each(ws: Workspace, *, worktree: Path, base: str, tree: str, profile: str, config_text: str,
                config_hash: str, wrapper: str | None = "ccache", jobs: int | None = None,
                progress=None, make_targets: list[str] | None = None) -> list[EachStep]:
     """Build after each commit base..HEAD of worktree, incrementally, in a worktree of our own."""
-    commits = proc.run(["git", "-C", str(worktree), "rev-list", "--reverse", f"{base}..HEAD"], check=True).stdout.split()
-    if not commits:
-        raise UsageError(f"{worktree}: no commits between {base[:12]} and HEAD to build")
-    each_dir = ws.cache_dir / "worktrees" / tree / f"each-{hashlib.sha256(str(worktree).encode()).hexdigest()[:8]}"
-    if each_dir.exists():
-        # Ours: a detached bisect worktree nobody edits; bring it to the base.
-        proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", base], check=True, timeout=600)
-    else:
-        proc.run(["git", "-C", str(worktree), "worktree", "add", "-q", "--detach", str(each_dir), base],
-                 check=True, timeout=1800)
+    commits = each_commits(worktree, base)
+    each_dir = each_worktree(ws, tree, worktree, base)
     build_dir = build_dir_for(ws, tree, each_dir, profile, config_hash)
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / ".config").write_text(config_text) if not (build_dir / ".config").exists() or \
         (build_dir / ".config").read_text() != config_text else None
     targets = make_targets or (["bzImage"] + (["modules"] if "CONFIG_MODULES=y" in config_text else []))
     ledger = WarningLedger()
-    steps: list[EachStep] = []
     log = build_dir / "each.log"
     log.write_text("")
+
+    def make():
+        return run_make(each_dir, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log, progress=progress)
+
     with build_lock(progress):
         if progress:
             progress(f"building the base {base[:12]} first")
-        res, w = run_make(each_dir, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log, progress=progress)
+        res, w = make()
         if not res.ok:
             raise _fail(w, res, log, f"the base {base[:12]} does not build")
         ledger.update(w.compiled, w.warnings)
-        for i, c in enumerate(commits, 1):
-            subject = proc.run(["git", "-C", str(worktree), "log", "-1", "--format=%s", c]).stdout.strip()
-            if progress:
-                progress(f"patch {i}/{len(commits)}: {subject}")
-            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", c], check=True, timeout=600)
-            t = time.monotonic()
-            res, w = run_make(each_dir, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log, progress=progress)
-            if not res.ok:
-                err = _fail(w, res, log, f"patch {i}/{len(commits)} '{subject}'")
-                steps.append(EachStep(i, c, subject, "fails", [], [], err.message, time.monotonic() - t))
-                # Later patches build on a broken one: the first failure is the answer.
-                break
-            new, fixed = ledger.update(w.compiled, w.warnings)
-            steps.append(EachStep(i, c, subject, "builds", sorted(new), sorted(fixed), "", time.monotonic() - t))
-    return steps
+        return run_each(each_dir, commits, make, lambda w_, r, what: _fail(w_, r, log, what),
+                        lambda w_: ledger.update(w_.compiled, w_.warnings), progress)

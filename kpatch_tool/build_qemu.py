@@ -294,7 +294,7 @@ class UnitWarningLedger(buildmod.WarningLedger):
 
 def each_dir_for(ws: Workspace, tree: str, worktree: Path) -> Path:
     """Our bisect worktree for a series worktree: the same place build.build_each uses."""
-    return ws.cache_dir / "worktrees" / tree / f"each-{hashlib.sha256(str(worktree).encode()).hexdigest()[:8]}"
+    return buildmod.each_dir_for(ws, tree, worktree)
 
 
 def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qemu",
@@ -312,21 +312,10 @@ def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qe
     worktree = Path(worktree)
     targets = list(target_list)
     args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper)
-    commits = proc.run(["git", "-C", str(worktree), "rev-list", "--reverse", f"{base}..HEAD"],
-                       check=True).stdout.split()
-    if not commits:
-        raise UsageError(f"{worktree}: no commits between {base[:12]} and HEAD to build")
-    each_dir = each_dir_for(ws, tree, worktree)
+    commits = buildmod.each_commits(worktree, base)
     env = buildmod.make_env(wrapper)
-    steps: list[buildmod.EachStep] = []
     with buildmod.build_lock(progress):
-        if each_dir.exists():
-            # Ours: a detached bisect worktree nobody edits; bring it to the base.
-            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", base], check=True, timeout=600)
-        else:
-            each_dir.parent.mkdir(parents=True, exist_ok=True)
-            proc.run(["git", "-C", str(worktree), "worktree", "add", "-q", "--detach", str(each_dir), base],
-                     check=True, timeout=1800)
+        each_dir = buildmod.each_worktree(ws, tree, worktree, base)
         if not (each_dir / "configure").is_file() or not (each_dir / "meson.build").is_file():
             raise UsageError(f"{worktree}: not a QEMU source tree at {base[:12]} (no configure and meson.build)")
         build_dir = build_dir_for(ws, tree, each_dir, args)
@@ -337,27 +326,17 @@ def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qe
         _configure(each_dir, build_dir, args, env=env, log=log, tree=tree, progress=progress)
         if progress:
             progress(f"building the base {base[:12]} first")
-        res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
+
+        def ninja():
+            return _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
+
+        res, w = ninja()
         if not res.ok:
             raise _fail(w, res, log, f"the base {base[:12]} does not build")
         ledger = UnitWarningLedger()
         ledger.update_units(w.units)
-        for i, c in enumerate(commits, 1):
-            subject = proc.run(["git", "-C", str(worktree), "log", "-1", "--format=%s", c]).stdout.strip()
-            if progress:
-                progress(f"patch {i}/{len(commits)}: {subject}")
-            proc.run(["git", "-C", str(each_dir), "checkout", "-q", "--detach", c], check=True, timeout=600)
-            t = time.monotonic()
-            res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
-            if not res.ok:
-                err = _fail(w, res, log, f"patch {i}/{len(commits)} '{subject}'")
-                steps.append(buildmod.EachStep(i, c, subject, "fails", [], [], err.message, time.monotonic() - t))
-                # Later patches build on a broken one: the first failure is the answer.
-                break
-            new, fixed = ledger.update_units(w.units)
-            steps.append(buildmod.EachStep(i, c, subject, "builds", sorted(new), sorted(fixed), "",
-                                           time.monotonic() - t))
-    return steps
+        return buildmod.run_each(each_dir, commits, ninja, lambda w_, r, what: _fail(w_, r, log, what),
+                                 lambda w_: ledger.update_units(w_.units), progress)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -74,7 +74,7 @@ def register(main):
                 return
             outs = matrixmod.run(ws, cells, rerun_boot=rerun_boot,
                                  reporter_factory=lambda c, i, n: progress.for_terminal(
-                                     pipeline.STAGES, f"cell {i}/{n}: {c.label}"))
+                                     pipeline.stages_for(ws, c.series, c.mode), f"cell {i}/{n}: {c.label}"))
             _print_matrix(console, outs, as_json)
             bad = [o for o in outs if not o.as_expected]
             if bad:
@@ -87,7 +87,8 @@ def register(main):
         worst = None
         for name in names:
             run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
-            rep = progress.for_terminal(pipeline.STAGES, f"kpt ci {name or 'base'} ({run_mode})")
+            rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest"),
+                                        f"kpt ci {name or 'base'} ({run_mode})")
             try:
                 res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                       reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),

@@ -107,7 +107,7 @@ def shared_libraries(binary: Path) -> dict[str, Path]:
 
 def device_model_files(binary: Path) -> dict[str, bytes | Path]:
     """A QEMU built on this host, runnable in dom0: the binary, its non-glibc libraries and
-    a wrapper that points the loader at them (libxl execs device_model_override directly)."""
+    a wrapper that points the loader at them (dom0 starts QEMU by this path)."""
     files: dict[str, bytes | Path] = {f"{DM_DIR}/bin/qemu-system-i386.bin": Path(binary)}
     for soname, path in sorted(shared_libraries(binary).items()):
         if not _GLIBC.match(soname):

@@ -433,12 +433,11 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
     try:
         with WorkspaceLock(ws.out_dir, run_id):
-            steps = [("trees", do_trees), ("apply", do_apply), ("config", do_config), ("build", do_build),
-                     ("image", do_image), ("boot", do_boot)]
-            if mode == "xen+domU" and series and _needs_device_model(ws, series):
-                steps.insert(4, ("qemu", do_qemu))
-            for name, fn in steps:
-                stage(name, fn)
+            steps = {"trees": do_trees, "apply": do_apply, "config": do_config, "build": do_build,
+                     "qemu": do_qemu, "image": do_image, "boot": do_boot}
+            for name in stages_for(ws, series, mode):
+                if name in steps:
+                    stage(name, steps[name])
     except KptError as exc:
         result.exit_code = exc.exit_code
         result.message = exc.message
@@ -476,6 +475,14 @@ def series_ci_settings(ws: Workspace, series: str) -> dict:
     if "mode" in data and data["mode"] not in MODES:
         raise UsageError(f"{path}: [ci] mode '{data['mode']}' ({', '.join(MODES)})")
     return data
+
+
+def stages_for(ws: Workspace, series: str | None, mode: str) -> list[str]:
+    """The stages a run goes through, in order: a series that changes QEMU, booted with a
+    domU, gets a qemu stage (its QEMU is the domU's device model)."""
+    if mode == "xen+domU" and series and _needs_device_model(ws, series):
+        return [*STAGES[:4], "qemu", *STAGES[4:]]
+    return list(STAGES)
 
 
 def _needs_device_model(ws: Workspace, series: str) -> bool:

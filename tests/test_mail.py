@@ -157,16 +157,23 @@ def test_qemu_thread_has_project_list_and_based_on_its_dependency(tmp_path, linu
     assert "qemu-devel@nongnu.org" in str(cover["To"])
 
 
-def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, env_out):
-    ws, repo, base = mf.linux_series(tmp_path, linux_src)
+def _s1_with_a_qemu_tree(tmp_path, linux_src):
+    """Series s1 on linux plus one patch on a second tree, qemu."""
+    ws, _, _ = mf.linux_series(tmp_path, linux_src)
     qrepo = mf.kernel_like_repo(tmp_path / "qemu", linux_src)
     qbase = mf.git(qrepo, "rev-parse", "HEAD").strip()
     qtip = mf.commit(qrepo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 9"), "bar: nine")
     mf.git(qrepo, "checkout", "-q", "--detach", qbase)
     (ws.root / "kpt.toml").write_text((ws.root / "kpt.toml").read_text() + f'\n[trees.qemu]\nsource = "{qrepo}"\n')
     from kpatch_tool import workspace as wsmod
+
     ws = wsmod.load(ws.root)
     mf.add_tree(ws.root / "patches/s1", "qemu", qrepo, qbase, qtip)
+    return ws
+
+
+def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, env_out):
+    ws = _s1_with_a_qemu_tree(tmp_path, linux_src)
     res = mail.prepare(ws, "s1")
     assert set(res.trees) == {"linux", "qemu"}
     lbody = msg(res.trees["linux"].cover).get_content()
@@ -184,15 +191,7 @@ def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, 
 def test_a_tree_without_patches_of_the_series_gets_no_thread(tmp_path, linux_src, env_out):
     """Like vring-dma-api, whose Linux side is upstream: the qemu thread goes out alone and
     does not name a linux thread; asking for the empty tree by name is an error."""
-    ws, repo, base = mf.linux_series(tmp_path, linux_src)
-    qrepo = mf.kernel_like_repo(tmp_path / "qemu", linux_src)
-    qbase = mf.git(qrepo, "rev-parse", "HEAD").strip()
-    qtip = mf.commit(qrepo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 9"), "bar: nine")
-    mf.git(qrepo, "checkout", "-q", "--detach", qbase)
-    (ws.root / "kpt.toml").write_text((ws.root / "kpt.toml").read_text() + f'\n[trees.qemu]\nsource = "{qrepo}"\n')
-    from kpatch_tool import workspace as wsmod
-    ws = wsmod.load(ws.root)
-    mf.add_tree(ws.root / "patches/s1", "qemu", qrepo, qbase, qtip)
+    ws = _s1_with_a_qemu_tree(tmp_path, linux_src)
     (ws.root / "patches/s1/linux/series").write_text("# nothing left on linux\n")
     res = mail.prepare(ws, "s1")
     assert set(res.trees) == {"qemu"}

@@ -181,6 +181,13 @@ def test_missing_qemu_is_a_prereq_error(tmp_path):
         qemu.run([str(tmp_path / "no-qemu")], log=tmp_path / "c.log", timeout=5, marker="kpt-none")
 
 
+def _wait_started(token: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not sleepers(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers(token), "fake QEMU did not start"
+
+
 def test_ctrl_c_reaps_qemu(tmp_path):
     """Ctrl-C (SIGINT to kpt) while the fake QEMU hangs: QEMU's whole process group is gone after."""
     import signal
@@ -193,10 +200,7 @@ def test_ctrl_c_reaps_qemu(tmp_path):
             f"qemu.run([{str(script)!r}, '-name', {marker!r}], log=Path({str(tmp_path / 'c.log')!r}), "
             f"timeout=60, marker={marker!r})\n")
     child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not sleepers(token) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sleepers(token), "fake QEMU did not start"
+    _wait_started(token, 10)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=15)
     assert "KeyboardInterrupt" in err
@@ -217,10 +221,7 @@ def test_sigterm_to_kpt_boot_reaps_qemu_and_exits_130(tmp_path):
     child = subprocess.Popen([sys.executable, "-m", "kpatch_tool.cli", "boot", "--kernel", str(tmp_path / "bzImage"),
                               "--initrd", str(tmp_path / "initrd"), "--out", str(tmp_path / "run"), "--timeout", "60"],
                              stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 30
-    while not sleepers(token) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sleepers(token), "fake QEMU did not start"
+    _wait_started(token, 30)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=20)
     assert child.returncode == 130, err
