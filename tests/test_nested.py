@@ -108,9 +108,7 @@ def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
 @pytest.mark.nested
 @pytest.mark.slow
 @pytest.mark.parametrize("series, must_pass", [
-    pytest.param("virtio-xenbus", ["frontend-connected", "virtio-status-features", "hwrng-data", "unbind-rebind"],
-                 marks=pytest.mark.xfail(strict=True, reason="with the grant-copy QEMU alone, QEMU handles no event "
-                                         "after the backend goes Closing on unbind, so the rebind never connects")),
+    ("virtio-xenbus", ["frontend-connected", "virtio-status-features", "hwrng-data", "unbind-rebind"]),
     ("vring-dma-api", ["access-platform-negotiated", "virtio-blk-read", "virtio-net-ping"]),
 ])
 def test_virtio_over_xenbus_series_pass_in_nested_xen(project_ws, series, must_pass):
