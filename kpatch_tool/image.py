@@ -144,8 +144,12 @@ def kernel_release(build_dir: Path) -> str:
 # ---------------------------------------------------------------- checks
 
 def load_smoke(ws: Workspace, series: list[str]) -> list[dict]:
-    """The `[[smoke]]` tables of the named series, each tagged with its series."""
-    out = []
+    """The `[[smoke]]` tables of the named series, each tagged with its series.
+
+    Series come in depends order; a check named like an earlier series' check in the same
+    place (where) replaces it: a series that changes what a dependency's check looks at
+    (another kind of DMA address, say) says so with its own check or with `skip`."""
+    out: list[dict] = []
     for name in series:
         path = ws.patches_dir / name / "series.toml"
         try:
@@ -155,13 +159,18 @@ def load_smoke(ws: Workspace, series: list[str]) -> list[dict]:
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{path}: not valid TOML: {exc}") from None
         for i, sm in enumerate(data.get("smoke") or [], 1):
-            out.append(normalise_smoke(sm, series=name, where_from=f"{path} [[smoke]] #{i}"))
+            check = normalise_smoke(sm, series=name, where_from=f"{path} [[smoke]] #{i}")
+            out = [c for c in out if (c["where"], c["name"]) != (check["where"], check["name"])]
+            out.append(check)
     return out
 
 
 def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict:
-    if not isinstance(sm, dict) or not sm.get("name") or not sm.get("run"):
-        raise UsageError(f"{where_from}: a smoke test needs 'name' and 'run'")
+    skip = sm.get("skip", "") if isinstance(sm, dict) else ""
+    if not isinstance(skip, str):
+        raise UsageError(f"{where_from}: skip must be a string (the reason)")
+    if not isinstance(sm, dict) or not sm.get("name") or not (sm.get("run") or skip):
+        raise UsageError(f"{where_from}: a smoke test needs 'name' and 'run' (or 'skip' with a reason)")
     where = sm.get("where", "guest")
     if where not in ("guest", "dom0", "domU"):
         raise UsageError(f"{where_from}: where = '{where}' (guest, dom0 or domU)")
@@ -177,7 +186,7 @@ def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict
     if not re.fullmatch(r"[A-Za-z0-9_.:+-]+", str(sm["name"])):
         raise UsageError(f"{where_from}: name '{sm['name']}' (letters, digits and _.:+- only; it is a KTAP test name)")
     return {"series": sm.get("series", series), "name": str(sm["name"]), "where": where,
-            "run": str(sm["run"]), "expect": expect, "timeout": max(1, timeout), "skip": ""}
+            "run": str(sm.get("run") or "true"), "expect": expect, "timeout": max(1, timeout), "skip": skip}
 
 
 OOPS_RE = r"Oops:|BUG:|WARNING: CPU:|general protection fault|Kernel panic|Call Trace:"

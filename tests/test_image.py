@@ -92,11 +92,30 @@ def test_smoke_tables_are_read_from_series_toml(tmp_ws):
                   "expect": "vif", "timeout": 20, "skip": ""}
 
 
+def test_a_later_series_replaces_or_skips_a_dependency_check_of_the_same_name(tmp_ws):
+    ws = tmp_ws()
+    for name, body in [("base", '[[smoke]]\nname = "maps"\nwhere = "dom0"\nrun = "count gntdev"\n'
+                                 '[[smoke]]\nname = "net"\nwhere = "domU"\nrun = "ping"\n'
+                                 '[[smoke]]\nname = "maps"\nwhere = "domU"\nrun = "other place"\n'),
+                       ("variant", '[[smoke]]\nname = "maps"\nwhere = "dom0"\nrun = "count privcmd"\n'
+                                   '[[smoke]]\nname = "net"\nwhere = "domU"\nskip = "no network here"\n')]:
+        (ws.patches_dir / name).mkdir(parents=True)
+        (ws.patches_dir / name / "series.toml").write_text(f'name = "{name}"\n' + body)
+    got = [(c["series"], c["where"], c["name"], c["run"], c["skip"]) for c in image.load_smoke(ws, ["base", "variant"])]
+    assert got == [("base", "domU", "maps", "other place", ""),
+                   ("variant", "dom0", "maps", "count privcmd", ""),
+                   ("variant", "domU", "net", "true", "no network here")]
+    # and the skip reaches the KTAP plan as a skip, not a pass
+    groups = image.plan_groups("6.1.0-kpt", [], False, image.load_smoke(ws, ["base", "variant"]), "domU")
+    assert any(c["name"] == "net" and c["skip"] == "no network here" for g in groups for c in g["checks"])
+
+
 @pytest.mark.parametrize("bad, msg", [
     ({"name": "x"}, "needs 'name' and 'run'"),
     ({"name": "x", "run": "true", "where": "host"}, "where = 'host'"),
     ({"name": "x", "run": "true", "expect": "("}, "not a regex"),
     ({"name": "x y", "run": "true"}, "KTAP test name"),
+    ({"name": "x", "skip": 1}, "skip must be a string"),
 ])
 def test_bad_smoke_tables_name_the_file(tmp_ws, bad, msg):
     ws = tmp_ws()
