@@ -125,10 +125,22 @@ class _Plan:
     digest: str
 
 
+def chain_tree(chain, tree: str | None):
+    """The last series' part for `tree`, else that of the nearest series it depends on: a
+    series with nothing of its own for a tree (a test variant, say) still builds on what
+    its dependencies carry there."""
+    series = chain[-1]
+    if tree is not None and tree not in series.trees:
+        for dep in reversed(chain[:-1]):
+            if tree in dep.trees:
+                return dep.trees[tree]
+    return series.tree(tree)
+
+
 def plan(ws: Workspace, name: str, tree: str | None = None, onto: str | None = None) -> _Plan:
     chain = resolve_depends(ws, name)
     series = chain[-1]
-    st = series.tree(tree)
+    st = chain_tree(chain, tree)
     t = open_tree(ws, st.name)
     base_ref = onto or st.base or t.ref
     base_commit = trees.resolve(t, base_ref)
@@ -276,10 +288,9 @@ def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | 
 
 
 def _pending(ws: Workspace, name: str, tree: str | None) -> tuple[_Plan, dict]:
-    from kpatch_tool.series import load_series
-
-    series = load_series(ws, name)
-    st = series.tree(tree)
+    chain = resolve_depends(ws, name)
+    series = chain[-1]
+    st = chain_tree(chain, tree)
     wt = worktree_path(ws, st.name, name, series.version)
     try:
         pend = json.loads(pending_path(wt).read_text())

@@ -64,6 +64,19 @@ def test_changed_inputs_rebuild_the_branch(series_ws, demo_series):
     assert not (second.worktree / "drivers/net/new.c").exists()
 
 
+def test_a_series_without_the_tree_applies_what_its_depends_carry_there(series_ws, series_repo, demo_series):
+    # A test variant with no patches of its own and no [trees.linux]: it still gets demo's.
+    d = series_ws.patches_dir / "variant"
+    d.mkdir()
+    (d / "series.toml").write_text('name = "variant"\nversion = 1\nsummary = "v"\ndepends = ["demo"]\n')
+    res = ap.apply_series(series_ws, "variant", "linux")
+    assert git(series_repo, "log", "--format=%s", "v1..kpt/variant/v1").splitlines() == [
+        "net: add new.c", "blkfront: fix line 10", "netfront: fix line 5"]
+    assert res.branch == "kpt/variant/v1"
+    with pytest.raises(UsageError, match="no patches for tree 'xen'"):
+        ap.apply_series(series_ws, "variant", "xen")
+
+
 def test_depends_are_applied_first_once(series_ws, series_repo, demo_series):
     # "top" depends on "demo"; its own patch goes on top of demo's three.
     top = sm.new_series(series_ws, "top", ["linux"], base="v1")
