@@ -15,9 +15,12 @@ patch file, subject, the files and hunks that failed, the worktree), leaving
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +244,35 @@ def _finish(p: _Plan, todo, merged: list[Patch], extra: dict | None = None) -> A
                        [x for _, x in todo], merged)
 
 
+# Worktrees this process has claimed: lock file -> its open handle (the flock lives as long).
+_claimed: dict[Path, object] = {}
+
+
+def claim_worktree(wt: Path) -> None:
+    """Hold `wt` for the rest of this process, so that another kpt (a `kpt mail` next to a
+    `kpt ci`) cannot reset the branch under a build that uses it. Re-entrant within the
+    process; the kernel drops the flock when the process ends, Ctrl-C and kill included,
+    so the lock file left behind never holds anyone up."""
+    lock = wt.parent / f"{wt.name}.lock"
+    if lock in _claimed:
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        who = fh.read().strip() or "another process"
+        fh.close()
+        raise UsageError(f"worktree {wt} is in use by another kpt ({who}); "
+                         f"wait for it to finish, or use another cache (KPT_CACHE)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}: {' '.join(['kpt', *sys.argv[1:3]])}\n")
+    fh.flush()
+    _claimed[lock] = fh
+
+
 def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | None = None,
                  progress: Callable[[str, int, int], None] | None = None, *,
                  force: bool = False, rebase: dict | None = None,
@@ -248,6 +280,7 @@ def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | 
     say = say or (lambda m: None)
     p = plan(ws, name, tree, onto)
     wt = p.wt
+    claim_worktree(wt)
     if wt.is_dir() and (wt / ".git").exists() and am_in_progress(wt):
         raise ApplyError(f"worktree {wt} has a stopped apply of '{name}' (a conflict left by an earlier run)",
                          detail=f"next: `kpt apply {name} --continue` after fixing it, or `kpt apply {name} --abort`")

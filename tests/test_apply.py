@@ -77,6 +77,25 @@ def test_a_series_without_the_tree_applies_what_its_depends_carry_there(series_w
         ap.apply_series(series_ws, "variant", "xen")
 
 
+def test_a_worktree_in_use_by_another_kpt_is_refused_not_reset(series_ws, demo_series):
+    import fcntl
+    wt = ap.plan(series_ws, "demo").wt
+    lock = wt.parent / f"{wt.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    other = open(lock, "a+")  # another process's open file: flock does not know it is us
+    other.write("pid 4242: kpt ci demo\n")
+    other.flush()
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(UsageError, match=r"in use by another kpt \(pid 4242: kpt ci demo\)"):
+            ap.apply_series(series_ws, "demo")
+        assert not wt.exists()
+    finally:
+        other.close()
+    assert ap.apply_series(series_ws, "demo").worktree == wt
+    assert ap.apply_series(series_ws, "demo").noop  # our own claim does not lock us out
+
+
 def test_depends_are_applied_first_once(series_ws, series_repo, demo_series):
     # "top" depends on "demo"; its own patch goes on top of demo's three.
     top = sm.new_series(series_ws, "top", ["linux"], base="v1")
