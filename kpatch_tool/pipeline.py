@@ -230,7 +230,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     profile = profile or declared.get("profile")
     qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
     timeout = timeout or declared.get("timeout")
-    tree = "linux"
+    tree = default_linux_tree(ws, series)
     for t in onto:
         if t in ws.trees and ws.trees[t].kind == "linux":
             tree = t
@@ -458,6 +458,20 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     manifest.data["complete"] = True
     manifest.write()
     return result
+
+
+def default_linux_tree(ws: Workspace, series: str | None) -> str:
+    """The Linux tree a run builds when --onto does not say: "linux", unless the series
+    patches no "linux" but exactly one other Linux tree (a port to another base, say)."""
+    from kpatch_tool import series as seriesmod
+
+    if not series:
+        return "linux"
+    own = seriesmod.resolve_depends(ws, series)[-1].trees
+    others = [t for t in own if t != "linux" and t in ws.trees and ws.trees[t].kind == "linux"]
+    if "linux" not in own and len(others) == 1:
+        return others[0]
+    return "linux"
 
 
 def series_ci_settings(ws: Workspace, series: str) -> dict:

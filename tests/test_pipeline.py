@@ -100,3 +100,13 @@ def test_series_that_change_qemu_get_a_device_model_stage(project_ws):
     assert pipeline._needs_device_model(project_ws, "virtio-xenbus")
     assert pipeline._needs_device_model(project_ws, "vring-dma-api")
     assert not pipeline._needs_device_model(project_ws, "netback-per-vif")
+
+
+def test_a_series_that_patches_only_another_linux_tree_runs_on_that_tree(project_ws):
+    """virtio-xenbus-6.12 carries its patches for linux-6.12 only: kpt ci builds 6.12
+    without --onto; the 6.1 series and a plain base run stay on linux."""
+    from kpatch_tool import pipeline
+
+    assert pipeline.default_linux_tree(project_ws, "virtio-xenbus-6.12") == "linux-6.12"
+    assert pipeline.default_linux_tree(project_ws, "vring-dma-api") == "linux"
+    assert pipeline.default_linux_tree(project_ws, None) == "linux"
