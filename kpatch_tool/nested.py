@@ -20,7 +20,7 @@ import jinja2
 
 from kpatch_tool import boot as bootmod
 from kpatch_tool import image, proc, rootfs
-from kpatch_tool.errors import KptError, PrereqError
+from kpatch_tool.errors import KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
 DOMU = "kpt-domU"
@@ -126,11 +126,11 @@ def _env(ws: Workspace) -> jinja2.Environment:
 
 def domu_settings(ws: Workspace, series: list[str]) -> dict:
     """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config,
-    device_model_args (the QEMU of the series, started for the domU, gets these) and
+    extra (words added to the domU kernel's command line), device_model_args (the QEMU of the series, started for the domU, gets these) and
     device_model_setup (dom0 shell commands run before it starts, e.g. making a disk image).
     A series later in the depends chain overrides an earlier one key by key."""
-    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "device_model_args": [],
-           "device_model_setup": ""}
+    out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "extra": "",
+           "device_model_args": [], "device_model_setup": ""}
     for name in series:
         path = ws.patches_dir / name / "series.toml"
         if path.exists():
@@ -138,13 +138,15 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
             for k in out:
                 if k in d:
                     out[k] = d[k]
+            if not isinstance(out["extra"], str) or any(c in out["extra"] for c in "\"\n"):
+                raise UsageError(f"{path}: [domU] extra must be one line of kernel arguments without quotes")
     return out
 
 
 def render_domu_cfg(ws: Workspace, settings: dict) -> str:
     return _env(ws).get_template("domU.cfg.j2").render(
-        name=DOMU, kernel="/boot/kpt/bzImage", ramdisk="/boot/kpt/domU.cpio.gz", extra="", mac="00:16:3e:00:00:02",
-        **settings)
+        **{"extra": "", **settings}, name=DOMU, kernel="/boot/kpt/bzImage", ramdisk="/boot/kpt/domU.cpio.gz",
+        mac="00:16:3e:00:00:02")
 
 
 # With a device model of the series' own, dom0 starts it for the paused domU

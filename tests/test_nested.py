@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kpatch_tool import ktap, nested, results
+from kpatch_tool.errors import UsageError
 
 DATA = Path(__file__).parent / "data"
 
@@ -53,6 +54,17 @@ def test_domu_settings_are_read_from_series_toml(tmp_ws):
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nvcpus = 2\nvif_options = "rate=1Mb/s"\n')
     s = nested.domu_settings(ws, ["s"])
     assert s["vif_options"] == "rate=1Mb/s" and s["memory"] == 256
+
+
+def test_domu_kernel_arguments_come_from_the_series_and_are_checked(project_ws, tmp_ws):
+    ws = tmp_ws()
+    (ws.patches_dir / "s").mkdir(parents=True)
+    (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "iommu=soft"\n')
+    s = nested.domu_settings(ws, ["s"])
+    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
+    (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "a\\" b"\n')
+    with pytest.raises(UsageError, match=r"\[domU\] extra"):
+        nested.domu_settings(ws, ["s"])
 
 
 @pytest.mark.nested
