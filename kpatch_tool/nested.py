@@ -126,7 +126,8 @@ def _env(ws: Workspace) -> jinja2.Environment:
 
 def domu_settings(ws: Workspace, series: list[str]) -> dict:
     """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config,
-    extra (words added to the domU kernel's command line), device_model_args (the QEMU of the series, started for the domU, gets these) and
+    extra (words added to the domU kernel's command line), device_model_args (the QEMU of
+    the series, started for the domU, gets these) and
     device_model_setup (dom0 shell commands run before it starts, e.g. making a disk image).
     A series later in the depends chain overrides an earlier one key by key."""
     out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "extra": "",
@@ -192,10 +193,13 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None) -> NestedImages:
+           device_model: Path | None = None, series: list[str] | None = None) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
-    starts for the domU with the series' [domU] device_model_args."""
-    series = sorted({s.get("series") for s in smoke if s.get("series")})
+    starts for the domU with the series' [domU] device_model_args.
+    series: the depends chain, deepest first, whose [domU] settings apply in that order
+    (a series without checks of its own counts too); default: the series of the checks."""
+    if series is None:
+        series = list(dict.fromkeys(s.get("series") for s in smoke if s.get("series")))
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
     domu_smoke += [s for s in smoke if s.get("where") == "domU"]
     domu = image.build_initramfs(ws, kernel_release=build.kernel_release, modules_dir=None, smoke=domu_smoke,

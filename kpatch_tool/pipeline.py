@@ -365,12 +365,14 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         from kpatch_tool import image
 
         b = ctx["build"]
-        smoke = image.load_smoke(ws, [s.name for s in _chain(ws, series)]) if series else []
+        chain = [s.name for s in _chain(ws, series)] if series else []
+        smoke = image.load_smoke(ws, chain) if series else []
         ctx["smoke"] = smoke
         if mode == "xen+domU":
             from kpatch_tool import nested
 
-            imgs = nested.images(ws, build=b, smoke=smoke, progress=detail, device_model=ctx.get("device_model"))
+            imgs = nested.images(ws, build=b, smoke=smoke, progress=detail, device_model=ctx.get("device_model"),
+                                 series=chain)
             ctx["initrd"] = imgs.dom0_initrd
             manifest.data["outputs"]["images"] = {k: {"path": str(v), "sha256": _sha256(v)}
                                                   for k, v in imgs.paths().items()}

@@ -136,3 +136,25 @@ def test_virtio_over_xenbus_series_pass_in_nested_xen(project_ws, series, must_p
     got = {c.name.rsplit(".", 1)[-1]: c.status for c in rr.cases if c.classname.startswith("domU")}
     assert all(got.get(name) == "pass" for name in must_pass), got
     assert res.exit_code == 0, res.message
+
+
+@pytest.mark.nested
+@pytest.mark.slow
+def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
+    """virtio-xenbus-6.12-nogrant has no checks of its own, only [domU] extra: its settings
+    must still reach the domU (they were dropped when the chain was guessed from the checks),
+    on top of vring-dma-api-nogrant's memory and device model arguments. Real dom0 root
+    filesystem; the kernel is a stand-in file, nothing boots."""
+    import gzip
+    from types import SimpleNamespace
+
+    from kpatch_tool import image, series as seriesmod
+
+    chain = [s.name for s in seriesmod.resolve_depends(project_ws, "virtio-xenbus-6.12-nogrant")]
+    (tmp_path / "bzImage").write_bytes(b"not a kernel")
+    build = SimpleNamespace(kernel_release="6.12.0-kpt", bzimage=tmp_path / "bzImage", modules_dir=None)
+    imgs = nested.images(project_ws, build=build, smoke=image.load_smoke(project_ws, chain), series=chain)
+    res = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/xen/kpt-domU.cfg"],
+                         input=gzip.decompress(imgs.dom0_initrd.read_bytes()), capture_output=True)
+    cfg = res.stdout.decode()
+    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
