@@ -124,6 +124,7 @@ def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
     ("vring-dma-api", ["access-platform-negotiated", "virtio-blk-read", "virtio-net-ping"]),
     ("vring-dma-api-nogrant", ["machine-address-dma", "virtio-blk-read", "virtio-net-ping", "unbind-rebind"]),
     ("virtio-xenbus-6.12", ["unbind-rebind", "virtio-blk-read", "virtio-net-ping"]),
+    ("virtio-xenbus-6.12-nogrant", ["machine-address-dma", "virtio-blk-read", "virtio-net-ping"]),
 ])
 def test_virtio_over_xenbus_series_pass_in_nested_xen(project_ws, series, must_pass):
     """The whole of `kpt ci SERIES`: the series' kernel and QEMU built, QEMU as the domU's
