@@ -292,11 +292,6 @@ class UnitWarningLedger(buildmod.WarningLedger):
         return after - before, before - after
 
 
-def each_dir_for(ws: Workspace, tree: str, worktree: Path) -> Path:
-    """Our bisect worktree for a series worktree: the same place build.build_each uses."""
-    return buildmod.each_dir_for(ws, tree, worktree)
-
-
 def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qemu",
                     target_list: list[str] = ("i386-softmmu",), enable_xen: bool = True,
                     wrapper: str | None = "ccache", jobs: int | None = None, progress=None,

@@ -166,11 +166,14 @@ def load_smoke(ws: Workspace, series: list[str]) -> list[dict]:
 
 
 def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict:
-    skip = sm.get("skip", "") if isinstance(sm, dict) else ""
+    needs = f"{where_from}: a smoke test needs 'name' and 'run' (or 'skip' with a reason)"
+    if not isinstance(sm, dict):
+        raise UsageError(needs)
+    skip = sm.get("skip", "")
     if not isinstance(skip, str):
         raise UsageError(f"{where_from}: skip must be a string (the reason)")
-    if not isinstance(sm, dict) or not sm.get("name") or not (sm.get("run") or skip):
-        raise UsageError(f"{where_from}: a smoke test needs 'name' and 'run' (or 'skip' with a reason)")
+    if not sm.get("name") or not (sm.get("run") or skip):
+        raise UsageError(needs)
     where = sm.get("where", "guest")
     if where not in ("guest", "dom0", "domU"):
         raise UsageError(f"{where_from}: where = '{where}' (guest, dom0 or domU)")

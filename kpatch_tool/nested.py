@@ -193,13 +193,11 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None, series: list[str] | None = None) -> NestedImages:
+           device_model: Path | None = None, series: list[str]) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
     starts for the domU with the series' [domU] device_model_args.
     series: the depends chain, deepest first, whose [domU] settings apply in that order
-    (a series without checks of its own counts too); default: the series of the checks."""
-    if series is None:
-        series = list(dict.fromkeys(s.get("series") for s in smoke if s.get("series")))
+    (a series without checks of its own counts too)."""
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
     domu_smoke += [s for s in smoke if s.get("where") == "domU"]
     domu = image.build_initramfs(ws, kernel_release=build.kernel_release, modules_dir=None, smoke=domu_smoke,

@@ -366,7 +366,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         b = ctx["build"]
         chain = [s.name for s in _chain(ws, series)] if series else []
-        smoke = image.load_smoke(ws, chain) if series else []
+        smoke = image.load_smoke(ws, chain)
         ctx["smoke"] = smoke
         if mode == "xen+domU":
             from kpatch_tool import nested
@@ -469,7 +469,7 @@ def default_linux_tree(ws: Workspace, series: str | None) -> str:
 
     if not series:
         return "linux"
-    own = seriesmod.resolve_depends(ws, series)[-1].trees
+    own = seriesmod.load_series(ws, series).trees
     others = [t for t in own if t != "linux" and t in ws.trees and ws.trees[t].kind == "linux"]
     if "linux" not in own and len(others) == 1:
         return others[0]

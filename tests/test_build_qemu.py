@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import git
+from kpatch_tool import build as buildmod
 from kpatch_tool import build_qemu
 from kpatch_tool.errors import BuildError, UsageError
 
@@ -330,7 +331,7 @@ def test_each_reports_warnings_per_patch_and_stops_at_the_first_that_breaks(tmp_
     # Ours is separate: the user's tree is still at its tip, with no build folder in it.
     assert git(src, "log", "-1", "--format=%s").strip() == "dev4: never built"
     assert git(src, "status", "--porcelain", "--untracked-files=all") == ""
-    each = build_qemu.each_dir_for(ws, "qemu", src)
+    each = buildmod.each_dir_for(ws, "qemu", src)
     assert each.parent == ws.cache_dir / "worktrees" / "qemu" and each.name.startswith("each-")
     build_dir, = each.glob(".kpt-build-qemu-*")
     assert (build_dir / "configure-runs").read_text().count("run") == 1
@@ -346,7 +347,7 @@ def test_each_rerun_reuses_the_worktree_and_configures_nothing(tmp_ws, qemu_tree
     again = build_qemu.build_each_qemu(ws, worktree=src, base=base, wrapper="none", jobs=1)
     assert [s.status for s in again] == ["builds"] * 3
     assert [(s.new_warnings, s.fixed_warnings) for s in again] == [(s.new_warnings, s.fixed_warnings) for s in first]
-    build_dir, = build_qemu.each_dir_for(ws, "qemu", src).glob(".kpt-build-qemu-*")
+    build_dir, = buildmod.each_dir_for(ws, "qemu", src).glob(".kpt-build-qemu-*")
     assert (build_dir / "configure-runs").read_text().count("run") == 1
 
 
@@ -436,4 +437,4 @@ def test_real_virtio_xenbus_qemu_patches_each_build(project_ws):
     assert len(steps) == n >= 5
     assert [s.status for s in steps] == ["builds"] * n, [s.error for s in steps]
     assert all(not s.new_warnings for s in steps), [s.new_warnings for s in steps]
-    assert git(build_qemu.each_dir_for(project_ws, "qemu", ar.worktree), "status", "--porcelain") == ""
+    assert git(buildmod.each_dir_for(project_ws, "qemu", ar.worktree), "status", "--porcelain") == ""
