@@ -27,6 +27,8 @@ from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
 STAMP = "kpt-build.json"
+# Bump when what a build folder holds changes meaning (modules installed differently, ...).
+KPT_BUILD_FORMAT = 2
 DEFAULT_LOCK = "/tmp/kpt-kbuild.lock"
 ERROR_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?:fatal )?error: (?P<msg>.*)$")
 WARN_RE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? warning: (?P<msg>.*)$")
@@ -61,6 +63,8 @@ class BuildResult(PathsAsStrings):
     log: Path
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    # What the stamp keys on (source, config, host tools): later caches key on it too.
+    identity: dict = field(default_factory=dict)
 
     @property
     def bzimage(self) -> Path:
@@ -130,6 +134,15 @@ def source_state(srctree: Path) -> str | None:
 def compiler_id(wrapper: str | None) -> str:
     gcc = proc.run(["gcc", "--version"], timeout=30)
     return (gcc.stdout.splitlines() or ["?"])[0] + f" wrapper={wrapper or 'none'}"
+
+
+def host_tools(stage: str = "build") -> dict:
+    """The host's side of a build's identity: the stage's Debian packages and the
+    tools PATH actually resolves (a /usr/local gcc or depmod is not the package's)."""
+    from kpatch_tool import prereqs
+
+    return {"packages": prereqs.versions(stage),
+            "tools": {t: prereqs.tool_version(t) for t in ("gcc", "make", "depmod") if stage == "build"}}
 
 
 def build_dir_for(ws: Workspace, tree: str, srctree: Path, profile: str, config_hash: str) -> Path:
@@ -273,14 +286,18 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
     log = (log_dir or build_dir) / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    from kpatch_tool import prereqs
+
+    # Before anything: a missing depmod must stop the build, not yield an image without modules.dep.
+    prereqs.require("build")
     state = source_state(srctree)
     ident = {"config_hash": config_hash, "source": state, "compiler": compiler_id(wrapper),
-             "srctree": str(srctree.resolve())}
+             "srctree": str(srctree.resolve()), "host": host_tools("build"), "kpt": KPT_BUILD_FORMAT}
     stamp = _read_stamp(build_dir)
     if not force and state and stamp and stamp.get("identity") == ident and (build_dir / "arch/x86/boot/bzImage").exists():
         return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), True,
                            time.monotonic() - t0, log, stamp.get("warnings", []),
-                           {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
+                           {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()}, ident)
 
     cfg = build_dir / ".config"
     with build_lock(progress):
@@ -303,16 +320,17 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
             shutil.rmtree(staging)
         if modules:
             r2, w2 = run_make(srctree, build_dir, ["modules_install"], wrapper=wrapper, jobs=1, log=log,
-                              extra=[f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1", "DEPMOD=/bin/true"]
-                              if not shutil.which("depmod") else [f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1"])
+                              extra=[f"INSTALL_MOD_PATH={staging}", "INSTALL_MOD_STRIP=1"])
             if not r2.ok:
                 raise _fail(w2, r2, log, f"modules_install of {tree} ({profile}) failed")
+            if not any(staging.glob("lib/modules/*/modules.dep")):
+                raise BuildError(f"modules_install of {tree} ({profile}) wrote no modules.dep (depmod; log {log})")
         arts = _collect(build_dir)
         stamp = {"identity": ident, "warnings": w.warnings, "steps": max(w.steps, expected or 0),
                  "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
         (build_dir / STAMP).write_text(json.dumps(stamp, indent=1))
     return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), False,
-                       time.monotonic() - t0, log, w.warnings, arts)
+                       time.monotonic() - t0, log, w.warnings, arts, ident)
 
 
 def build_module(ws: Workspace, build: BuildResult, subdir: str, *, srctree: Path | None = None,

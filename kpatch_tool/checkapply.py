@@ -218,10 +218,8 @@ def chain_patches(chain: list[Series], tree: str) -> list[tuple[str, Patch]]:
 
 
 def open_tree(ws: Workspace, name: str) -> trees.Tree:
-    t = trees.get(ws, name)
-    if t.state in ("missing", "incomplete", "not-a-repo"):
-        t = trees.import_tree(ws, name)
-    return t
+    # A no-op when the pinned version is there; fetches it otherwise.
+    return trees.import_tree(ws, name)
 
 
 def check_apply(ws: Workspace, name: str, bases: list[str], tree: str | None = None,

@@ -90,18 +90,63 @@ def tree():
 @tree.command("import")
 @click.argument("names", nargs=-1)
 @click.option("--update", is_flag=True, help="Fetch again (git URL sources).")
+@click.option("--version", "version", default=None,
+              help="Also import this Debian version (kept beside the pinned one; the pin does not move).")
 @click.pass_obj
-def tree_import(obj, names, update):
+def tree_import(obj, names, update, version):
     """Turn the trees' sources into cached git repositories (all when none named).
+
+    A Debian tree gets exactly its pinned version from the archive; every
+    version ever imported stays in the repository as a tag (debian/VERSION).
 
     \b
     Example: kpt tree import linux
+    Example: kpt tree import linux --version 6.1.192-3
     """
     from kpatch_tool import trees
 
+    if version and len(names) != 1:
+        raise UsageError("--version needs exactly one tree name")
     for name in names or list(obj.ws.trees):
+        if version:
+            e = trees.import_version(obj.ws, name, version, progress=say)
+            console.print(f"{name}: {e['tag']} {e['commit'][:12]} ({e.get('suite')}, sha256 {(e.get('sha256') or '-')[:16]})",
+                          markup=False)
+            continue
         t = trees.import_tree(obj.ws, name, progress=say, update=update)
-        console.print(f"{t.name}: {t.state} {t.ref} {t.commit[:12] if t.commit else '-'} {t.repo}")
+        console.print(f"{t.name}: {t.state} {t.ref} {t.commit[:12] if t.commit else '-'} {t.repo}", markup=False)
+
+
+@tree.command("update")
+@click.argument("name")
+@click.option("--to", "to", default=None, help="Move to this version (default: the newest the archive offers).")
+@click.option("--dry-run", is_flag=True, help="Show the table; change nothing in the workspace.")
+@click.option("--bump", is_flag=True, help="Raise the version of every rebased series.")
+@click.pass_obj
+def tree_update(obj, name, to, dry_run, bump):
+    """Move a Debian tree to a new version: rebase the series that apply, keep the rest, move the pin.
+
+    \b
+    Example: kpt tree update linux --dry-run
+    Example: kpt tree update linux --to 6.1.192-3
+    """
+    from kpatch_tool import treeupdate
+
+    res = treeupdate.update(obj.ws, name, to=to, dry_run=dry_run, bump=bump, say=say)
+    table = Table("series", "patches", f"old base", f"on old", f"on {res.new_tag}", "action",
+                  title=f"{name}: {res.old_version or '(unpinned)'} -> {res.new_version}"
+                        + (" (dry run: nothing changed)" if dry_run else ""))
+    for m in res.moves:
+        table.add_row(escape(m.series), str(m.patches), escape(m.old_base), escape(m.old), escape(m.new),
+                      escape(m.action))
+    console.print(table)
+    for m in res.moves:
+        for f in m.failing[:3]:
+            console.print(f"  {m.series}: {f}", markup=False)
+    if res.pin_moved:
+        console.print(f"kpt.toml: [trees.{name}] version = \"{res.new_version}\"", markup=False)
+    elif not dry_run:
+        console.print(f"kpt.toml: {name} already pinned to {res.new_version}", markup=False)
 
 
 @tree.command("list")
@@ -149,16 +194,17 @@ def tree_path(obj, name, repo, ref):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--offline", is_flag=True, help="Do not ask Debian's archive what it offers.")
 @click.pass_obj
-def doctor(obj, as_json):
-    """Check the host prerequisites of every stage; exit 7 if one is missing.
+def doctor(obj, as_json, offline):
+    """Check the host prerequisites of every stage and the trees' pins; exit 7 if one is missing.
 
     \b
     Example: kpt doctor
     """
     from kpatch_tool import doctor as doc
 
-    report = doc.run_checks(obj.ws)
+    report = doc.run_checks(obj.ws, offline=offline)
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in report.checks], indent=1))
     else:
@@ -166,12 +212,42 @@ def doctor(obj, as_json):
         for c in report.checks:
             status = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]",
                       "warn": "[yellow]warn[/yellow]"}[c.status]
-            table.add_row(c.name, status, c.detail + (f"\n[bold]fix:[/bold] {c.fix}" if c.fix else ""))
+            table.add_row(escape(c.name), status, escape(c.detail) + (f"\n[bold]fix:[/bold] {escape(c.fix)}" if c.fix else ""))
         console.print(table)
     if report.failed:
         missing = ", ".join(c.name for c in report.failed)
         raise KptError(f"missing host prerequisites: {missing}", exit_code=7,
                        detail="\n".join(c.fix for c in report.failed if c.fix))
+
+
+# ---------------------------------------------------------------- cache
+
+@main.group()
+def cache():
+    """What kpt keeps under its cache folder."""
+
+
+@cache.command("clean")
+@click.option("--all", "everything", is_flag=True,
+              help="Also trees, downloads, worktrees and build folders (worktrees with work in them are kept).")
+@click.option("--dry-run", is_flag=True, help="List what would go.")
+@click.pass_obj
+def cache_clean(obj, everything, dry_run):
+    """Drop cached results (boot verdicts, configs, images, build stamps); --all drops everything kpt cached.
+
+    \b
+    Example: kpt cache clean
+    Example: kpt cache clean --all --dry-run
+    """
+    from kpatch_tool import cache as cachemod
+
+    res = cachemod.clean(obj.ws, everything=everything, dry_run=dry_run)
+    for p in res.removed:
+        console.print(f"{'would remove' if dry_run else 'removed'} {p}", markup=False)
+    for p, why in res.kept:
+        console.print(f"kept {p}: {why}", markup=False)
+    console.print(f"{res.freed / 2**20:.0f} MiB {'would be ' if dry_run else ''}freed under {obj.ws.cache_dir}",
+                  markup=False)
 
 
 def _register_extensions() -> None:

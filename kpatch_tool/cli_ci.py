@@ -35,6 +35,7 @@ def register(main):
     @click.option("--qemu-arg", "qemu_args", multiple=True, help="Extra argument for the outer QEMU.")
     @click.option("--timeout", type=float, default=None, help="Boot timeout in seconds.")
     @click.option("--rerun-boot", is_flag=True, help="Boot again even if this kernel+image already booted.")
+    @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
     @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
     @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
                   help="With --matrix: write a CI configuration with one job per cell instead of running.")
@@ -42,7 +43,7 @@ def register(main):
     @click.option("--expect", type=int, default=0, help="Exit code this run is expected to end with (0).")
     @click.option("--json", "as_json", is_flag=True, help="Matrix: print the summary as JSON.")
     @click.pass_obj
-    def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, matrix, emit, output,
+    def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, force, matrix, emit, output,
            expect, as_json):
         """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
@@ -92,7 +93,7 @@ def register(main):
             try:
                 res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                       reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
-                                      qemu_args=tuple(qemu_args))
+                                      qemu_args=tuple(qemu_args), force=force)
             finally:
                 rep.close()
             console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()

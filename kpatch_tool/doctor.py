@@ -34,36 +34,25 @@ class Report:
         return [c for c in self.checks if c.status == "missing" and c.required]
 
 
-# tool, Debian package, what needs it, required
-TOOLS = [
-    ("git", "git", "every stage", True),
-    ("gcc", "build-essential", "kernel builds", True),
-    ("make", "build-essential", "kernel builds", True),
-    ("flex", "flex", "kernel builds (kconfig)", True),
-    ("bison", "bison", "kernel builds (kconfig)", True),
-    ("bc", "bc", "kernel builds", True),
-    ("ccache", "ccache", "cached kernel builds", True),
-    ("xz", "xz-utils", "importing linux-source tarballs", True),
-    ("cpio", "cpio", "initramfs (kernel's own gen_init_cpio is not used)", False),
-    ("perl", "perl", "checkpatch.pl, get_maintainer.pl", True),
-    ("qemu-system-x86_64", "qemu-system-x86", "booting kernels", True),
-    ("dpkg-source", "dpkg-dev", "importing Debian source packages (qemu, xen)", False),
-    ("debootstrap", "debootstrap", "the dom0 root filesystem (xen+domU mode)", False),
-    ("git-send-email", "git-email", "kpt mail --send", False),
-    ("ninja", "ninja-build", "kpt build qemu", False),
-]
+def _package_checks(env_path: str | None) -> list[Check]:
+    """One row per package of data/packages.txt (the list setup.sh installs)."""
+    from kpatch_tool import prereqs
 
-
-def _tool_check(tool: str, package: str, purpose: str, required: bool, env_path: str | None) -> Check:
-    found = shutil.which(tool, path=env_path)
-    if not found and tool == "git-send-email":
-        # git's subcommands live in its exec path, not on PATH.
-        exec_path = subprocess.run(["git", "--exec-path"], capture_output=True, text=True).stdout.strip() if shutil.which("git", path=env_path) else ""
-        cand = Path(exec_path) / "git-send-email" if exec_path else None
-        found = str(cand) if cand and cand.exists() else None
-    if found:
-        return Check(tool, "ok", f"{found} ({purpose})", required=required)
-    return Check(tool, "missing", f"not on PATH; needed for {purpose}", f"apt-get install -y {package}", required=required)
+    out = []
+    missing = {p.name: c for p, c in prereqs.missing_all(env_path)}
+    for p in prereqs.packages():
+        if "setup" in p.stages and p.name not in missing:
+            continue
+        stages = ", ".join(p.stages)
+        # A stage most runs never reach (mail, QEMU builds, the report's screenshots) is not required.
+        required = bool({"all", "import", "config", "build", "image", "boot", "xen"} & set(p.stages))
+        if p.name in missing:
+            out.append(Check(p.name, "missing", f"{missing[p.name]} not found; needed by: {stages}",
+                             f"apt-get install -y {p.name}", required=required))
+        else:
+            where = ", ".join(filter(None, (prereqs.check_one(c, env_path) for c in p.checks))) or "installed"
+            out.append(Check(p.name, "ok", f"{where} ({stages})", required=required))
+    return out
 
 
 def _git_version(env_path: str | None) -> Check:
@@ -79,25 +68,15 @@ def _git_version(env_path: str | None) -> Check:
     return Check("git version", "ok", out.strip())
 
 
-def _mailtools() -> Check:
-    # git send-email's SMTP code (Mail::Address) comes from this package.
-    ok = subprocess.run(["perl", "-MMail::Address", "-e", "1"], capture_output=True).returncode == 0 \
-        if shutil.which("perl") else False
-    if ok:
-        return Check("libmailtools-perl", "ok", "Mail::Address for git send-email", required=False)
-    return Check("libmailtools-perl", "missing", "git send-email cannot load Mail::Address (kpt mail --send)",
-                 "apt-get install -y libmailtools-perl", required=False)
-
-
 def _busybox() -> Check:
     p = Path("/bin/busybox")
     if p.exists():
         out = subprocess.run(["file", "-b", str(p)], capture_output=True, text=True).stdout if shutil.which("file") else ""
         if "dynamically" in out:
-            return Check("busybox-static", "missing", f"{p} is dynamically linked; the initramfs needs a static one",
+            return Check("busybox is static", "missing", f"{p} is dynamically linked; the initramfs needs a static one",
                          "apt-get install -y busybox-static")
-        return Check("busybox-static", "ok", str(p))
-    return Check("busybox-static", "missing", "no /bin/busybox for the initramfs", "apt-get install -y busybox-static")
+        return Check("busybox is static", "ok", str(p))
+    return Check("busybox is static", "missing", "no /bin/busybox for the initramfs", "apt-get install -y busybox-static")
 
 
 def xen_binary() -> Path | None:
@@ -106,40 +85,48 @@ def xen_binary() -> Path | None:
     return None
 
 
-def _xen() -> Check:
-    x = xen_binary()
-    if x:
-        return Check("xen hypervisor", "ok", f"{x} (xen and xen+domU modes)", required=False)
-    return Check("xen hypervisor", "missing", "no /boot/xen-4.*-amd64.gz for --mode xen",
-                 "apt-get install -y xen-hypervisor-4.17-amd64", required=False)
+def _trees(ws: Workspace, offline: bool = False) -> list[Check]:
+    """Per tree: the pinned version, what the archive offers, what is imported, series left behind."""
+    from kpatch_tool import apt, trees
+    from kpatch_tool import series as seriesmod
+    from kpatch_tool.errors import KptError
 
-
-def _linux_source(ws: Workspace) -> list[Check]:
     out = []
+    arch = trees.archive(ws)
+    try:
+        all_series = seriesmod.list_series(ws)
+    except KptError:  # a broken series is the series commands' to report
+        all_series = []
     for spec in ws.trees.values():
-        if spec.source.startswith("debian:"):
-            pkg = spec.source.split(":", 1)[1]
-            ok = any(Path("/usr/src").glob(f"{pkg}.tar.*"))
-            out.append(Check(f"tree {spec.name}", "ok" if ok else "missing",
-                             f"{pkg} tarball in /usr/src" if ok else f"{pkg} not installed",
-                             "" if ok else f"apt-get install -y {pkg}", required=spec.name == "linux"))
-        elif spec.source.startswith("debian-src:"):
-            has_src = _has_deb_src()
-            out.append(Check(f"tree {spec.name}", "ok" if has_src else "missing",
-                             "apt has deb-src entries" if has_src else "apt has no deb-src entries (apt-get source fails)",
-                             "" if has_src else "scripts/setup.sh (adds deb-src entries as root)", required=False))
-    return out
-
-
-def _has_deb_src() -> bool:
-    for f in list(Path("/etc/apt/sources.list.d").glob("*")) + [Path("/etc/apt/sources.list")]:
-        try:
-            text = f.read_text()
-        except OSError:
+        t = trees.get(ws, spec.name)
+        kind = trees._source_kind(spec.source)
+        if kind not in ("debian", "debian-src"):
+            out.append(Check(f"tree {spec.name}", "ok", f"{spec.source}: {t.state}", required=False))
             continue
-        if re.search(r"^Types:.*deb-src|^deb-src\s", text, re.M):
-            return True
-    return False
+        package = spec.source.split(":", 1)[1]
+        newest = None
+        offered = "not asked (--offline)"
+        if not offline:
+            try:
+                offers = arch.offers(package, source=kind == "debian-src")
+                newest = offers[0].version if offers else None
+                offered = f"{offers[0].version} ({offers[0].suite})" if offers else "none"
+            except KptError as exc:
+                offered = f"unknown ({exc.message[:100]})"
+        held = {trees.version_tag(v) for v in t.imports}
+        behind = [f"{s.name} ({s.trees[spec.name].base})" for s in all_series
+                  if spec.name in s.trees and (s.trees[spec.name].base or "").startswith("debian/")
+                  and s.trees[spec.name].base not in held]
+        detail = (f"pinned {spec.version or '(none)'}; archive newest {offered}; "
+                  f"imported {', '.join(sorted(t.imports)) or 'none'}")
+        if behind:
+            detail += f"; series bases not imported yet (fetched on first use): {', '.join(behind)}"
+        if spec.version and newest and apt.noepoch(newest) != apt.noepoch(spec.version):
+            detail += f"; `kpt tree update {spec.name} --dry-run` shows what moving to {newest} would do"
+        out.append(Check(f"tree {spec.name}", "ok" if spec.version else "missing", detail,
+                         "" if spec.version else f"kpt tree update {spec.name}  (pins the newest version)",
+                         required=spec.name == "linux"))
+    return out
 
 
 def _disk(ws: Workspace) -> Check:
@@ -193,15 +180,12 @@ def _kvm() -> Check:
                  required=False)
 
 
-def run_checks(ws: Workspace, env_path: str | None = None) -> Report:
+def run_checks(ws: Workspace, env_path: str | None = None, offline: bool = False) -> Report:
     rep = Report()
     rep.checks.append(_git_version(env_path))
-    for tool, pkg, purpose, required in TOOLS:
-        rep.checks.append(_tool_check(tool, pkg, purpose, required, env_path))
+    rep.checks.extend(_package_checks(env_path))
     rep.checks.append(_busybox())
-    rep.checks.append(_mailtools())
-    rep.checks.append(_xen())
-    rep.checks.extend(_linux_source(ws))
+    rep.checks.extend(_trees(ws, offline=offline))
     rep.checks.append(_disk(ws))
     rep.checks.append(_kvm())
     return rep

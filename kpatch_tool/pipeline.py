@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
-from kpatch_tool import trees
+from kpatch_tool import prereqs, trees
 from kpatch_tool.workspace import Workspace
 
 
@@ -38,7 +38,7 @@ def source_for(ws: Workspace, tree: str, *, series: str | None = None, worktree:
 
 
 def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str, ...] = (),
-               fragments: tuple[Path, ...] = (), output: Path | None = None):
+               fragments: tuple[Path, ...] = (), output: Path | None = None, force: bool = False):
     """The profile's configuration for srctree, remembered by its inputs.
 
     Evaluating means parsing the whole Kconfig tree (~4 s). The result only
@@ -64,7 +64,7 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
             h.update(Path(mod).read_bytes())
         key = h.hexdigest()[:24]
         hit = ws.cache_dir / "configs" / f"{key}.config"
-        if hit.exists():
+        if hit.exists() and not force:
             text = hit.read_text()
             res = kconfig.ConfigResult(config_text=text, config_hash=kconfig.config_hash(text), base=base,
                                        fragments=frags, srctree=Path(srctree))
@@ -206,13 +206,28 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
+def _code_hash() -> str:
+    """kpt's code and templates that shape a boot (its version number never changes on a fix)."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for f in sorted([*pkg.glob("*.py"), *(pkg.parent / "templates").glob("*")]):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _boot_cache_key(mode: str, kernel: Path, initrd: Path, xen: Path | None, timeout: float,
-                    qemu_args: tuple[str, ...] = ()) -> str:
+                    qemu_args: tuple[str, ...] = (), inputs: tuple = ()) -> str:
+    """Everything that shaped a boot's verdict: the kernel and its build's identity
+    (host tools included), every image, QEMU's and Xen's versions, kpt's own code."""
     from kpatch_tool import qemu
 
     h = hashlib.sha256()
+    tools = json.dumps([prereqs.versions("boot"), prereqs.versions("xen") if mode != "guest" else {},
+                        prereqs.tool_version(qemu.qemu_binary())], sort_keys=True)
     for part in (mode, _sha256(kernel), _sha256(initrd), _sha256(xen) if xen else "-", str(timeout),
-                 qemu.qemu_binary(), __version__, *qemu_args):
+                 qemu.qemu_binary(), __version__, _code_hash(), tools, json.dumps(inputs, sort_keys=True, default=str),
+                 *qemu_args):
         h.update(str(part).encode() + b"\0")
     return h.hexdigest()[:20]
 
@@ -220,7 +235,7 @@ def _boot_cache_key(mode: str, kernel: Path, initrd: Path, xen: Path | None, tim
 def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", onto: dict[str, str] | None = None,
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
-           qemu_args: tuple[str, ...] = ()) -> CiResult:
+           qemu_args: tuple[str, ...] = (), force: bool = False) -> CiResult:
     """Run one cell: trees -> apply -> config -> build -> image -> boot -> report."""
     if mode not in MODES:
         raise UsageError(f"--mode {mode}: one of {', '.join(MODES)}")
@@ -286,8 +301,9 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             ref = onto.get(t)
             commit = trees.resolve(tr, ref)
             ctx["base_commit"] = commit
+            origin = trees.origin_of(tr, commit)
             manifest.data["inputs"].setdefault("trees", {})[t] = {"source": tr.source, "ref": ref or tr.ref,
-                                                                   "commit": commit, "version": tr.version}
+                                                                   "commit": commit, "version": tr.version, **origin}
             imported.append(f"{t}@{commit[:12]}")
         return "ok", ", ".join(imported)
 
@@ -316,10 +332,11 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         from kpatch_tool import kconfig
 
         cfg_path = run_dir / ".config"
+        prereqs.require("config")
         cfg = config_for(ws, ctx["srctree"], profile, series=(series,) if series else (),
-                         fragments=tuple(fragments), output=cfg_path)
+                         fragments=tuple(fragments), output=cfg_path, force=force)
         ok_mark = ws.cache_dir / "config-checks" / f"{cfg.config_hash}.ok"
-        if not ok_mark.exists():
+        if force or not ok_mark.exists():
             detail("cross-checking the .config with make olddefconfig")
             diff = kconfig.cross_check(ctx["srctree"], cfg_path, logs / "config.log")
             if diff:
@@ -336,7 +353,8 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     def do_build():
         cfg = ctx["config"]
         b = buildmod.build_linux(ws, srctree=ctx["srctree"], tree=tree, profile=profile,
-                                 config_text=cfg.config_text, config_hash=cfg.config_hash, progress=detail)
+                                 config_text=cfg.config_text, config_hash=cfg.config_hash, progress=detail,
+                                 force=force)
         shutil.copyfile(b.log, logs / "build.log") if b.log.exists() else None
         ctx["build"] = b
         manifest.data["outputs"]["build"] = {"dir": str(b.build_dir), "kernel_release": b.kernel_release,
@@ -351,9 +369,11 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         res = applymod.apply_series(ws, series, tree="qemu", onto=onto.get("qemu"), say=detail,
                                     progress=lambda msg, i, n: detail(f"qemu: {msg} ({i}/{n})"))
-        q = build_qemu.build_qemu(ws, srctree=res.worktree, tree="qemu", progress=detail)
+        prereqs.require("qemu-build")
+        q = build_qemu.build_qemu(ws, srctree=res.worktree, tree="qemu", progress=detail, force=force)
         shutil.copyfile(q.log, logs / "qemu-build.log") if q.log.exists() else None
         ctx["device_model"] = q.qemu_system_i386
+        ctx["device_model_sha"] = _sha256(q.qemu_system_i386)
         manifest.data["outputs"]["qemu"] = {"worktree": str(res.worktree), "head": res.head_commit,
                                             "binary": str(q.qemu_system_i386), "version": q.version,
                                             "sha256": _sha256(q.qemu_system_i386)}
@@ -364,6 +384,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     def do_image():
         from kpatch_tool import image
 
+        prereqs.require("image")
         b = ctx["build"]
         chain = [s.name for s in _chain(ws, series)] if series else []
         smoke = image.load_smoke(ws, chain)
@@ -376,6 +397,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             ctx["initrd"] = imgs.dom0_initrd
             manifest.data["outputs"]["images"] = {k: {"path": str(v), "sha256": _sha256(v)}
                                                   for k, v in imgs.paths().items()}
+            ctx["images_key"] = {k: v["sha256"] for k, v in manifest.data["outputs"]["images"].items()}
             return "ok", f"dom0 rootfs {imgs.dom0_initrd.stat().st_size / 2**20:.0f} MiB"
         initrd = image.build_initramfs(ws, kernel_release=b.kernel_release, modules_dir=b.modules_dir,
                                        smoke=smoke, mode=mode)
@@ -389,9 +411,13 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         b = ctx["build"]
         xen = qemu.xen_binary(ws) if mode != "guest" else None
-        key = _boot_cache_key(mode, b.bzimage, ctx["initrd"], xen, timeout, qemu_args)
+        prereqs.require("boot")
+        if mode != "guest":
+            prereqs.require("xen")
+        key = _boot_cache_key(mode, b.bzimage, ctx["initrd"], xen, timeout, qemu_args,
+                              (b.identity, ctx.get("images_key"), ctx.get("device_model_sha")))
         cache = ws.cache_dir / "boots" / key
-        if not rerun_boot and (cache / results.RESULTS_JSON).exists():
+        if not (rerun_boot or force) and (cache / results.RESULTS_JSON).exists():
             for f in cache.iterdir():
                 shutil.copyfile(f, run_dir / f.name)
             rr = results.load_json(run_dir / results.RESULTS_JSON)
@@ -399,7 +425,9 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             manifest.data["outputs"]["boot"] = {"verdict": rr.verdict, "reused_from": str(cache)}
             if rr.verdict != "pass":
                 _raise_verdict(rr, run_dir)
-            return "cached", f"{rr.verdict}: {rr.message} (same kernel, image and mode as an earlier boot)"
+            manifest.data["outputs"]["boot"]["reused"] = True
+            return "cached", (f"{rr.verdict}: {rr.message} (reused: same kernel, images, tools and mode as the "
+                              f"boot in {cache}; --rerun-boot or --force boots again)")
 
         def on_line(line):
             detail(f"console: {line[:150]}")

@@ -12,6 +12,7 @@ an interrupted import is never trusted and an unchanged one is never redone.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -20,12 +21,13 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
 
-from kpatch_tool import proc
+from kpatch_tool import apt, proc
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 from kpatch_tool.workspace import TreeSpec, Workspace
 
@@ -45,7 +47,9 @@ class Tree:
     ref: str  # the default base: the import tag, or the user's HEAD
     commit: str | None
     version: str | None
-    state: str  # imported, missing, in-place, dirty, stale
+    state: str  # imported, missing, in-place, dirty, stale (pinned version not imported), unpinned
+    imports: dict = field(default_factory=dict)  # version -> tag, commit, artifact, sha256, suite
+    ws: Workspace | None = field(default=None, repr=False, compare=False)
 
     def git(self) -> git.Repo:
         return git.Repo(self.repo)
@@ -83,7 +87,7 @@ class FastImport:
         self._w.write(b"\n")
         self.entries.append((mode, path, self._mark))
 
-    def commit(self, ref: str, message: str, when: int, tag: str | None = None) -> None:
+    def commit(self, ref: str, message: str, when: int, parent: str | None = None) -> None:
         name, email = AUTHOR[:-1].split(" <")
         msg = message.encode()
         w = self._w
@@ -91,13 +95,13 @@ class FastImport:
         for who in (b"author", b"committer"):
             w.write(b"%s %s <%s> %d +0000\n" % (who, name.encode(), email.encode(), when))
         w.write(b"data %d\n%s\n" % (len(msg), msg))
+        if parent:
+            # The files are listed in full below: start from nothing, not from the parent's tree.
+            w.write(b"from %s\ndeleteall\n" % parent.encode())
         # Sorted: the same tree gives the same stream, whatever order tar had.
         for mode, path, mark in sorted(self.entries, key=lambda e: e[1]):
             w.write(b"M %s :%d %s\n" % (mode.encode(), mark, _quote(path)))
         w.write(b"\n")
-        if tag:
-            t = f"tag {tag}\nfrom {ref}\ntagger {AUTHOR} {when} +0000\ndata 0\n\n"
-            w.write(t.encode())
 
     def close(self) -> None:
         try:
@@ -111,7 +115,7 @@ class FastImport:
             self._log.write_text(err)
         if rc != 0:
             if "No space left" in err:
-                raise KptError(f"no space left on device while importing (git fast-import): {err.strip()[:200]}")
+                raise UsageError(f"no space left on device while importing (git fast-import): {err.strip()[:200]}")
             raise KptError(f"git fast-import failed (exit {rc}): {err.strip()[:300]}")
 
     def abort(self) -> None:
@@ -201,21 +205,16 @@ def _dir_into(fi: FastImport, top: Path, skip: tuple[str, ...] = (".pc", ".git")
 # sources
 
 
-def _dpkg_version(package: str) -> str | None:
-    res = proc.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package], timeout=30)
-    if res.returncode == 0 and res.stdout.startswith("install ok installed"):
-        return res.stdout.split()[-1]
-    return None
-
-
-def _apt_knows(package: str) -> bool:
-    res = proc.run(["apt-cache", "show", "--no-all-versions", package], timeout=60)
-    return res.returncode == 0 and "Package:" in res.stdout
-
-
 def version_tag(version: str) -> str:
-    """A Debian version as a git tag name (DEP-14: ':' -> '%', '~' -> '_')."""
-    return "debian/" + version.replace(":", "%").replace("~", "_")
+    """A Debian version as a git tag name (DEP-14: '~' -> '_'; the epoch is not part of it)."""
+    return "debian/" + apt.noepoch(version).replace(":", "%").replace("~", "_")
+
+
+def tag_version(ref: str) -> str | None:
+    """The Debian version a `debian/...` tag names (None for any other ref)."""
+    if not ref.startswith("debian/"):
+        return None
+    return ref[len("debian/"):].replace("%", ":").replace("_", "~")
 
 
 def _source_kind(source: str) -> str:
@@ -229,15 +228,32 @@ def _source_kind(source: str) -> str:
 
 
 def _stamp(repo: Path) -> dict | None:
+    """The repository's import record; the one-import layout of older kpt is read as a list of one."""
     try:
-        return json.loads((repo / STAMP).read_text())
+        data = json.loads((repo / STAMP).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
+    if "imports" not in data:
+        imports = {}
+        if data.get("version") and data.get("commit"):
+            ident = data.get("identity") or {}
+            imports[data["version"]] = {"tag": data.get("tag"), "commit": data["commit"], "sha256": None,
+                                        "suite": None, "artifact": (ident.get("tarball") or {}).get("path"),
+                                        "files": data.get("files"), "imported": data.get("imported")}
+        data = {"format": 2, "source": (data.get("identity") or {}).get("source"), "imports": imports,
+                "identity": data.get("identity"), "commit": data.get("commit")}
+    return data
 
 
-def _tarball_identity(tarball: Path) -> dict:
-    st = tarball.stat()
-    return {"path": str(tarball), "size": st.st_size, "mtime": int(st.st_mtime)}
+def _write_stamp(repo: Path, stamp: dict) -> None:
+    tmp = repo / (STAMP + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(stamp, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, repo / STAMP)
 
 
 def _fresh_repo(parent: Path, name: str) -> Path:
@@ -249,7 +265,7 @@ def _fresh_repo(parent: Path, name: str) -> Path:
 
 def _publish(tmp: Path, final: Path) -> None:
     if final.exists():
-        shutil.rmtree(final)
+        raise UsageError(f"{final} exists and kpt did not make it (no {STAMP}); move it away and import again")
     os.rename(tmp, final)
 
 
@@ -257,7 +273,28 @@ def _clean_leftovers(parent: Path, name: str) -> None:
     if not parent.is_dir():
         return
     for p in parent.glob(f".tmp-{name}-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        # Only kpt's own half-made repositories: a bare repo with no stamp yet.
+        if (p / "HEAD").exists() or not any(p.iterdir()):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def _tree_lock(ws: Workspace, name: str):
+    """One import into a tree's repository at a time (two kpt processes, one cache)."""
+    ws.trees_dir.mkdir(parents=True, exist_ok=True)
+    with open(ws.trees_dir / f".{name}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def archive(ws: Workspace) -> apt.Archive:
+    extra: list[str] = []
+    for spec in ws.trees.values():
+        extra += [s for s in spec.suites if s not in extra]
+    return apt.Archive(ws.cache_dir, ws.data.get("apt") or {}, tuple(extra))
 
 
 def repo_path(ws: Workspace, name: str) -> Path:
@@ -267,6 +304,10 @@ def repo_path(ws: Workspace, name: str) -> Path:
     return ws.trees_dir / name
 
 
+def _has_ref(repo: Path, ref: str) -> bool:
+    return proc.run(["git", "--git-dir", str(repo), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"]).ok
+
+
 def get(ws: Workspace, name: str) -> Tree:
     """The tree as it stands now (no work done)."""
     spec = ws.tree(name)
@@ -274,11 +315,11 @@ def get(ws: Workspace, name: str) -> Tree:
     repo = repo_path(ws, name)
     if kind == "path":
         if not repo.exists():
-            return Tree(name, spec.source, spec.kind, repo, True, "HEAD", None, None, "missing")
+            return Tree(name, spec.source, spec.kind, repo, True, "HEAD", None, None, "missing", ws=ws)
         try:
             r = git.Repo(repo)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            return Tree(name, spec.source, spec.kind, repo, True, "HEAD", None, None, "not-a-repo")
+            return Tree(name, spec.source, spec.kind, repo, True, "HEAD", None, None, "not-a-repo", ws=ws)
         try:
             commit = r.head.commit.hexsha
         except ValueError:
@@ -286,17 +327,27 @@ def get(ws: Workspace, name: str) -> Tree:
         dirty = not r.bare and r.is_dirty(untracked_files=False)
         gitdir = Path(r.git_dir)
         return Tree(name, spec.source, spec.kind, gitdir, True, "HEAD", commit, None,
-                    "dirty" if dirty else "in-place")
+                    "dirty" if dirty else "in-place", ws=ws)
     stamp = _stamp(repo)
     if not stamp:
-        return Tree(name, spec.source, spec.kind, repo, False, IMPORT_BRANCH, None, None,
-                    "missing" if not repo.exists() else "incomplete")
-    return Tree(name, spec.source, spec.kind, repo, False, stamp.get("tag") or IMPORT_BRANCH,
-                stamp.get("commit"), stamp.get("version"), "imported")
+        return Tree(name, spec.source, spec.kind, repo, False, IMPORT_BRANCH, None, spec.version,
+                    "missing" if not repo.exists() else "incomplete", ws=ws)
+    imports = stamp.get("imports") or {}
+    if kind == "url":
+        return Tree(name, spec.source, spec.kind, repo, False, IMPORT_BRANCH, stamp.get("commit"), None,
+                    "imported", imports, ws=ws)
+    if not spec.version:
+        return Tree(name, spec.source, spec.kind, repo, False, IMPORT_BRANCH, None, None, "unpinned", imports, ws=ws)
+    entry = imports.get(spec.version) or imports.get(apt.noepoch(spec.version))
+    if not entry:
+        return Tree(name, spec.source, spec.kind, repo, False, version_tag(spec.version), None, spec.version,
+                    "stale", imports, ws=ws)
+    return Tree(name, spec.source, spec.kind, repo, False, entry.get("tag") or version_tag(spec.version),
+                entry.get("commit"), spec.version, "imported", imports, ws=ws)
 
 
 def import_tree(ws: Workspace, name: str, *, progress=None, update: bool = False) -> Tree:
-    """Make the tree's git repository exist; a no-op when it is up to date."""
+    """Make the tree's git repository hold its pinned version; a no-op when it does."""
     spec = ws.tree(name)
     kind = _source_kind(spec.source)
     say = progress or (lambda msg: None)
@@ -311,112 +362,177 @@ def import_tree(ws: Workspace, name: str, *, progress=None, update: bool = False
         if tree.state == "dirty":
             say(f"tree '{name}': {spec.source} has uncommitted changes; kpt works from commits only and leaves them alone")
         return tree
+    final = ws.trees_dir / name
+    if kind == "url":
+        _clean_leftovers(ws.trees_dir, name)
+        if final.exists() and not _stamp(final):
+            raise UsageError(f"tree '{name}': {final} exists and kpt did not make it (no {STAMP}); move it away and import again")
+        return _import_url(ws, spec, final, update, say)
+    if not spec.version:
+        raise UsageError(f"{ws.root / 'kpt.toml'}: [trees.{name}] has no version; pin one "
+                         f"(`kpt tree update {name}` pins the newest the archive offers)")
+    import_version(ws, name, spec.version, progress=progress)
+    return get(ws, name)
 
+
+def _ensure_repo(ws: Workspace, name: str, source: str) -> Path:
     final = ws.trees_dir / name
     _clean_leftovers(ws.trees_dir, name)
-    if final.exists() and not _stamp(final):
-        say(f"tree '{name}': {final} was left half-written by an earlier import; importing again")
-        shutil.rmtree(final)
-    if kind == "url":
-        return _import_url(ws, spec, final, update, say)
-    if kind == "debian":
-        return _import_debian(ws, spec, final, say)
-    return _import_debian_src(ws, spec, final, say)
+    if final.exists():
+        if _stamp(final) is None:
+            raise UsageError(f"tree '{name}': {final} exists and kpt did not make it (no {STAMP}); move it away and import again")
+        return final
+    tmp = _fresh_repo(ws.trees_dir, name)
+    _write_stamp(tmp, {"format": 2, "source": source, "imports": {}})
+    _publish(tmp, final)
+    return final
 
 
-def _import_debian(ws: Workspace, spec: TreeSpec, final: Path, say) -> Tree:
+def _parent_for(repo: Path, imports: dict, version: str) -> str | None:
+    """The newest imported version older than this one: its commit is the new one's parent."""
+    older = [v for v in imports if apt.compare_versions(v, version) < 0 and imports[v].get("commit")]
+    if not older:
+        return None
+    best = older[0]
+    for v in older[1:]:
+        if apt.compare_versions(v, best) > 0:
+            best = v
+    commit = imports[best]["commit"]
+    return commit if _has_ref(repo, commit) else None
+
+
+def import_version(ws: Workspace, name: str, version: str, *, progress=None) -> dict:
+    """Fetch exactly this version from Debian's archive and add it to the tree's repository.
+
+    Earlier imports stay: each version is a commit with its tag, a child of the
+    newest older one, so `git diff debian/A debian/B` is what Debian changed.
+    """
+    spec = ws.tree(name)
+    kind = _source_kind(spec.source)
+    if kind not in ("debian", "debian-src"):
+        raise UsageError(f"tree '{name}': {spec.source} is not a Debian package; it has no versions to fetch")
     package = spec.source.split(":", 1)[1]
-    version = _dpkg_version(package)
-    if version is None:
-        if _apt_knows(package):
-            raise PrereqError(f"tree '{spec.name}': Debian package {package} is not installed (apt-get install {package})")
-        raise UsageError(f"tree '{spec.name}': no Debian package named '{package}' (check kpt.toml; `apt-cache search linux-source`)")
-    tarballs = sorted(Path("/usr/src").glob(f"{package}.tar.*"))
-    if not tarballs:
-        raise PrereqError(f"tree '{spec.name}': {package} is installed but /usr/src/{package}.tar.* is missing (apt-get install --reinstall {package})")
-    tarball = tarballs[0]
-    ident = {"source": spec.source, "version": version, "tarball": _tarball_identity(tarball)}
-    stamp = _stamp(final)
-    if stamp and stamp.get("identity") == ident:
-        return get(ws, spec.name)
-    say(f"importing {tarball} ({version}) into {final}")
-    tmp = _fresh_repo(ws.trees_dir, spec.name)
-    t0 = time.monotonic()
-    fi = FastImport(tmp)
+    say = progress or (lambda msg: None)
+    with _tree_lock(ws, name):
+        repo = _ensure_repo(ws, name, spec.source)
+        stamp = _stamp(repo)
+        imports = stamp.setdefault("imports", {})
+        for v in (version, apt.noepoch(version)):
+            e = imports.get(v)
+            if e and _has_ref(repo, e.get("commit") or "-"):
+                _point_import_branch(ws, spec, repo, imports)
+                return e
+        arch = archive(ws)
+        pool = ws.cache_dir / "debian" / ("pool" if kind == "debian" else f"src/{package}_{apt.noepoch(version)}")
+        if kind == "debian":
+            fetched = arch.fetch_deb(package, version, pool, progress=say)
+        else:
+            fetched = arch.fetch_source(package, version, pool, progress=say)
+        tag = version_tag(fetched.version)
+        parent = _parent_for(repo, imports, fetched.version)
+        t0 = time.monotonic()
+        if kind == "debian":
+            count, commit = _import_deb(ws, repo, package, fetched, tag, parent, say)
+        else:
+            count, commit = _import_dsc(ws, repo, package, fetched, tag, parent, say)
+        entry = {"tag": tag, "commit": commit, "parent": parent, "artifact": str(fetched.path),
+                 "sha256": fetched.sha256, "suite": fetched.suite, "files": count,
+                 "seconds": round(time.monotonic() - t0, 1), "imported": int(time.time())}
+        imports[apt.noepoch(fetched.version)] = entry
+        _write_stamp(repo, stamp)
+        _point_import_branch(ws, spec, repo, imports)
+        return entry
+
+
+def _point_import_branch(ws: Workspace, spec: TreeSpec, repo: Path, imports: dict) -> None:
+    """`import` is the pinned version (what `kpt tree path` and unpinned series use)."""
+    e = imports.get(apt.noepoch(spec.version or "")) if spec.version else None
+    if e and e.get("commit"):
+        proc.run(["git", "--git-dir", str(repo), "update-ref", f"refs/heads/{IMPORT_BRANCH}", e["commit"]], check=True)
+
+
+def _fast_import(repo: Path, message: str, feed, tag: str, parent: str | None) -> tuple[int, str]:
+    """Run fast-import into a scratch ref, then publish the commit as the tag."""
+    scratch = "refs/kpt/importing"
+    # A scratch ref left by a killed import would make fast-import refuse (not a fast-forward).
+    proc.run(["git", "--git-dir", str(repo), "update-ref", "-d", scratch])
+    fi = FastImport(repo)
     try:
-        count, newest = _tar_stream_into(fi, tarball)
-        tag = version_tag(version)
-        fi.commit(f"refs/heads/{IMPORT_BRANCH}",
-                  f"Import {package} {version}\n\nFrom {tarball} by kpatch-tool; Debian's top-level\n"
-                  f"ignore-everything block in .gitignore dropped so new files show up.\n",
-                  newest, tag=tag)
+        count, newest = feed(fi)
+        fi.commit(scratch, message, newest, parent=parent)
         fi.close()
     except OSError as exc:
         fi.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
-            raise KptError(f"no space left under {ws.trees_dir} while importing {package}") from None
+            raise UsageError(f"no space left on {repo} while importing {tag}") from None
         raise
     except BaseException:
         fi.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _finish(ws, spec, tmp, final, ident, version, tag, count, time.monotonic() - t0)
+    commit = proc.run(["git", "--git-dir", str(repo), "rev-parse", f"{scratch}^{{commit}}"], check=True).stdout.strip()
+    proc.run(["git", "--git-dir", str(repo), "update-ref", f"refs/tags/{tag}", commit], check=True)
+    proc.run(["git", "--git-dir", str(repo), "update-ref", "-d", scratch], check=True)
+    return count, commit
 
 
-def _finish(ws, spec, tmp, final, ident, version, tag, count, seconds) -> Tree:
-    commit = proc.run(["git", "--git-dir", str(tmp), "rev-parse", f"{IMPORT_BRANCH}^{{commit}}"], check=True).stdout.strip()
-    stamp = {"identity": ident, "version": version, "tag": tag, "commit": commit,
-             "files": count, "seconds": round(seconds, 1), "imported": int(time.time())}
-    (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
-    _publish(tmp, final)
-    return get(ws, spec.name)
+def _import_deb(ws, repo: Path, package: str, fetched: apt.Fetched, tag: str, parent: str | None, say) -> tuple[int, str]:
+    proc.require("dpkg-deb", "dpkg")
+    with tempfile.TemporaryDirectory(prefix=".deb-", dir=ws.trees_dir) as tmpd:
+        tarball = _tarball_from_deb(fetched.path, package, Path(tmpd))
+        say(f"importing {fetched.path.name} ({fetched.version}, {fetched.suite}) into {repo}")
+        message = (f"Import {package} {fetched.version}\n\nFrom {fetched.path.name} (sha256 {fetched.sha256},\n"
+                   f"{fetched.suite}) by kpatch-tool; Debian's top-level ignore-everything\n"
+                   f"block in .gitignore dropped so new files show up.\n")
+        return _fast_import(repo, message, lambda fi: _tar_stream_into(fi, tarball), tag, parent)
 
 
-def _import_debian_src(ws: Workspace, spec: TreeSpec, final: Path, say) -> Tree:
-    package = spec.source.split(":", 1)[1]
-    want = f"{package}={spec.version}" if spec.version else package
-    stamp = _stamp(final)
-    if stamp and stamp.get("identity", {}).get("want") == want:
-        return get(ws, spec.name)
-    proc.require("dpkg-source", "dpkg-dev")
-    work = Path(tempfile.mkdtemp(prefix=f".src-{spec.name}-", dir=ws.trees_dir.parent if ws.trees_dir.parent.exists() else None))
-    log = work / "apt-get-source.log"
+def _tarball_from_deb(deb: Path, package: str, into: Path) -> Path:
+    """The source tarball a linux-source-style .deb carries in /usr/src."""
+    p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, start_new_session=True)
+    found = None
     try:
-        say(f"downloading the Debian source of {want}")
-        res = proc.run(["apt-get", "source", "--download-only", want], cwd=work, timeout=1800, log=log)
-        if not res.ok:
-            msg = (res.stderr or res.stdout).strip().splitlines()
-            last = msg[-1] if msg else "no output"
-            if "deb-src" in res.stderr or "You must put some 'deb-src'" in res.stderr:
-                raise PrereqError(f"tree '{spec.name}': apt has no deb-src entries (run scripts/setup.sh as root)")
-            raise UsageError(f"tree '{spec.name}': `apt-get source {want}` failed: {last}")
-        dscs = sorted(work.glob("*.dsc"))
-        if not dscs:
-            raise UsageError(f"tree '{spec.name}': apt-get source {want} gave no .dsc")
-        dsc = dscs[0]
-        version = dsc.stem.split("_", 1)[1]
-        src = work / "src"
-        say(f"unpacking {dsc.name} with Debian's patches applied")
-        proc.run(["dpkg-source", "--no-check", "-x", dsc.name, str(src)], cwd=work, timeout=1800, log=log, check=True)
-        tmp = _fresh_repo(ws.trees_dir, spec.name)
-        t0 = time.monotonic()
-        fi = FastImport(tmp)
-        try:
-            count, newest = _dir_into(fi, src)
-            tag = version_tag(version)
-            fi.commit(f"refs/heads/{IMPORT_BRANCH}",
-                      f"Import Debian source {package} {version}\n\nUnpacked by dpkg-source with Debian's patches applied.\n",
-                      newest, tag=tag)
-            fi.close()
-        except BaseException:
-            fi.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        ident = {"source": spec.source, "want": want, "version": version}
-        return _finish(ws, spec, tmp, final, ident, version, tag, count, time.monotonic() - t0)
+        with tarfile.open(fileobj=p.stdout, mode="r|") as tf:
+            for m in tf:
+                base = m.name.lstrip("./")
+                if m.isreg() and base.startswith(f"usr/src/{package}.tar."):
+                    found = into / Path(base).name
+                    with open(found, "wb") as out:
+                        shutil.copyfileobj(tf.extractfile(m), out, 1 << 20)
+                    break
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UsageError(f"no space left on {into} while unpacking {deb.name}") from None
+        raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        p.stdout.close()
+        _kill(p)
+    if found is None:
+        raise UsageError(f"{deb.name}: holds no /usr/src/{package}.tar.* (not a source-tarball package)")
+    return found
+
+
+def _kill(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, 9)
+        except ProcessLookupError:
+            pass
+    p.wait()
+
+
+def _import_dsc(ws, repo: Path, package: str, fetched: apt.Fetched, tag: str, parent: str | None, say) -> tuple[int, str]:
+    proc.require("dpkg-source", "dpkg-dev")
+    with tempfile.TemporaryDirectory(prefix=".src-", dir=ws.trees_dir) as tmpd:
+        src = Path(tmpd) / "src"
+        say(f"unpacking {fetched.path.name} with Debian's patches applied")
+        res = proc.run(["dpkg-source", "--no-check", "-x", str(fetched.path), str(src)], cwd=tmpd, timeout=1800,
+                       log=Path(tmpd) / "dpkg-source.log")
+        if not res.ok:
+            last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+            raise UsageError(f"{fetched.path}: dpkg-source -x failed: {last}")
+        message = (f"Import Debian source {package} {fetched.version}\n\nFrom {fetched.path.name} (sha256 {fetched.sha256},\n"
+                   f"{fetched.suite}), unpacked by dpkg-source with Debian's patches applied.\n")
+        return _fast_import(repo, message, lambda fi: _dir_into(fi, src), tag, parent)
 
 
 def _import_url(ws: Workspace, spec: TreeSpec, final: Path, update: bool, say) -> Tree:
@@ -428,14 +544,15 @@ def _import_url(ws: Workspace, spec: TreeSpec, final: Path, update: bool, say) -
     ws.trees_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=ws.trees_dir))
     say(f"cloning {spec.source}")
-    res = proc.run(["git", "clone", "-q", "--bare", spec.source, str(tmp)], timeout=3600)
+    res = proc.run(["git", "clone", "-q", "--bare", "--", spec.source, str(tmp)], timeout=3600)
     if not res.ok:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UsageError(f"tree '{spec.name}': cannot clone {spec.source}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'failed'}")
     head = proc.run(["git", "--git-dir", str(tmp), "rev-parse", "HEAD"], check=True).stdout.strip()
     proc.run(["git", "--git-dir", str(tmp), "branch", "-f", IMPORT_BRANCH, head], check=True)
-    ident = {"source": spec.source}
-    return _finish(ws, spec, tmp, final, ident, None, None, 0, 0.0)
+    _write_stamp(tmp, {"format": 2, "source": spec.source, "imports": {}, "commit": head, "imported": int(time.time())})
+    _publish(tmp, final)
+    return get(ws, spec.name)
 
 
 # --------------------------------------------------------------------------
@@ -443,17 +560,33 @@ def _import_url(ws: Workspace, spec: TreeSpec, final: Path, update: bool, say) -
 
 
 def resolve(tree: Tree, ref: str | None = None) -> str:
+    """The commit of ref in the tree; a Debian version tag not imported yet is fetched."""
     ref = ref or tree.ref
     res = proc.run(["git", "--git-dir", str(tree.repo), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"])
-    if not res.ok:
-        raise UsageError(f"tree '{tree.name}': no ref '{ref}' (try `git --git-dir {tree.repo} tag -l`)")
-    return res.stdout.strip()
+    if res.ok:
+        return res.stdout.strip()
+    version = tag_version(ref)
+    if version and tree.ws is not None and _source_kind(tree.source) in ("debian", "debian-src"):
+        try:
+            entry = import_version(tree.ws, tree.name, version)
+        except apt.VersionGone as gone:
+            raise PrereqError(
+                f"tree '{tree.name}': base {ref} is not imported and the archive no longer offers {version}; "
+                f"imported: {', '.join(sorted(tree.imports)) or 'none'}; archive: "
+                f"{', '.join(o.version for o in gone.offered[:6]) or 'none'}; "
+                f"`kpt tree update {tree.name}` moves the series to a version it offers") from None
+        return entry["commit"]
+    held = ", ".join(version_tag(v) for v in sorted(tree.imports)) if tree.imports else ""
+    hint = f"the tree holds {held}" if held else f"try `git --git-dir {tree.repo} tag -l`"
+    if tree.ws is not None and _source_kind(tree.source) in ("debian", "debian-src") and not version:
+        hint += f"; a Debian version is named as debian/VERSION and fetched by `kpt tree import {tree.name} --version VERSION`"
+    raise UsageError(f"tree '{tree.name}': no ref '{ref}' ({hint})")
 
 
 def checkout(ws: Workspace, name: str, ref: str | None = None, *, progress=None) -> Path:
     """A read-only worktree of ref (detached), made once per commit and reused."""
     tree = get(ws, name)
-    if tree.state in ("missing", "incomplete", "not-a-repo"):
+    if tree.state in ("missing", "incomplete", "not-a-repo", "stale", "unpinned"):
         tree = import_tree(ws, name, progress=progress)
     sha = resolve(tree, ref)
     base = ws.cache_dir / "worktrees" / name
@@ -474,6 +607,15 @@ def checkout(ws: Workspace, name: str, ref: str | None = None, *, progress=None)
              timeout=1800, check=True)
     ok.write_text(sha + "\n")
     return path
+
+
+def origin_of(tree: Tree, commit: str) -> dict:
+    """What Debian artifact a commit of the tree was imported from (for manifests)."""
+    for version, e in tree.imports.items():
+        if e.get("commit") == commit:
+            return {"debian_version": version, "artifact": e.get("artifact"), "sha256": e.get("sha256"),
+                    "suite": e.get("suite")}
+    return {}
 
 
 def list_trees(ws: Workspace) -> list[Tree]:

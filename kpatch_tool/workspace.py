@@ -22,6 +22,8 @@ class TreeSpec:
     # Extra per-tree settings (e.g. the version to fetch for debian-src).
     version: str | None = None
     kind: str = "linux"  # linux, qemu or xen: what the tree is, for build/mail
+    # Debian suites this tree's versions come from, beside [apt] suites (e.g. "sid").
+    suites: tuple[str, ...] = ()
 
 
 @dataclass
@@ -95,6 +97,14 @@ def load(root: Path | None = None) -> Workspace:
         kind = spec.get("kind") or name.split("-")[0]
         if kind not in ("linux", "qemu", "xen"):
             kind = "linux"
-        trees[name] = TreeSpec(name, spec["source"], spec.get("version"), kind)
+        version = spec.get("version")
+        if version is not None and (not isinstance(version, str) or not version.strip()):
+            raise UsageError(f"{path}: [trees.{name}] version must be a Debian version string")
+        suites = spec.get("suites") or []
+        if not isinstance(suites, list) or not all(isinstance(x, str) and x.strip() for x in suites):
+            raise UsageError(f"{path}: [trees.{name}] suites must be a list of suite names")
+        if not isinstance(spec["source"], str) or not spec["source"].strip() or spec["source"].startswith("-"):
+            raise UsageError(f"{path}: [trees.{name}] source must be a path, URL or debian:/debian-src: package")
+        trees[name] = TreeSpec(name, spec["source"], version, kind, tuple(suites))
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)

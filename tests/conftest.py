@@ -202,3 +202,54 @@ def dom0_build(project_ws, linux_src):
 @pytest.fixture(scope="session")
 def dom0_kernel(dom0_build) -> Path:
     return dom0_build.bzimage
+
+
+def _make_deb(out: Path, package: str, version: str, files: dict[str, str]) -> Path:
+    """A linux-source-style .deb: /usr/src/<package>.tar.xz holding top/<files>."""
+    import io
+    import tarfile
+
+    root = out / f"build-{package}-{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: Test Author <author@example.org>\n"
+        f"Description: test source tarball\n")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for name, text in files.items():
+            data = text.encode()
+            ti = tarfile.TarInfo(f"{package}/{name}")
+            ti.size, ti.mtime = len(data), 1700000000
+            tf.addfile(ti, io.BytesIO(data))
+    (root / "usr/src").mkdir(parents=True)
+    xz = subprocess.run(["xz", "-c"], input=raw.getvalue(), capture_output=True, check=True).stdout
+    (root / f"usr/src/{package}.tar.xz").write_bytes(xz)
+    deb = out / f"{package}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.fixture
+def local_archive(tmp_path):
+    """local_archive({(package, version): {file: text}}) -> an apt source line for a flat,
+    trusted file: repository holding those packages (kpt's apt reads it like Debian's)."""
+    import hashlib
+
+    def make(packages: dict[tuple[str, str], dict[str, str]]) -> str:
+        repo = tmp_path / "archive"
+        repo.mkdir(exist_ok=True)
+        stanzas = []
+        for (pkg, ver), files in packages.items():
+            deb = _make_deb(repo, pkg, ver, files)
+            data = deb.read_bytes()
+            stanzas.append(f"Package: {pkg}\nVersion: {ver}\nArchitecture: all\n"
+                           f"Maintainer: Test Author <author@example.org>\nDescription: test source tarball\n"
+                           f"Filename: ./{deb.name}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
+        (repo / "Packages").write_text("\n".join(stanzas))
+        p = (repo / "Packages").read_bytes()
+        (repo / "Release").write_text(
+            "Origin: kpt-test\nLabel: kpt-test\nSuite: test\nCodename: test\nArchitectures: amd64 all\n"
+            f"SHA256:\n {hashlib.sha256(p).hexdigest()} {len(p)} Packages\n")
+        return f"deb [trusted=yes] file:{repo} ./"
+
+    return make

@@ -162,3 +162,31 @@ def test_real_one_file_change_rebuilds_little(project_ws, linux_src, guest_build
     finally:
         victim.write_bytes(original)
         pipeline.build_profile(project_ws, "linux", "guest", srctree=linux_src)
+
+
+def test_a_changed_prerequisite_version_invalidates_the_cached_build(tmp_ws, mini_tree, monkeypatch):
+    """kmod (or gcc, ...) upgraded since the build: its stamp no longer matches, make runs."""
+    from kpatch_tool import prereqs
+
+    ws = tmp_ws()
+    real = prereqs.installed
+    first = _build(ws, mini_tree)
+    assert _build(ws, mini_tree).cached
+    monkeypatch.setattr(prereqs, "installed",
+                        lambda names: {**real(names), **({"kmod": "99-upgraded"} if "kmod" in names else {})})
+    again = _build(ws, mini_tree)
+    assert not again.cached
+    assert again.identity["host"]["packages"]["kmod"] == "99-upgraded"
+    assert first.identity != again.identity
+
+
+def test_a_build_without_depmod_is_refused_before_make(tmp_ws, mini_tree, tmp_path, monkeypatch):
+    from test_prereqs import _path_without
+
+    from kpatch_tool.errors import EXIT_PREREQ, PrereqError
+
+    monkeypatch.setenv("PATH", _path_without(tmp_path, "depmod"))
+    with pytest.raises(PrereqError, match="kmod") as exc:
+        _build(tmp_ws(), mini_tree)
+    assert exc.value.exit_code == EXIT_PREREQ
+    assert not list((tmp_path / "cache").rglob("make-runs"))

@@ -40,6 +40,31 @@ def test_dom0_init_renders_series_checks_and_is_valid_shell(project_ws):
     assert res.returncode == 0, res.stderr
 
 
+def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
+    """The domU listens only after its own checks: a release sent before that is refused.
+
+    dom0's release loop is run with stand-ins for xl and busybox nc (no Xen here): the
+    domU refuses three connections, then accepts and shuts down. A single send would
+    leave it waiting out its listen timeout.
+    """
+    text = nested.render_dom0_init(project_ws, [])
+    start = text.index("# Let the domU finish")
+    block = text[start:text.index("cut=", start)]
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "xl").write_text(f'#!/bin/sh\n[ ! -e {tmp_path}/gone ]\n')
+    (bin_ / "busybox").write_text(
+        f'#!/bin/sh\nn=$(cat {tmp_path}/tries 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/tries\n'
+        f'cat >/dev/null\nif [ $n -ge 4 ]; then touch {tmp_path}/gone; exit 0; fi\nexit 1\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    res = subprocess.run(["sh", "-c", f"DOMU=1; DOMU_IP=10.0.0.2\n{block}"], capture_output=True, text=True,
+                         env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "tries").read_text().strip() == "4"
+    assert (tmp_path / "gone").exists()
+
+
 def test_domu_config_takes_the_series_settings(project_ws, tmp_path):
     cfg = nested.render_domu_cfg(project_ws, {"memory": 300, "vcpus": 2, "vif_options": "rate=10Mb/s",
                                              "extra_config": ['cpu_weight = 512']})

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import git
 from kpatch_tool import trees
-from kpatch_tool.errors import EXIT_USAGE, KptError, UsageError
+from kpatch_tool.errors import EXIT_PREREQ, EXIT_USAGE, KptError, UsageError
 
 
 def _tar_xz(path: Path, members: dict[str, bytes | tuple]) -> Path:
@@ -49,7 +49,7 @@ def test_tarball_stream_gives_the_same_files_and_drops_debians_ignore_all_block(
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
     fi = trees.FastImport(repo)
     count, newest = trees._tar_stream_into(fi, tarball)
-    fi.commit("refs/heads/import", "msg\n", newest, tag="debian/1.0")
+    fi.commit("refs/heads/import", "msg\n", newest)
     fi.close()
     assert count == 5
     listing = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "-r", "import"], capture_output=True, text=True).stdout
@@ -59,8 +59,6 @@ def test_tarball_stream_gives_the_same_files_and_drops_debians_ignore_all_block(
     show = lambda p: subprocess.run(["git", "--git-dir", str(repo), "show", f"import:{p}"], capture_output=True).stdout
     assert show(".gitignore") == b"*.o\n# Debian packaging\n"
     assert show("dir/a b.c") == b"int x;\n"
-    tag = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "debian/1.0^{commit}"], capture_output=True, text=True)
-    assert tag.returncode == 0
 
 
 def test_same_tarball_gives_the_same_commit(tmp_path):
@@ -105,10 +103,67 @@ def test_unknown_tree_name_names_the_workspace_file(tmp_ws):
         trees.import_tree(ws, "lnux")
 
 
-def test_missing_debian_package_is_named(tmp_ws):
-    ws = tmp_ws('[trees.linux]\nsource = "debian:linux-source-0.0-no-such"\n')
-    with pytest.raises(KptError, match="linux-source-0.0-no-such"):
+def test_missing_debian_package_is_named(tmp_ws, local_archive):
+    line = local_archive({("linux-source-0.1", "0.1-1"): {"a": "1\n"}})
+    ws = tmp_ws(f'[apt]\nsources = ["{line}"]\n[trees.linux]\nsource = "debian:linux-source-0.0-no-such"\n'
+                'version = "1"\n')
+    with pytest.raises(KptError, match="linux-source-0.0-no-such") as exc:
         trees.import_tree(ws, "linux")
+    assert exc.value.exit_code == EXIT_PREREQ
+
+
+def test_an_unpinned_debian_tree_says_how_to_pin_it(tmp_ws):
+    ws = tmp_ws('[trees.linux]\nsource = "debian:linux-source-6.1"\n')
+    with pytest.raises(UsageError, match=r"\[trees.linux\] has no version.*kpt tree update linux"):
+        trees.import_tree(ws, "linux")
+
+
+def _debian_ws(tmp_ws, local_archive, pin="0.1-1"):
+    line = local_archive({("linux-source-0.1", "0.1-1"): {"Makefile": "v1\n", "gone.c": "x\n"},
+                          ("linux-source-0.1", "0.1-2"): {"Makefile": "v2\n", "new.c": "y\n"}})
+    return tmp_ws(f'[apt]\nsources = ["{line}"]\n[trees.linux]\nsource = "debian:linux-source-0.1"\n'
+                  f'version = "{pin}"\n')
+
+
+def test_the_pinned_version_is_imported_whatever_the_archive_offers_newest(tmp_ws, local_archive):
+    ws = _debian_ws(tmp_ws, local_archive, pin="0.1-1")
+    t = trees.import_tree(ws, "linux")
+    assert t.state == "imported" and t.ref == "debian/0.1-1"
+    assert git(t.repo, "show", "debian/0.1-1:Makefile") == "v1\n"
+    e = t.imports["0.1-1"]
+    assert e["sha256"] and e["suite"] and e["artifact"].endswith("linux-source-0.1_0.1-1_all.deb")
+    again = time.monotonic()
+    assert trees.import_tree(ws, "linux").commit == t.commit
+    assert time.monotonic() - again < 2.0
+
+
+def test_imports_accumulate_each_version_a_child_of_the_older(tmp_ws, local_archive):
+    ws = _debian_ws(tmp_ws, local_archive)
+    old = trees.checkout(ws, "linux")  # a worktree on the older version
+    trees.import_version(ws, "linux", "0.1-2")
+    t = trees.get(ws, "linux")
+    assert set(t.imports) == {"0.1-1", "0.1-2"}
+    assert git(t.repo, "rev-parse", "debian/0.1-2^").strip() == t.imports["0.1-1"]["commit"]
+    diff = git(t.repo, "diff", "--name-status", "debian/0.1-1", "debian/0.1-2")
+    assert diff.split() == ["M", "Makefile", "D", "gone.c", "A", "new.c"]
+    # The older version and what refers to it survive the newer import.
+    assert (old / "Makefile").read_text() == "v1\n"
+    assert trees.resolve(t, "debian/0.1-1") == t.imports["0.1-1"]["commit"]
+
+
+def test_a_base_naming_a_version_not_imported_yet_is_fetched(tmp_ws, local_archive):
+    ws = _debian_ws(tmp_ws, local_archive)
+    t = trees.import_tree(ws, "linux")
+    commit = trees.resolve(t, "debian/0.1-2")
+    assert git(t.repo, "rev-parse", "debian/0.1-2").strip() == commit
+
+
+def test_a_base_the_archive_no_longer_offers_says_what_it_offers(tmp_ws, local_archive):
+    ws = _debian_ws(tmp_ws, local_archive)
+    t = trees.import_tree(ws, "linux")
+    with pytest.raises(KptError, match=r"no longer offers 0.1-0.*imported: 0.1-1.*archive: 0.1-2, 0.1-1.*kpt tree update linux") as exc:
+        trees.resolve(t, "debian/0.1-0")
+    assert exc.value.exit_code == EXIT_PREREQ
 
 
 def test_url_import_is_cached_and_a_second_import_does_nothing(make_repo, tmp_ws):
@@ -123,19 +178,17 @@ def test_url_import_is_cached_and_a_second_import_does_nothing(make_repo, tmp_ws
     assert (t2.repo / trees.STAMP).read_text() == stamp
 
 
-def test_half_written_cache_is_never_trusted(make_repo, tmp_ws):
+def test_half_written_cache_is_never_trusted_and_a_foreign_folder_never_deleted(make_repo, tmp_ws):
     origin = make_repo("origin", {"a": "1\n"})
     ws = tmp_ws(f'[trees.t]\nsource = "file://{origin}"\n')
-    # A killed import leaves a temp folder and, worse, a final folder without a stamp.
+    # A killed import leaves a temp folder (kpt's: removed); a folder kpt did not make stays.
     (ws.trees_dir / ".tmp-t-1234").mkdir(parents=True)
     (ws.trees_dir / "t").mkdir()
-    (ws.trees_dir / "t" / "junk").write_text("half")
-    messages = []
-    tree = trees.import_tree(ws, "t", progress=messages.append)
-    assert tree.state == "imported"
+    (ws.trees_dir / "t" / "junk").write_text("someone's")
+    with pytest.raises(UsageError, match="kpt did not make it"):
+        trees.import_tree(ws, "t")
     assert not (ws.trees_dir / ".tmp-t-1234").exists()
-    assert not (tree.repo / "junk").exists()
-    assert any("half-written" in m for m in messages)
+    assert (ws.trees_dir / "t" / "junk").read_text() == "someone's"
 
 
 def test_checkout_is_made_once_and_is_detached_at_the_base(make_repo, tmp_ws):
@@ -155,16 +208,16 @@ def test_unknown_ref_is_a_usage_error(make_repo, tmp_ws):
 
 
 @pytest.mark.slow
-def test_real_linux_source_import_matches_the_tarball(linux_tree):
+def test_real_linux_source_import_matches_the_tarball(linux_tree, tmp_path):
     """The import of Debian's linux-source-6.1 has the tarball's files and bytes."""
-    stamp = json.loads((linux_tree.repo / trees.STAMP).read_text())
-    tarball = Path(stamp["identity"]["tarball"]["path"])
-    listing = subprocess.run(["git", "--git-dir", str(linux_tree.repo), "ls-tree", "-r", "--full-tree", "import"],
+    entry = linux_tree.imports[linux_tree.version]
+    tarball = trees._tarball_from_deb(Path(entry["artifact"]), "linux-source-6.1", tmp_path)
+    listing = subprocess.run(["git", "--git-dir", str(linux_tree.repo), "ls-tree", "-r", "--full-tree", linux_tree.ref],
                              capture_output=True, text=True, check=True).stdout.splitlines()
     in_git = {l.split("\t", 1)[1]: l.split()[2] for l in listing}
     names = subprocess.run(["tar", "tJf", str(tarball)], capture_output=True, text=True, check=True).stdout.splitlines()
     files = [n.split("/", 1)[1] for n in names if not n.endswith("/") and "/" in n and n.split("/", 1)[1]]
-    assert len(in_git) == len(files) == stamp["files"]
+    assert len(in_git) == len(files) == entry["files"]
     assert set(in_git) == set(files)
     rng = random.Random(7)
     # tar writes members in archive order whatever order they are asked in: keep that order.
