@@ -228,3 +228,16 @@ def test_real_linux_source_import_matches_the_tarball(linux_tree, tmp_path):
     blobs = b"".join(subprocess.run(["git", "--git-dir", str(linux_tree.repo), "cat-file", "blob", in_git[f]],
                                     capture_output=True, check=True).stdout for f in sample)
     assert hashlib.sha256(data).hexdigest() == hashlib.sha256(blobs).hexdigest()
+
+
+@pytest.mark.slow
+def test_real_both_6_1_versions_are_tags_in_one_repository(linux_tree, project_ws):
+    """The pinned 6.1 and the one before it live side by side; the older still checks out."""
+    older = "6.1.192-2" if linux_tree.version != "6.1.192-2" else "6.1.192-1"
+    entry = trees.import_version(project_ws, "linux", older)
+    t = trees.get(project_ws, "linux")
+    assert {older, linux_tree.version} <= set(t.imports)
+    assert git(t.repo, "rev-parse", f"{trees.version_tag(linux_tree.version)}^").strip() == entry["commit"]
+    path = trees.checkout(project_ws, "linux", trees.version_tag(older))
+    assert (path / "Makefile").is_file()
+    assert git(path, "rev-parse", "HEAD").strip() == entry["commit"]
