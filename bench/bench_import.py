@@ -7,7 +7,7 @@ block from .gitignore (else `git add -A` adds nothing), `git init`,
 same tarball; the figures and the ratio are printed. A checkout of kpt's
 import (what the plain way gets for free) and a no-op re-import are timed too.
 
-    .venv/bin/python bench/bench_import.py [--package linux-source-6.1]
+    .venv/bin/python bench/bench_import.py [--tree linux] [--second 6.1.192-2]
 """
 
 from __future__ import annotations
@@ -46,27 +46,38 @@ def plain(tarball: Path, work: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--package", default="linux-source-6.1")
+    ap.add_argument("--tree", default="linux", help="a debian: tree of the project's kpt.toml (its pinned version)")
+    ap.add_argument("--second", default=None, help="another version, imported after the first (accumulating import)")
     args = ap.parse_args()
-    tarball = next(Path("/usr/src").glob(f"{args.package}.tar.*"))
+    project = workspace.load(Path(__file__).resolve().parent.parent)
+    spec = project.tree(args.tree)
+    package = spec.source.split(":", 1)[1]
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         tmp = Path(tmp)
         (tmp / "ws").mkdir()
-        (tmp / "ws/kpt.toml").write_text(f'cache_dir = "{tmp}/cache"\n[trees.linux]\nsource = "debian:{args.package}"\n')
+        (tmp / "ws/kpt.toml").write_text(f'cache_dir = "{tmp}/cache"\n[trees.linux]\nsource = "{spec.source}"\n'
+                                         f'version = "{spec.version}"\n')
         ws = workspace.load(tmp / "ws")
+        # Both sides start from the downloaded .deb: the download is not what is compared.
+        deb = trees.archive(ws).fetch_deb(package, spec.version, ws.cache_dir / "debian" / "pool").path
+        tarball = trees._tarball_from_deb(deb, package, tmp)
         subprocess.run(["sync"])
         t_kpt = timed(lambda: trees.import_tree(ws, "linux"))
         t_noop = timed(lambda: trees.import_tree(ws, "linux"))
         t_co = timed(lambda: trees.checkout(ws, "linux"))
+        t_second = timed(lambda: trees.import_version(ws, "linux", args.second)) if args.second else None
         shutil.rmtree(tmp / "cache")
         subprocess.run(["sync"])
         (tmp / "plain").mkdir()
         t_plain = plain(tarball, tmp / "plain")
-    print(f"tarball                      {tarball} ({tarball.stat().st_size / 2**20:.0f} MiB)")
+        size = tarball.stat().st_size
+    print(f"tarball                      {package} {spec.version} ({size / 2**20:.0f} MiB)")
     print(f"plain (tar x + git add + commit) {t_plain:7.1f} s")
     print(f"kpt tree import (fast-import)    {t_kpt:7.1f} s   ratio plain/kpt = {t_plain / t_kpt:.2f}x")
     print(f"kpt import + base checkout       {t_kpt + t_co:7.1f} s   ratio plain/(kpt+checkout) = {t_plain / (t_kpt + t_co):.2f}x")
     print(f"kpt no-op re-import              {t_noop:7.2f} s")
+    if t_second is not None:
+        print(f"kpt import of {args.second} beside it  {t_second:7.1f} s (download included)")
     return 0
 
 

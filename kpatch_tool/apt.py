@@ -45,7 +45,7 @@ class Offer:
     suite: str
 
 
-def _host_mirrors() -> tuple[str, str]:
+def host_mirrors() -> tuple[str, str]:
     """The host's own Debian mirrors: a user behind a local mirror keeps using it."""
     main = sec = None
     files = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
@@ -94,7 +94,7 @@ class Archive:
         explicit = self.settings.get("sources")
         if explicit:
             return "".join(f"{line}\n" for line in explicit)
-        host_main, host_sec = _host_mirrors()
+        host_main, host_sec = host_mirrors()
         main = self.settings.get("mirror") or host_main
         sec = self.settings.get("security_mirror") or host_sec
         signed = f"[signed-by={KEYRING}] " if KEYRING.exists() else ""

@@ -153,7 +153,7 @@ def tree_update(obj, name, to, dry_run, bump):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def tree_list(obj, as_json):
-    """Name, source, commit, path and state of every tree.
+    """Name, source, pinned version, commit, state, imported versions and path of every tree.
 
     \b
     Example: kpt tree list
@@ -163,11 +163,13 @@ def tree_list(obj, as_json):
     rows = trees.list_trees(obj.ws)
     if as_json:
         click.echo(json.dumps([{"name": t.name, "source": t.source, "ref": t.ref, "commit": t.commit,
-                                "path": str(t.repo), "state": t.state, "version": t.version} for t in rows], indent=1))
+                                "path": str(t.repo), "state": t.state, "version": t.version,
+                                "imported": t.imports} for t in rows], indent=1))
         return
-    table = Table("tree", "source", "ref", "commit", "state", "path")
+    table = Table("tree", "source", "pinned", "ref", "commit", "state", "imported", "path")
     for t in rows:
-        table.add_row(t.name, t.source, t.ref, (t.commit or "-")[:12], t.state, str(t.repo))
+        table.add_row(*(escape(x) for x in (t.name, t.source, t.version or "-", t.ref, (t.commit or "-")[:12], t.state,
+                                            ", ".join(sorted(t.imports)) or "-", str(t.repo))))
     console.print(table)
 
 

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -46,20 +45,10 @@ class RootfsBase:
 
 
 def apt_mirror() -> str:
-    """The Debian mirror apt itself uses (deb822 sources first, then sources.list)."""
-    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        text = f.read_text()
-        for block in text.split("\n\n"):
-            if re.search(r"^Types:.*\bdeb\b", block, re.M) and re.search(r"^Suites:.*\bbookworm\b(?!-)", block, re.M):
-                m = re.search(r"^URIs:\s*(\S+)", block, re.M)
-                if m:
-                    return m.group(1)
-    if Path("/etc/apt/sources.list").exists():
-        for line in Path("/etc/apt/sources.list").read_text().splitlines():
-            m = re.match(r"deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line)
-            if m:
-                return m.group(1)
-    return "http://deb.debian.org/debian"
+    """The Debian mirror apt itself uses (the one kpt's own apt state starts from too)."""
+    from kpatch_tool import apt
+
+    return apt.host_mirrors()[0]
 
 
 def base(ws: Workspace, *, packages: list[str] | None = None, progress=None) -> RootfsBase:

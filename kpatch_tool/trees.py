@@ -413,6 +413,9 @@ def import_version(ws: Workspace, name: str, version: str, *, progress=None) -> 
         raise UsageError(f"tree '{name}': {spec.source} is not a Debian package; it has no versions to fetch")
     package = spec.source.split(":", 1)[1]
     say = progress or (lambda msg: None)
+    from kpatch_tool import prereqs
+
+    prereqs.require("import")
     with _tree_lock(ws, name):
         repo = _ensure_repo(ws, name, spec.source)
         stamp = _stamp(repo)

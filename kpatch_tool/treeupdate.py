@@ -120,6 +120,7 @@ def update(ws: Workspace, name: str, *, to: str | None = None, dry_run: bool = F
     pin_moved = False
     if not dry_run and (old_version is None or apt.noepoch(old_version) != apt.noepoch(target)):
         set_pin(ws, name, target)
+        trees.import_tree(ws, name)  # the `import` branch follows the pin
         pin_moved = True
     return UpdateResult(name, old_version, target, new_tag, dry_run, moves, pin_moved)
 
