@@ -19,8 +19,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 
+from kpatch_tool import templating
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -251,11 +251,8 @@ def plan_groups(kernel_release: str, modules: list[str], has_dep: bool, smoke: l
 
 def render_init(ws: Workspace, *, mode: str, kernel_release: str, groups: list[dict],
                 hold_port: int | None = None) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["shquote"] = lambda s: shlex.quote(str(s))
-    return env.get_template("init.sh.j2").render(mode=mode, kernel_release=kernel_release, groups=groups,
-                                                 hold_port=hold_port)
+    return templating.render("init.sh.j2", mode=mode, kernel_release=kernel_release, groups=groups,
+                             hold_port=hold_port)
 
 
 # ---------------------------------------------------------------- the image

@@ -37,10 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 
 from kpatch_tool import gates as gatesmod
-from kpatch_tool import gitutil, maintainers, proc
+from kpatch_tool import gitutil, maintainers, proc, templating
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.series import Series, load_series, update_toml
 from kpatch_tool.workspace import Workspace
@@ -300,9 +299,7 @@ def _cover_body(ws: Workspace, series: Series, part: _Part, version: int, *, sen
     changes = []
     for v in sorted((v for v in series.changelog if 1 < v <= version), reverse=True):
         changes.append({"version": v, "text": series.changelog[v].strip("\n"), "link": links.get(v - 1)})
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    return env.get_template(TEMPLATE).render(
+    return templating.render(TEMPLATE,
         title=series.cover_title, body=series.cover_body.strip("\n"), version=version,
         changes=changes, companions=companions, based_on=based_on, shortlog=shortlog,
         diffstat=diffstat, range_diff=part.range_diff, base_lines=part.base_lines,

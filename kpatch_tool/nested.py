@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from kpatch_tool import boot as bootmod
-from kpatch_tool import image, proc, rootfs
+from kpatch_tool import image, proc, rootfs, templating
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -118,10 +118,7 @@ def device_model_files(binary: Path) -> dict[str, bytes | Path]:
 
 
 def _env(ws: Workspace) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ws.templates_dir)),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["shquote"] = lambda s: shlex.quote(str(s))
-    return env
+    return templating.env()
 
 
 def domu_settings(ws: Workspace, series: list[str]) -> dict:

@@ -210,7 +210,7 @@ def _code_hash() -> str:
     """kpt's code and templates that shape a boot (its version number never changes on a fix)."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
-    for f in sorted([*pkg.glob("*.py"), *(pkg.parent / "templates").glob("*")]):
+    for f in sorted([*pkg.glob("*.py"), *(pkg / "templates").glob("*")]):
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]

@@ -12,12 +12,11 @@ import html
 import json
 from pathlib import Path
 
-import jinja2
+import markupsafe
 
-from kpatch_tool import results
+from kpatch_tool import results, templating
 from kpatch_tool.errors import UsageError
 from kpatch_tool.pipeline import MANIFEST
-from kpatch_tool.workspace import PROJECT_ROOT
 
 REPORT_HTML = "report.html"
 SUMMARY_TXT = "summary.txt"
@@ -155,10 +154,9 @@ def render_html(run_dir: Path, manifest: dict, rr: results.RunResults | None = N
         cfg_diff = _config_diff(run_dir, recent)
     except Exception:  # a report must render even when the config diff cannot
         cfg_diff = []
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PROJECT_ROOT / "templates")),
-                             autoescape=True)
+    env = templating.env(lenient=True)
     logs = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.log"))
     max_recent = max([r["seconds"] for r in recent] + [0.001])
     return env.get_template("report.html.j2").render(
-        m=manifest, rr=rr, counts=rr.counts(), timeline=jinja2.filters.Markup(_timeline_svg(manifest.get("stages", []))),
+        m=manifest, rr=rr, counts=rr.counts(), timeline=markupsafe.Markup(_timeline_svg(manifest.get("stages", []))),
         recent=recent, max_recent=max_recent, logs=[str(p) for p in logs], config_diff=cfg_diff)

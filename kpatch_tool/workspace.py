@@ -42,10 +42,6 @@ class Workspace:
         return self.root / self.data.get("configs_dir", "kernel-configs")
 
     @property
-    def templates_dir(self) -> Path:
-        return PROJECT_ROOT / "templates"
-
-    @property
     def out_dir(self) -> Path:
         return Path(os.environ.get("KPT_OUT", self.root / "out"))
 
