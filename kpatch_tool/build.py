@@ -50,14 +50,13 @@ class Artifact:
     sha256: str
 
 
-@dataclass
-class BuildResult(PathsAsStrings):
+@dataclass(kw_only=True)
+class Built(PathsAsStrings):
+    """What every backend's build gives (Linux, QEMU, Xen add their own fields)."""
+
     tree: str
     srctree: Path
     build_dir: Path
-    profile: str
-    config_hash: str
-    kernel_release: str
     cached: bool
     duration: float
     log: Path
@@ -65,6 +64,93 @@ class BuildResult(PathsAsStrings):
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     # What the stamp keys on (source, config, host tools): later caches key on it too.
     identity: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ran:
+    """What a backend's build step reports to the shared routine."""
+
+    warnings: list[str]
+    steps: int = 0
+    extra: dict = field(default_factory=dict)  # more stamp fields (a version read after the build, ...)
+
+
+@dataclass
+class Backend:
+    """One kind of build: the shared routine asks it only what differs.
+
+    identity: what besides the source state and the host's tools shapes the output
+    (config hash, configure arguments...); outputs: files that must exist for a
+    cached result to count; run: the build itself, under the machine-wide lock,
+    given the previous stamp (for progress estimates) and the log; artifacts: the
+    files to record with their hashes.
+    """
+
+    tree: str
+    srctree: Path
+    build_dir: Path
+    identity: dict
+    outputs: list[Path]
+    run: Callable[[dict | None, Path], Ran]
+    artifacts: Callable[[], dict[str, Artifact]]
+    wrapper: str | None = "ccache"
+    # prereqs stages whose tools the build needs (checked first) and whose versions it keys on
+    stages: tuple[str, ...] = ("build",)
+
+
+def read_stamp(build_dir: Path) -> dict | None:
+    try:
+        data = json.loads((build_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Built, dict]:
+    """Build unless a stamp says this exact build is there; the one home of build caching.
+
+    The stamp is removed before the build starts and written (atomically) only
+    after it succeeded, so an interrupted build is never trusted. Its identity
+    covers the source state, the backend's identity, the compiler and the
+    host's build tools, and kpt's build format: a change to any of them rebuilds.
+    """
+    from kpatch_tool import prereqs
+
+    # Before anything: a missing tool (depmod, ...) stops the build, never a degraded artifact.
+    for stage in b.stages:
+        prereqs.require(stage)
+    t0 = time.monotonic()
+    b.build_dir.mkdir(parents=True, exist_ok=True)
+    log = b.build_dir / "build.log"
+    state = source_state(b.srctree)
+    ident = {**b.identity, "source": state, "compiler": compiler_id(b.wrapper),
+             "srctree": str(Path(b.srctree).resolve()), "host": host_tools(b.stages), "kpt": KPT_BUILD_FORMAT}
+    stamp = read_stamp(b.build_dir)
+    if not force and state and stamp and stamp.get("identity") == ident and all(p.exists() for p in b.outputs):
+        built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=True,
+                      duration=time.monotonic() - t0, log=log, warnings=stamp.get("warnings", []),
+                      artifacts={k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()}, identity=ident)
+        return built, stamp
+    with build_lock(progress):
+        (b.build_dir / STAMP).unlink(missing_ok=True)
+        log.write_text("")
+        ran = b.run(stamp, log)
+        arts = b.artifacts()
+        new = {"identity": ident, "warnings": ran.warnings, "steps": ran.steps, **ran.extra,
+               "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
+        tmp = b.build_dir / (STAMP + ".tmp")
+        tmp.write_text(json.dumps(new, indent=1))
+        os.replace(tmp, b.build_dir / STAMP)
+    built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=False,
+                  duration=time.monotonic() - t0, log=log, warnings=ran.warnings, artifacts=arts, identity=ident)
+    return built, new
+
+
+@dataclass(kw_only=True)
+class BuildResult(Built):
+    profile: str
+    config_hash: str
+    kernel_release: str
 
     @property
     def bzimage(self) -> Path:
@@ -136,13 +222,16 @@ def compiler_id(wrapper: str | None) -> str:
     return (gcc.stdout.splitlines() or ["?"])[0] + f" wrapper={wrapper or 'none'}"
 
 
-def host_tools(stage: str = "build") -> dict:
-    """The host's side of a build's identity: the stage's Debian packages and the
+def host_tools(stages: tuple[str, ...] = ("build",)) -> dict:
+    """The host's side of a build's identity: the stages' Debian packages and the
     tools PATH actually resolves (a /usr/local gcc or depmod is not the package's)."""
     from kpatch_tool import prereqs
 
-    return {"packages": prereqs.versions(stage),
-            "tools": {t: prereqs.tool_version(t) for t in ("gcc", "make", "depmod") if stage == "build"}}
+    packages: dict = {}
+    for stage in stages:
+        packages.update(prereqs.versions(stage))
+    tools = ("gcc", "make", "depmod") if "build" in stages else ("gcc", "make")
+    return {"packages": packages, "tools": {t: prereqs.tool_version(t) for t in tools}}
 
 
 def build_dir_for(ws: Workspace, tree: str, srctree: Path, profile: str, config_hash: str) -> Path:
@@ -240,13 +329,6 @@ def _collect(build_dir: Path) -> dict[str, Artifact]:
     return out
 
 
-def _read_stamp(build_dir: Path) -> dict | None:
-    try:
-        return json.loads((build_dir / STAMP).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _fail(watcher: MakeWatcher, res: proc.ProcResult, log: Path, what: str) -> BuildError:
     first = watcher.errors[0] if watcher.errors else None
     if res.timed_out:
@@ -275,40 +357,21 @@ def run_make(srctree: Path, build_dir: Path, targets: list[str], *, wrapper: str
 
 def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: str,
                 config_text: str, config_hash: str, wrapper: str | None = "ccache",
-                jobs: int | None = None, progress=None, log_dir: Path | None = None,
-                force: bool = False) -> BuildResult:
+                jobs: int | None = None, progress=None, force: bool = False) -> BuildResult:
     """Build bzImage and modules for config_text in a build folder of its own."""
     srctree = Path(srctree)
     if not (srctree / "Makefile").is_file():
         raise UsageError(f"{srctree}: not a kernel source tree (no Makefile); did the worktree vanish?")
     build_dir = build_dir_for(ws, tree, srctree, profile, config_hash)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    log = (log_dir or build_dir) / "build.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    from kpatch_tool import prereqs
+    modules = "CONFIG_MODULES=y" in config_text
 
-    # Before anything: a missing depmod must stop the build, not yield an image without modules.dep.
-    prereqs.require("build")
-    state = source_state(srctree)
-    ident = {"config_hash": config_hash, "source": state, "compiler": compiler_id(wrapper),
-             "srctree": str(srctree.resolve()), "host": host_tools("build"), "kpt": KPT_BUILD_FORMAT}
-    stamp = _read_stamp(build_dir)
-    if not force and state and stamp and stamp.get("identity") == ident and (build_dir / "arch/x86/boot/bzImage").exists():
-        return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), True,
-                           time.monotonic() - t0, log, stamp.get("warnings", []),
-                           {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()}, ident)
-
-    cfg = build_dir / ".config"
-    with build_lock(progress):
-        (build_dir / STAMP).unlink(missing_ok=True)
+    def run(stamp: dict | None, log: Path) -> Ran:
+        cfg = build_dir / ".config"
         if not cfg.exists() or cfg.read_text() != config_text:
             # Only a changed config is written: its mtime drives kbuild's syncconfig.
             tmp = cfg.with_suffix(".kpt-new")
             tmp.write_text(config_text)
             os.replace(tmp, cfg)
-        log.write_text("")
-        modules = "CONFIG_MODULES=y" in config_text
         targets = ["bzImage"] + (["modules"] if modules else [])
         expected = (stamp or {}).get("steps") or None
         res, w = run_make(srctree, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log,
@@ -325,12 +388,13 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
                 raise _fail(w2, r2, log, f"modules_install of {tree} ({profile}) failed")
             if not any(staging.glob("lib/modules/*/modules.dep")):
                 raise BuildError(f"modules_install of {tree} ({profile}) wrote no modules.dep (depmod; log {log})")
-        arts = _collect(build_dir)
-        stamp = {"identity": ident, "warnings": w.warnings, "steps": max(w.steps, expected or 0),
-                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
-        (build_dir / STAMP).write_text(json.dumps(stamp, indent=1))
-    return BuildResult(tree, srctree, build_dir, profile, config_hash, _kernel_release(build_dir), False,
-                       time.monotonic() - t0, log, w.warnings, arts, ident)
+        return Ran(w.warnings, max(w.steps, expected or 0))
+
+    backend = Backend(tree, srctree, build_dir, {"config_hash": config_hash},
+                      [build_dir / "arch/x86/boot/bzImage"], run, lambda: _collect(build_dir), wrapper)
+    built, _ = cached_build(backend, force=force, progress=progress)
+    return BuildResult(**vars(built), profile=profile, config_hash=config_hash,
+                       kernel_release=_kernel_release(build_dir))
 
 
 def build_module(ws: Workspace, build: BuildResult, subdir: str, *, srctree: Path | None = None,

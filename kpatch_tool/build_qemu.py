@@ -24,12 +24,12 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
 from kpatch_tool import proc
-from kpatch_tool.build import Artifact, PathsAsStrings
+from kpatch_tool.build import Artifact, Built
 from kpatch_tool.errors import BuildError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -46,19 +46,11 @@ COMMON_ARGS = ["--without-default-features", "--disable-docs", "--disable-tools"
                "--disable-install-blobs", "--with-git-submodules=ignore"]
 
 
-@dataclass
-class QemuBuildResult(PathsAsStrings):
-    tree: str
-    srctree: Path
-    build_dir: Path
+@dataclass(kw_only=True)
+class QemuBuildResult(Built):
     version: str
     targets: list[str]
     configure_args: list[str]
-    cached: bool
-    duration: float
-    log: Path
-    warnings: list[str] = field(default_factory=list)
-    artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     @property
     def binaries(self) -> list[Path]:
@@ -192,25 +184,12 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
         raise UsageError(f"{srctree}: not a QEMU source tree (no configure and meson.build)")
     targets = list(target_list)
     args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, extra=list(extra_args))
-    t0 = time.monotonic()
     build_dir = build_dir_for(ws, tree, srctree, args)
     _ours(build_dir, srctree)
-    log = build_dir / "build.log"
-    state = buildmod.source_state(srctree)
-    ident = {"configure": args, "source": state, "compiler": buildmod.compiler_id(wrapper),
-             "srctree": str(srctree.resolve())}
-    stamp = buildmod._read_stamp(build_dir)
     binaries = [build_dir / binary_for(t) for t in targets]
-    version = qemu_version(srctree)
-    if not force and state and stamp and stamp.get("identity") == ident and all(b.exists() for b in binaries):
-        return QemuBuildResult(tree, srctree, build_dir, version, targets, args, True, time.monotonic() - t0, log,
-                               stamp.get("warnings", []),
-                               {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
 
-    env = buildmod.make_env(wrapper)
-    with buildmod.build_lock(progress):
-        (build_dir / buildmod.STAMP).unlink(missing_ok=True)
-        log.write_text("")
+    def run(stamp: dict | None, log: Path) -> buildmod.Ran:
+        env = buildmod.make_env(wrapper)
         _configure(srctree, build_dir, args, env=env, log=log, tree=tree, progress=progress)
         res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
         if not res.ok:
@@ -218,12 +197,12 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
         missing = [b for b in binaries if not b.is_file()]
         if missing:
             raise KptError(f"build of {tree}: ninja succeeded but {missing[0]} is missing (log {log})")
-        arts = _artifacts(build_dir, targets)
-        stamp = {"identity": ident, "warnings": w.warnings, "steps": w.total,
-                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
-        (build_dir / buildmod.STAMP).write_text(json.dumps(stamp, indent=1))
-    return QemuBuildResult(tree, srctree, build_dir, version, targets, args, False, time.monotonic() - t0, log,
-                           w.warnings, arts)
+        return buildmod.Ran(w.warnings, w.total)
+
+    backend = buildmod.Backend(tree, srctree, build_dir, {"configure": args}, binaries, run,
+                               lambda: _artifacts(build_dir, targets), wrapper, ("config", "qemu-build"))
+    built, _ = buildmod.cached_build(backend, force=force, progress=progress)
+    return QemuBuildResult(**vars(built), version=qemu_version(srctree), targets=targets, configure_args=args)
 
 
 def _configure(srctree: Path, build_dir: Path, args: list[str], *, env: dict[str, str], log: Path, tree: str,

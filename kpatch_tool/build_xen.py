@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import json
 import os
 import shutil
-import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
 from kpatch_tool import proc
-from kpatch_tool.build import Artifact, PathsAsStrings
+from kpatch_tool.build import Artifact, Built
 from kpatch_tool.errors import ConfigError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -45,19 +43,11 @@ REPRODUCIBLE = {"XEN_WHOAMI": "kpt", "XEN_DOMAIN": "kpt", "XEN_BUILD_HOST": "kpt
                 "XEN_BUILD_DATE": "Thu Jan  1 00:00:00 UTC 1970", "XEN_BUILD_TIME": "00:00:00"}
 
 
-@dataclass
-class XenBuildResult(PathsAsStrings):
-    tree: str
-    srctree: Path  # the worktree (its xen/ folder is the hypervisor)
-    build_dir: Path
+@dataclass(kw_only=True)
+class XenBuildResult(Built):
     version: str
     config_hash: str
     fragments: list[str]
-    cached: bool
-    duration: float
-    log: Path
-    warnings: list[str] = field(default_factory=list)
-    artifacts: dict[str, Artifact] = field(default_factory=dict)
 
     @property
     def xen(self) -> Path:
@@ -164,26 +154,13 @@ def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), 
     """Configure (defconfig + fragments) and build xen + xen.gz out of tree."""
     srctree = Path(srctree)
     xen = hypervisor_dir(srctree)
-    t0 = time.monotonic()
     cfg = configure(srctree, fragments)
     build_dir = buildmod.build_dir_for(ws, tree, xen, "xen", cfg.config_hash)
     in_source = xen.resolve() in build_dir.resolve().parents
     make_dir(build_dir, in_source)
-    log = build_dir / "build.log"
-    state = buildmod.source_state(srctree)
-    ident = {"config_hash": cfg.config_hash, "source": state, "compiler": buildmod.compiler_id(wrapper),
-             "srctree": str(srctree.resolve())}
-    stamp = buildmod._read_stamp(build_dir)
     frag_names = [str(f) for f in fragments]
-    version = (stamp or {}).get("version", "")
-    if not force and state and stamp and stamp.get("identity") == ident and (build_dir / "xen").exists():
-        return XenBuildResult(tree, srctree, build_dir, version, cfg.config_hash, frag_names, True,
-                              time.monotonic() - t0, log, stamp.get("warnings", []),
-                              {k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()})
 
-    with buildmod.build_lock(progress):
-        (build_dir / buildmod.STAMP).unlink(missing_ok=True)
-        log.write_text("")
+    def run(stamp: dict | None, log: Path) -> buildmod.Ran:
         if check:
             diff = cross_check(srctree, cfg.config_text, log)
             if diff:
@@ -207,11 +184,11 @@ def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), 
             # An older Makefile without the xen.gz rule: gzip it as `make install` would.
             with open(build_dir / "xen", "rb") as src, gzip.GzipFile(build_dir / "xen.gz", "wb", 9, mtime=0) as dst:
                 shutil.copyfileobj(src, dst)
-        version = xen_version(xen)
-        arts = _artifacts(build_dir)
-        stamp = {"identity": ident, "version": version, "warnings": w.warnings,
-                 "steps": max(w.steps, expected or 0), "fragments": frag_names,
-                 "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
-        (build_dir / buildmod.STAMP).write_text(json.dumps(stamp, indent=1))
-    return XenBuildResult(tree, srctree, build_dir, version, cfg.config_hash, frag_names, False,
-                          time.monotonic() - t0, log, w.warnings, arts)
+        return buildmod.Ran(w.warnings, max(w.steps, expected or 0),
+                            {"version": xen_version(xen), "fragments": frag_names})
+
+    backend = buildmod.Backend(tree, srctree, build_dir, {"config_hash": cfg.config_hash}, [build_dir / "xen"],
+                               run, lambda: _artifacts(build_dir), wrapper, ("config",))
+    built, stamp = buildmod.cached_build(backend, force=force, progress=progress)
+    return XenBuildResult(**vars(built), version=stamp.get("version", ""), config_hash=cfg.config_hash,
+                          fragments=frag_names)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
-from kpatch_tool.errors import KptError
+from kpatch_tool.errors import KptError, UsageError
 
 # Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -133,7 +133,7 @@ def tree_update(obj, name, to, dry_run, bump):
     from kpatch_tool import treeupdate
 
     res = treeupdate.update(obj.ws, name, to=to, dry_run=dry_run, bump=bump, say=say)
-    table = Table("series", "patches", f"old base", f"on old", f"on {res.new_tag}", "action",
+    table = Table("series", "patches", "old base", "on old", f"on {res.new_tag}", "action",
                   title=f"{name}: {res.old_version or '(unpinned)'} -> {res.new_version}"
                         + (" (dry run: nothing changed)" if dry_run else ""))
     for m in res.moves:
