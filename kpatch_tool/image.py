@@ -3,7 +3,7 @@
 Same inputs give the same bytes (sorted entries, mtime 0, uid/gid 0, inode
 numbers by position, gzip without a timestamp), so the image is cached under
 cache_dir/images/ by the hash of its content and a rerun does no work. The
-guest's /init is rendered from templates/init.sh.j2; it runs the base checks
+guest's /init is rendered from kpatch_tool/templates/init.sh.j2; it runs the base checks
 and the series' `[[smoke]]` checks and prints KTAP.
 """
 

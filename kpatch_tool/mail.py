@@ -10,7 +10,7 @@ mails are then finished the way a maintainer's tools read them:
   the cover), so a rerun writes the same bytes, b4 can read the local mbox
   (it needs Message-Id headers), the next version's cover can link this one on
   lore, and QEMU's `Based-on:` can name a dependency's thread.
-- The cover letter is rendered from templates/cover-letter.j2: cover.md's
+- The cover letter is rendered from kpatch_tool/templates/cover-letter.j2: cover.md's
   title and body, the changelog of series.toml with links to earlier
   versions, the companion threads on other lists for a series spanning
   trees, shortlog, diffstat, a range-diff against the tag of the previous

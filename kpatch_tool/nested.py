@@ -2,7 +2,7 @@
 PV domU (the same kernel) started by `xl create` with a vif on a bridge.
 
 The outer QEMU gets 2 vCPUs, and dom0 and the domU 2 each, so multi-queue
-netback and netfront are exercised. dom0's init (templates/dom0-xl-init.sh.j2)
+netback and netfront are exercised. dom0's init (kpatch_tool/templates/dom0-xl-init.sh.j2)
 prints one KTAP document: its own checks, the series' dom0 checks, and the
 domU's document (read from the domU's console log) as a subtest, so one parser
 and one results file cover all three places.

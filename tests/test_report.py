@@ -56,7 +56,7 @@ def test_report_renders_in_a_real_browser_with_the_red_verdict(tmp_ws, make_repo
     html = res.run_dir / report.REPORT_HTML
     assert "http" not in html.read_text().split("<body>")[0], "the page must not load anything from the network"
     chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is a test prerequisite (scripts/packages.txt)"
+    assert chromium, "Debian's chromium is a test prerequisite (kpatch_tool/data/packages.txt)"
     shot = tmp_path / "report.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
