@@ -14,25 +14,14 @@ from pathlib import Path
 
 import markupsafe
 
-from kpatch_tool import results, templating
-from kpatch_tool.errors import UsageError
-from kpatch_tool.pipeline import MANIFEST
+from kpatch_tool import results, runfolder, templating
+from kpatch_tool.runfolder import MANIFEST, STAGES
 
 REPORT_HTML = "report.html"
 SUMMARY_TXT = "summary.txt"
 
 
-def load_manifest(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    path = run_dir / MANIFEST
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run folder (was it deleted?)")
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        raise UsageError(f"{path}: missing; not a kpt run folder") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: unreadable ({exc})") from None
+load_manifest = runfolder.read_manifest
 
 
 def merged_results(run_dir: Path, manifest: dict) -> results.RunResults:
@@ -56,8 +45,6 @@ def merged_results(run_dir: Path, manifest: dict) -> results.RunResults:
         stage_cases.append(results.CaseResult(f"stages.{mode}", st["name"], status,
                                               st.get("note", "") if status != "pass" else "",
                                               f"{st['status']} in {st['end'] - st['start']:.1f}s: {st.get('note', '')}"))
-    from kpatch_tool.pipeline import STAGES
-
     for name in STAGES:
         if name not in seen and name != "report":
             stage_cases.append(results.CaseResult(f"stages.{mode}", name, "skip", "not reached"))

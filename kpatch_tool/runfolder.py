@@ -1,0 +1,111 @@
+"""The run folder's format: out/<run-id>/ with manifest.json, logs/ and the stage records.
+
+Both the orchestrator (pipeline) and the report read and write it; neither
+imports the other for it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kpatch_tool.errors import KptError, UsageError
+from kpatch_tool.workspace import Workspace
+
+MANIFEST = "manifest.json"
+# The stages of every run, in order; a series with a device model adds "qemu" after "build".
+STAGES = ["trees", "apply", "config", "build", "image", "boot", "report"]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # ok, cached, failed, skipped
+    start: float
+    end: float
+    log: str = ""
+    note: str = ""
+    exit_code: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return round(self.end - self.start, 2)
+
+
+class WorkspaceLock:
+    """One `kpt ci` per workspace at a time; the holder is named in the refusal."""
+
+    def __init__(self, out_dir: Path, run_id: str):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / ".kpt-ci.lock"
+        self.run_id = run_id
+        self.fh = None
+
+    def __enter__(self):
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another run"
+            self.fh.close()
+            raise UsageError(f"workspace is busy: {holder} holds {self.path}; wait for it or stop it") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"kpt ci run {self.run_id} (pid {os.getpid()})\n")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.seek(0)
+        self.fh.truncate()
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def new_run_dir(ws: Workspace, label: str) -> tuple[str, Path]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    for n in range(100):
+        run_id = f"{stamp}-{safe}" + (f"-{n}" if n else "")
+        path = ws.out_dir / run_id
+        try:
+            path.mkdir(parents=True)
+            return run_id, path
+        except FileExistsError:
+            continue
+    raise KptError(f"cannot make a run folder under {ws.out_dir}")
+
+
+class Manifest:
+    """manifest.json, rewritten atomically after every stage; `complete` only at the end."""
+
+    def __init__(self, run_dir: Path, data: dict):
+        self.path = run_dir / MANIFEST
+        self.data = data
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def read_manifest(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run folder (was it deleted?)")
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise UsageError(f"{path}: missing; not a kpt run folder") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a kpt manifest")
+    return data
