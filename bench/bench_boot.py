@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kpatch_tool import boot, image, proc, qemu  # noqa: E402
 from kpatch_tool import workspace as wsmod  # noqa: E402
 
-DEFAULT_BUILD = os.environ.get("KPT_BENCH_BUILD", "/work/scratch/build-guest")
+DEFAULT_BUILD = os.environ.get("KPT_BENCH_BUILD")  # default: kpt's own (cached) build of the guest profile
 
 
 def bench_kpt(ws, build: Path, runs: int, tmp: Path) -> dict:
@@ -93,15 +93,20 @@ def fmt(xs: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kernel-build", type=Path, default=Path(DEFAULT_BUILD))
+    ap.add_argument("--kernel-build", type=Path, default=Path(DEFAULT_BUILD) if DEFAULT_BUILD else None)
     ap.add_argument("--vng-build", type=Path, default=None, help="build folder for vng (default: the same)")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--vng", default=shutil.which("vng") or "/work/scratch/vng-venv/bin/vng")
+    ap.add_argument("--vng", default=shutil.which("vng"), help="virtme-ng's vng (default: the one on PATH)")
     args = ap.parse_args()
+    ws = wsmod.load()
+    if args.kernel_build is None:
+        from kpatch_tool import pipeline
+
+        # kpt's own build of the guest profile: a no-op when it is there already.
+        args.kernel_build = pipeline.build_profile(ws, "linux", "guest", progress=print).build_dir
     build = args.kernel_build.resolve()
     if not (build / "arch/x86/boot/bzImage").is_file():
         raise SystemExit(f"{build}: no arch/x86/boot/bzImage (build the guest profile first)")
-    ws = wsmod.load()
     with tempfile.TemporaryDirectory(prefix="kpt-bench-") as t:
         tmp = Path(t)
         k = bench_kpt(ws, build, args.runs, tmp)
@@ -110,7 +115,7 @@ def main() -> int:
         print(f"kpt boot (launch → verdict → QEMU exit): {fmt(k['boot'])}")
         print(f"kpt boot (launch → last KTAP result):    {fmt(k['ktap_done'])}")
         ours = statistics.median(k["boot"])
-        if not Path(args.vng).is_file():
+        if not args.vng or not Path(args.vng).is_file():
             print(f"virtme-ng: not installed ({args.vng}); pip install virtme-ng to compare")
             return 0
         v = bench_vng(args.vng, (args.vng_build or build).resolve(), args.runs, tmp)

@@ -35,6 +35,8 @@ def register(main):
     @click.option("--qemu-arg", "qemu_args", multiple=True, help="Extra argument for the outer QEMU.")
     @click.option("--timeout", type=float, default=None, help="Boot timeout in seconds.")
     @click.option("--rerun-boot", is_flag=True, help="Boot again even if this kernel+image already booted.")
+    @click.option("--base-only", is_flag=True,
+                  help="Run the base tree alone, even when kpt.toml [ci] names default series.")
     @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
     @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
     @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
@@ -43,7 +45,7 @@ def register(main):
     @click.option("--expect", type=int, default=0, help="Exit code this run is expected to end with (0).")
     @click.option("--json", "as_json", is_flag=True, help="Matrix: print the summary as JSON.")
     @click.pass_obj
-    def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, force, matrix, emit, output,
+    def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, force, matrix, emit, output,
            expect, as_json):
         """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
@@ -53,6 +55,7 @@ def register(main):
 
         \b
         Example: kpt ci netback-per-vif --mode xen+domU
+        Example: kpt ci --base-only --mode xen
         Example: kpt ci --matrix ci/matrix.toml
         Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
         """
@@ -84,7 +87,9 @@ def register(main):
                                exit_code=bad[0].exit_code or 1)
             return
         default_series, default_mode = _defaults(ws)
-        names = list(series) or default_series or [None]
+        if base_only and series:
+            raise UsageError("--base-only runs no series; leave out the series names")
+        names = [None] if base_only else (list(series) or default_series or [None])
         worst = None
         for name in names:
             run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode

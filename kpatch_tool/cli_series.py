@@ -209,7 +209,8 @@ def register(main):
 
     @main.command("check-apply")
     @click.argument("name", required=False)
-    @click.option("--onto", required=True, help="Comma-separated refs; TREE=REF checks against another tree.")
+    @click.option("--onto", default=None,
+                  help="Comma-separated refs; TREE=REF checks against another tree (default: the series' own base).")
     @click.option("--tree", default=None)
     @click.option("--all", "all_series", is_flag=True, help="Every shipped series: one table, series x bases.")
     @click.option("--json", "as_json", is_flag=True)
@@ -218,6 +219,7 @@ def register(main):
         """Does the series apply on these bases? No checkout; exit 3 if a patch fails.
 
         \b
+        Example: kpt check-apply xen-netfront-fix
         Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
         Example: kpt check-apply --all --onto linux,linux-6.12
         """
@@ -231,7 +233,7 @@ def register(main):
         if all_series or not name:
             if name:
                 raise UsageError("give a series name or --all, not both")
-            bases = onto.split(",")
+            bases = onto.split(",") if onto else [tree or "linux"]
             rows = checkapply.applicability(obj.ws, bases, tree or "linux")
             if as_json:
                 click.echo(json.dumps(rows, indent=1))
@@ -241,6 +243,11 @@ def register(main):
                 table.add_row(row["series"], str(row["patches"]), *[row["bases"].get(b, "") for b in bases])
             console.print(table)
             return
+        if not onto:
+            from kpatch_tool import series as seriesmod
+
+            st = seriesmod.load_series(obj.ws, name).tree(tree)
+            onto = f"{st.name}={st.base}" if st.base else st.name
         reports = checkapply.check_apply(obj.ws, name, onto.split(","), tree)
         if as_json:
             click.echo(checkapply.reports_json(reports))

@@ -113,3 +113,14 @@ def test_all_series_table_covers_every_series_with_patches_for_the_tree(demo_ser
     assert [r["series"] for r in rows] == ["demo"]
     assert rows[0]["bases"]["v1"] == "clean"
     assert "merged 1 of 3" in rows[0]["bases"]["merged"]
+
+
+def test_without_onto_a_series_is_checked_on_its_own_base(series_ws, series_repo, demo_series):
+    from kpatch_tool import series
+
+    base = series.load_series(series_ws, "demo").trees["linux"].base
+    r = kpt(series_ws, "check-apply", "demo", "--json")
+    assert r.exit_code in (0, 3), r.output
+    data = json.loads(r.output[: r.output.rindex("]") + 1])
+    assert len(data) == 1 and data[0]["tree"] == "linux"
+    assert data[0]["base"] == (f"linux={base}" if base else "linux")

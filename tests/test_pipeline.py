@@ -110,3 +110,27 @@ def test_a_series_that_patches_only_another_linux_tree_runs_on_that_tree(project
     assert pipeline.default_linux_tree(project_ws, "virtio-xenbus-6.12") == "linux-6.12"
     assert pipeline.default_linux_tree(project_ws, "vring-dma-api") == "linux"
     assert pipeline.default_linux_tree(project_ws, None) == "linux"
+
+
+def test_base_only_runs_the_base_even_when_kpt_toml_names_a_default_series(tmp_ws, tmp_path):
+    """kpt.toml [ci] names a series; --base-only must run no series at all."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from kpatch_tool.cli import main
+
+    repo = tmp_path / "lin"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "Makefile").write_text("all:\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "i"], check=True)
+    ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n[ci]\nseries = ["no-such-series"]\nmode = "guest"\n')
+    r = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--base-only", "--onto", "linux=no-such-ref"])
+    assert r.exit_code == 2, r.output
+    runs = sorted((tmp_path / "out").glob("*/manifest.json"))
+    manifest = json.loads(runs[-1].read_text())
+    assert manifest["inputs"]["series"] is None and manifest["error"]["stage"] == "trees"
+    r = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--base-only", "some-series"])
+    assert r.exit_code == 2 and "--base-only runs no series" in r.output
