@@ -504,11 +504,10 @@ def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
             entry["base"] = base
         data["trees"][t] = entry
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{name}.new"
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    # A folder of our own making: a fixed name could be someone's, and would be deleted.
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=folder.parent))
+    tmp.chmod(0o755)
     (tmp / SERIES_TOML).write_text(tomli_w.dumps(data))
     (tmp / COVER).write_text(f"{summary or name}\n\nWhat this series does and why.\n")
     for t in trees:
