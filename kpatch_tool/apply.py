@@ -8,6 +8,12 @@ ids, and a stamp of the inputs (base commit, patch hashes) makes a rerun with
 nothing changed a no-op. When the inputs changed the branch is rebuilt, unless
 the worktree holds edits or commits of the user's: those are never discarded.
 
+Before each step (worktree add, reset, `git am`, stamp) a journal beside the
+worktree says which comes next, so a run killed half-way is recognised by the
+next one as kpt's own and undone or finished; the stamp and journal record the
+workspace and repository, so a cache shared by two workspaces never lets one
+reset the other's branch.
+
 A patch that does not apply stops the run with exit 3 and a report (series,
 patch file, subject, the files and hunks that failed, the worktree), leaving
 `git am` stopped there for `kpt apply NAME --continue` or `--abort`.
