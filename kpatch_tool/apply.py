@@ -8,6 +8,12 @@ ids, and a stamp of the inputs (base commit, patch hashes) makes a rerun with
 nothing changed a no-op. When the inputs changed the branch is rebuilt, unless
 the worktree holds edits or commits of the user's: those are never discarded.
 
+Before each step (worktree add, reset, `git am`, stamp) a journal beside the
+worktree says which comes next, so a run killed half-way is recognised by the
+next one as kpt's own and undone or finished; the stamp and journal record the
+workspace and repository, so a cache shared by two workspaces never lets one
+reset the other's branch.
+
 A patch that does not apply stops the run with exit 3 and a report (series,
 patch file, subject, the files and hunks that failed, the worktree), leaving
 `git am` stopped there for `kpt apply NAME --continue` or `--abort`.
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatch_tool import gitutil, trees
+from kpatch_tool import gitutil, safefs, trees
 from kpatch_tool.checkapply import TempIndex, chain_patches, open_tree, try_patch
 from kpatch_tool.errors import ApplyError, UsageError
 from kpatch_tool.series import Patch, Series, branch_name, resolve_depends
@@ -65,6 +71,48 @@ def pending_path(wt: Path) -> Path:
     return wt.with_name(wt.name + ".pending.json")
 
 
+def journal_path(wt: Path) -> Path:
+    """Where apply says which step it is about to take: written before each step, so the
+    next run knows a half-made worktree or branch is kpt's own and finishes or undoes it."""
+    return wt.with_name(wt.name + ".journal.json")
+
+
+def read_journal(wt: Path) -> dict | None:
+    try:
+        rec = json.loads(journal_path(wt).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def owner(ws: Workspace, repo: Path) -> dict:
+    """What makes a worktree and branch ours beyond their names: two workspaces (or two
+    clones of a tree) sharing a cache map the same series to the same names."""
+    return {"workspace": str(Path(ws.root).resolve()), "repo": str(Path(repo).resolve())}
+
+
+def _foreign(rec: dict | None, mine: dict) -> dict | None:
+    """The owner recorded in a stamp or journal, if it is not us (old records name none)."""
+    if not rec or "workspace" not in rec:
+        return None
+    theirs = {k: rec.get(k) for k in mine}
+    return theirs if theirs != mine else None
+
+
+def unfinished(wt: Path) -> str | None:
+    """How an apply in wt stands if it is not finished: stopped on a conflict, or
+    interrupted (killed, Ctrl-C, a full disk) at a step its journal names."""
+    stopped = (wt / ".git").exists() and am_in_progress(wt)
+    rec = read_journal(wt)
+    if stopped:
+        return "stopped on a conflict (git am in progress)"
+    if rec and rec.get("step") == "am-stopped":
+        return "stopped on a conflict"
+    if rec:
+        return f"interrupted at its step '{rec.get('step')}'"
+    return None
+
+
 def read_stamp(wt: Path) -> dict | None:
     try:
         return json.loads(stamp_path(wt).read_text())
@@ -73,9 +121,10 @@ def read_stamp(wt: Path) -> dict | None:
 
 
 def write_stamp(wt: Path, data: dict) -> None:
-    tmp = stamp_path(wt).with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(stamp_path(wt))
+    try:
+        safefs.replace_file(stamp_path(wt), json.dumps(data, indent=1).encode())
+    except OSError as exc:
+        raise safefs.os_error(exc) from None
 
 
 def inputs_digest(base_commit: str, patches: list[tuple[str, Patch]]) -> str:
@@ -126,6 +175,7 @@ class _Plan:
     wt: Path
     branch: str
     digest: str
+    owner: dict = field(default_factory=dict)
 
 
 def chain_tree(chain, tree: str | None):
@@ -150,7 +200,95 @@ def plan(ws: Workspace, name: str, tree: str | None = None, onto: str | None = N
     patches = chain_patches(chain, st.name)
     wt = worktree_path(ws, st.name, name, series.version)
     return _Plan(chain, series, st.name, t.repo, base_ref, base_commit, patches, wt,
-                 branch_name(name, series.version), inputs_digest(base_commit, patches))
+                 branch_name(name, series.version), inputs_digest(base_commit, patches),
+                 owner(ws, t.repo))
+
+
+def _journal(p: _Plan, step: str) -> None:
+    """Say which step comes next, durably, before taking it (see journal_path)."""
+    safefs.crash_point(f"apply {p.series.name}: {step}")
+    rec = {**p.owner, "series": p.series.name, "tree": p.tree, "branch": p.branch,
+           "worktree": str(p.wt), "base_commit": p.base_commit, "step": step, "pid": os.getpid()}
+    try:
+        safefs.replace_file(journal_path(p.wt), json.dumps(rec, indent=1).encode())
+    except OSError as exc:
+        raise safefs.os_error(exc) from None
+
+
+def _same_path(a, b) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _branch_worktree(repo: Path, branch: str) -> str | None:
+    """The worktree that has branch checked out, as the repository records it."""
+    res = gitutil.git(repo, "worktree", "list", "--porcelain")
+    path = None
+    for line in res.stdout.splitlines():
+        if line.startswith("worktree "):
+            path = line[len("worktree "):]
+        elif line == f"branch refs/heads/{branch}":
+            return path
+    return None
+
+
+def _forget_worktree(repo: Path, wt: Path) -> None:
+    """Remove our worktree wt and its registration in repo, and nothing else of the repo's
+    (`git worktree prune` would also drop the user's worktrees on unmounted disks)."""
+    gitutil.git(repo, "worktree", "remove", "--force", "--force", str(wt))
+    if wt.exists():
+        shutil.rmtree(wt)
+
+
+def _kpt_made(repo: Path, head: str, bases: list[str | None]) -> bool:
+    """True if every commit between one of bases and head is one `git am` under kpt made:
+    kpt's fixed committer and date. A commit of the user's (a fix, an amend) has the
+    user's committer; an old kpt branch found without its stamp (a wiped cache) is
+    recognised, and rebuilding it loses nothing the patches do not hold."""
+    for base in bases:
+        if not base or not gitutil.git(repo, "merge-base", "--is-ancestor", base, head).ok:
+            continue
+        res = gitutil.git(repo, "log", "--format=%cn|%ce|%cd", "--date=raw", f"{base}..{head}")
+        if res.ok and all(l == f"{gitutil.COMMITTER_NAME}|{gitutil.COMMITTER_EMAIL}|{COMMITTER_DATE[1:]}"
+                          for l in res.stdout.splitlines()):
+            return True
+    return False
+
+
+def _recover(p: _Plan, say) -> None:
+    """Finish or undo what an interrupted apply of ours left in p.wt (its journal says)."""
+    rec = read_journal(p.wt)
+    if not rec:
+        return
+    other = _foreign(rec, p.owner)
+    if other:
+        raise UsageError(f"worktree {p.wt} is being applied by workspace {other['workspace']} ({other['repo']}); "
+                         f"two workspaces share the cache {p.wt.parent.parent.parent}: give each its own "
+                         f"(cache_dir in kpt.toml, or KPT_CACHE)")
+    step = rec.get("step")
+    is_wt = (p.wt / ".git").exists()
+    if step == "am-stopped" and is_wt and am_in_progress(p.wt):
+        return  # a conflict waiting for --continue / --abort: the caller says so
+    head = _wt_git(p.wt, "rev-parse", "HEAD").stdout.strip() if is_wt else None
+    if step == "am-stopped" and head and head != rec.get("base_commit"):
+        # Someone finished or dropped the stopped `git am` by hand: the branch may hold their fix.
+        raise UsageError(f"the stopped apply of '{p.series.name}' in {p.wt} was continued outside kpt "
+                         f"(branch {p.branch} at {head[:12]}); keep it with `kpt export {p.series.name} "
+                         f"--from {rec.get('base_commit', '')[:12]}..{p.branch}`, or drop it with "
+                         f"`kpt apply {p.series.name} --force`")
+    say(f"an earlier apply of {p.series.name} in {p.wt} was interrupted at '{step}'; undoing that step")
+    if step == "worktree-add" or (is_wt and not head):
+        _forget_worktree(p.repo, p.wt)
+        if _branch_head(p.repo, p.branch) == rec.get("base_commit"):
+            # Made (-B) by the interrupted add and holding nothing but the base.
+            gitutil.git(p.repo, "branch", "-D", p.branch)
+    elif is_wt and am_in_progress(p.wt):
+        _wt_git(p.wt, "am", "--abort")
+    # The branch is ours as it stands (the stamp says so) and, lacking a digest, is rebuilt.
+    write_stamp(p.wt, {**p.owner, "series": p.series.name, "branch": p.branch,
+                       "head": _branch_head(p.repo, p.branch), "base_commit": rec.get("base_commit"),
+                       "digest": None})
+    pending_path(p.wt).unlink(missing_ok=True)
+    journal_path(p.wt).unlink(missing_ok=True)
 
 
 def _prepare_worktree(p: _Plan, force: bool, say) -> None:
@@ -158,30 +296,52 @@ def _prepare_worktree(p: _Plan, force: bool, say) -> None:
     repo, wt, branch = p.repo, p.wt, p.branch
     stamp = read_stamp(wt)
     head = _branch_head(repo, branch)
-    if head and stamp and stamp.get("head") != head and not force:
-        raise UsageError(
-            f"branch {branch} has commits kpt did not make (at {head[:12]}); "
-            f"run `kpt export {p.series.name}` to keep them, or `kpt apply {p.series.name} --force` to drop them")
-    if head and not stamp and not force:
-        raise UsageError(f"branch {branch} exists in {repo} but was not made by kpt apply; "
-                         f"delete it or rerun with --force")
+    holder = _branch_worktree(repo, branch)
+    if holder and not _same_path(holder, wt):
+        raise UsageError(f"branch {branch} in {repo} is checked out at {holder}, not in kpt's worktree {wt} "
+                         f"(another kpt cache or workspace, or your own): kpt leaves it alone; "
+                         f"remove that worktree or give this series another version")
+    if head and not force:
+        if stamp and stamp.get("head") == head:
+            if stamp.get("resolved"):
+                raise UsageError(f"branch {branch} holds your conflict resolution, not yet in the patches; "
+                                 f"run `kpt export {p.series.name}` to keep it, or `kpt apply {p.series.name} "
+                                 f"--force` to drop it")
+        elif not _kpt_made(repo, head, [(stamp or {}).get("base_commit"), p.base_commit]):
+            if stamp:
+                raise UsageError(
+                    f"branch {branch} has commits kpt did not make (at {head[:12]}); "
+                    f"run `kpt export {p.series.name}` to keep them, or `kpt apply {p.series.name} --force` to drop them")
+            raise UsageError(f"branch {branch} exists in {repo} with commits kpt did not make (at {head[:12]}); "
+                             f"delete it or rerun with --force")
     if wt.is_dir() and (wt / ".git").exists():
         dirty = dirty_files(wt)
         if dirty:
             raise UsageError(f"worktree {wt} has uncommitted changes ({', '.join(dirty[:3])}); "
                              f"commit them and `kpt export {p.series.name}`, or discard them yourself")
         say(f"resetting {branch} to {p.base_ref} ({p.base_commit[:12]}) in {wt}")
-        _wt_git(wt, "reset", "-q", "--hard", p.base_commit, check=True)
+        _journal(p, "reset")
+        res = _wt_git(wt, "reset", "-q", "--hard", p.base_commit)
+        if not res.ok:
+            raise UsageError(f"cannot reset {wt}: {_last_line(res)}")
         return
-    if wt.exists():
-        shutil.rmtree(wt)
+    if wt.exists() and any(wt.iterdir()):
+        raise UsageError(f"{wt} exists but is not a git worktree; kpt did not leave it there "
+                         f"(no journal of an apply of its own): move it away")
     wt.parent.mkdir(parents=True, exist_ok=True)
-    gitutil.git(repo, "worktree", "prune")
+    if holder:  # registered at our path, the folder gone (a cleaned cache): drop just that entry
+        _forget_worktree(repo, wt)
     say(f"creating worktree {wt} on {branch} from {p.base_ref} ({p.base_commit[:12]})")
+    _journal(p, "worktree-add")
     res = gitutil.git(repo, "-c", "checkout.workers=0", "worktree", "add", "-q", "-B", branch,
                       str(wt), p.base_commit, timeout=1800)
     if not res.ok:
-        raise UsageError(f"cannot create worktree {wt}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else 'git worktree add failed'}")
+        raise UsageError(f"cannot create worktree {wt}: {_last_line(res) or 'git worktree add failed'}")
+
+
+def _last_line(res) -> str:
+    lines = (res.stderr or res.stdout or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _preflight_merged(p: _Plan) -> set[int]:
@@ -231,7 +391,9 @@ def _finish(p: _Plan, todo, merged: list[Patch], extra: dict | None = None) -> A
     head = _wt_git(wt, "rev-parse", "HEAD", check=True).stdout.strip()
     own = sum(1 for s, _ in todo if s == p.series.name)
     series_base = _wt_git(wt, "rev-parse", f"HEAD~{own}" if own else "HEAD", check=True).stdout.strip()
+    _journal(p, "stamp")
     write_stamp(wt, {
+        **p.owner,
         "series": p.series.name, "version": p.series.version, "tree": p.tree,
         "branch": p.branch, "base_ref": p.base_ref, "base_commit": p.base_commit,
         "digest": p.digest, "head": head, "series_base": series_base,
@@ -240,6 +402,8 @@ def _finish(p: _Plan, todo, merged: list[Patch], extra: dict | None = None) -> A
         **(extra or {}),
     })
     pending_path(wt).unlink(missing_ok=True)
+    safefs.crash_point(f"apply {p.series.name}: done")
+    journal_path(wt).unlink(missing_ok=True)
     return ApplyResult(p.series.name, p.tree, wt, p.branch, p.base_commit, head, series_base,
                        [x for _, x in todo], merged)
 
@@ -281,10 +445,16 @@ def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | 
     p = plan(ws, name, tree, onto)
     wt = p.wt
     claim_worktree(wt)
+    _recover(p, say)
     if wt.is_dir() and (wt / ".git").exists() and am_in_progress(wt):
         raise ApplyError(f"worktree {wt} has a stopped apply of '{name}' (a conflict left by an earlier run)",
                          detail=f"next: `kpt apply {name} --continue` after fixing it, or `kpt apply {name} --abort`")
     stamp = read_stamp(wt)
+    other = _foreign(stamp, p.owner)
+    if other:
+        raise UsageError(f"worktree {wt} and branch {p.branch} belong to workspace {other['workspace']} "
+                         f"({other['repo']}): two workspaces share the cache {ws.cache_dir}; give each its own "
+                         f"(cache_dir in kpt.toml, or KPT_CACHE)")
     head = _branch_head(p.repo, p.branch)
     if (stamp and head and stamp.get("digest") == p.digest and stamp.get("head") == head
             and wt.is_dir() and not dirty_files(wt)):
@@ -300,20 +470,24 @@ def apply_series(ws: Workspace, name: str, tree: str | None = None, onto: str | 
         say(f"skipping {x.file} ({x.subject}): already in {p.base_ref}")
     todo = [(s, x) for i, (s, x) in enumerate(p.patches) if i not in merged_idx]
     _prepare_worktree(p, force, say)
-    # The branch now sits at the base and is ours: say so before git am runs,
-    # so a stopped or killed run is still recognised as ours next time.
-    write_stamp(wt, {"series": name, "branch": p.branch, "head": p.base_commit, "digest": None})
-    pending_path(wt).write_text(json.dumps({
-        "series": name, "tree": p.tree, "onto": onto, "digest": p.digest,
-        "todo": [[s, x.file] for s, x in todo], "merged": [x.file for x in merged],
-        "rebase": rebase,
-    }))
+    _journal(p, "am")
+    try:
+        safefs.replace_file(pending_path(wt), json.dumps({
+            "series": name, "tree": p.tree, "onto": onto, "digest": p.digest,
+            "todo": [[s, x.file] for s, x in todo], "merged": [x.file for x in merged],
+            "rebase": rebase,
+        }).encode())
+    except OSError as exc:
+        raise safefs.os_error(exc) from None
     if todo:
         if progress:
             progress(f"git am -3 {len(todo)} patches", 0, len(todo))
         res = _wt_git(wt, "am", "-3", "-q", "--no-gpg-sign", *[str(x.path) for _, x in todo],
                       extra_env=_am_env(), timeout=1800)
         if not res.ok:
+            if not am_in_progress(wt):
+                raise ApplyError(f"git am failed in {wt}: {_last_line(res) or 'no output'}")
+            _journal(p, "am-stopped")
             raise _conflict_report(p, wt, todo, res.stderr + res.stdout)
         if progress:
             progress("applied", len(todo), len(todo))
@@ -325,13 +499,19 @@ def _pending(ws: Workspace, name: str, tree: str | None) -> tuple[_Plan, dict]:
     series = chain[-1]
     st = chain_tree(chain, tree)
     wt = worktree_path(ws, st.name, name, series.version)
+    claim_worktree(wt)
     try:
         pend = json.loads(pending_path(wt).read_text())
     except (OSError, ValueError):
         pend = None
     if not pend or not (wt / ".git").exists() or not am_in_progress(wt):
         raise UsageError(f"no stopped apply of '{name}' in {wt} (nothing to continue or abort)")
-    return plan(ws, name, st.name, pend.get("onto")), pend
+    p = plan(ws, name, st.name, pend.get("onto"))
+    other = _foreign(read_journal(wt), p.owner)
+    if other:
+        raise UsageError(f"the stopped apply in {wt} belongs to workspace {other['workspace']}; "
+                         f"finish it there")
+    return p, pend
 
 
 def continue_apply(ws: Workspace, name: str, tree: str | None = None) -> tuple[ApplyResult, dict]:
@@ -342,6 +522,7 @@ def continue_apply(ws: Workspace, name: str, tree: str | None = None) -> tuple[A
     merged = [x for _, x in p.patches if x.file in set(pend.get("merged", []))]
     if dirty_files(p.wt) and _wt_git(p.wt, "diff", "--name-only", "--diff-filter=U").stdout.strip():
         raise ApplyError(f"worktree {p.wt} still has unmerged files; fix them and `git add` them first")
+    _journal(p, "am-stopped")
     res = _wt_git(p.wt, "am", "--continue", extra_env=_am_env(), timeout=1800)
     if not res.ok:
         if am_in_progress(p.wt):
@@ -353,9 +534,21 @@ def continue_apply(ws: Workspace, name: str, tree: str | None = None) -> tuple[A
 
 
 def abort_apply(ws: Workspace, name: str, tree: str | None = None) -> Path:
+    """Give up a stopped apply, or undo what an interrupted one left (both are ours)."""
+    chain = resolve_depends(ws, name)
+    st = chain_tree(chain, tree)
+    wt = worktree_path(ws, st.name, name, chain[-1].version)
+    claim_worktree(wt)
+    rec = read_journal(wt)
+    if rec and rec.get("step") != "am-stopped":
+        p = plan(ws, name, st.name)
+        _recover(p, lambda m: None)
+        return wt
     p, _ = _pending(ws, name, tree)
     _wt_git(p.wt, "am", "--abort", check=True)
     pending_path(p.wt).unlink(missing_ok=True)
     head = _wt_git(p.wt, "rev-parse", "HEAD", check=True).stdout.strip()
-    write_stamp(p.wt, {"series": name, "branch": p.branch, "head": head, "digest": None})
+    write_stamp(p.wt, {**p.owner, "series": name, "branch": p.branch, "head": head,
+                       "base_commit": p.base_commit, "digest": None})
+    journal_path(p.wt).unlink(missing_ok=True)
     return p.wt

@@ -67,6 +67,15 @@ class KptGroup(click.Group):
         except KeyboardInterrupt:
             err_console.print("kpt: interrupted; child processes stopped, nothing marked complete")
             ctx.exit(130)
+        except OSError as exc:
+            # A full disk, a read-only or immutable file: one line naming the path, like any input error.
+            if bool(ctx.obj and getattr(ctx.obj, "debug", False)):
+                raise
+            from kpatch_tool.safefs import os_error
+
+            err = os_error(exc, "write")
+            err_console.print(f"[bold red]kpt: error:[/bold red] {escape(err.message)}", soft_wrap=True)
+            ctx.exit(err.exit_code)
 
 
 @click.group(cls=KptGroup)

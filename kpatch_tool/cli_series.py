@@ -206,6 +206,8 @@ def register(main):
             console.print(f"  wrote   {f}")
         for f in res.removed:
             console.print(f"  removed {f}")
+        for f in res.drafts:
+            console.print(f"  left    {f} (not in the order file: yours, untouched)")
 
     @main.command("check-apply")
     @click.argument("name", required=False)

@@ -13,25 +13,26 @@ patch's bytes unchanged when another patch is added or moved; the diffstat is
 kept (reviewers read it); full blob ids let `git am -3` and check-apply merge
 on any base holding the blobs. The mail stage renumbers and re-prefixes.
 
-Exports are written aside and swapped in with a rename, so a failure leaves
-the old files as they were.
+The files are written beside the old ones and switched in by a journalled
+transaction (safefs.Txn): a failure, a kill or a full disk leaves the complete
+old set, or the next kpt command completes the new one. Only patches the order
+file lists are ever replaced or removed.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatch_tool import apply as applymod
-from kpatch_tool import gitutil, trees
+from kpatch_tool import gitutil, safefs, trees
 from kpatch_tool.checkapply import TempIndex, chain_patches, open_tree
 from kpatch_tool.errors import ApplyError, UsageError
 from kpatch_tool.series import (ORDER, Series, _check_diff, load_series, new_series, parse_patch,
-                                read_order, resolve_depends, series_dir, update_toml)
+                                read_order, resolve_depends, series_dir, edited_toml)
 from kpatch_tool.workspace import Workspace
 
 FORMAT_PATCH = ["format-patch", "--zero-commit", "--no-signature", "--no-numbered", "--full-index",
@@ -52,6 +53,7 @@ class ExportResult:
     changed: list[str] = field(default_factory=list)  # same name, new bytes
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    drafts: list[str] = field(default_factory=list)  # *.patch the order file does not list: left alone
 
     @property
     def touched(self) -> bool:
@@ -78,54 +80,62 @@ def _order_header(order: Path) -> str:
     return "\n".join(head).rstrip("\n") + "\n" if head else ""
 
 
-def write_tree_folder(folder: Path, patches: list[Path], header: str = "") -> ExportResult:
-    """Swap the tree folder's patches for these files; other files are kept."""
+def write_tree_folder(folder: Path, patches: list[Path], header: str = "",
+                      txn: safefs.Txn | None = None) -> ExportResult:
+    """Make the tree folder hold these patches, in this order, all or nothing.
+
+    Only what the old order file lists is replaced or removed: a `*.patch` it does not
+    list is the user's draft and stays (reported in `drafts`), as do all other files.
+    Unchanged patches are not rewritten (their inode and mtime stay: make, rsync and
+    editors see no change). With `txn` the writes join a larger change (rebase also
+    rewrites series.toml); else they are committed here.
+    """
     res = ExportResult("", folder.name, folder, "")
-    old: dict[str, bytes] = {}
-    if folder.is_dir():
-        for p in folder.glob("*.patch"):
-            old[p.name] = p.read_bytes()
+    order = folder / ORDER
+    listed: list[str] = []
+    if order.is_file():
+        try:
+            listed = [n for _, n in read_order(order)]
+        except UsageError:
+            listed = []  # an unreadable order file is replaced; its patches count as drafts
+    on_disk = {p.name: p for p in folder.glob("*.patch")} if folder.is_dir() else {}
+    old = {n: on_disk[n].read_bytes() for n in listed if n in on_disk}
     old_bytes = set(old.values())
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
-    try:
-        names = []
-        for src in patches:
-            data = src.read_bytes()
-            (tmp / src.name).write_bytes(data)
-            names.append(src.name)
-            if old.get(src.name) == data:
-                res.unchanged.append(src.name)
-            elif src.name in old:
-                res.changed.append(src.name)
-            elif data in old_bytes:
-                res.unchanged.append(src.name)  # renumbered only
-            else:
-                res.added.append(src.name)
-        new_bytes = {(tmp / n).read_bytes() for n in names}
-        res.removed = sorted(n for n, b in old.items() if n not in names and b not in new_bytes)
-        (tmp / ORDER).write_text(header + "".join(n + "\n" for n in names), encoding="utf-8")
-        res.files = names
-        if folder.is_dir():
-            # Unchanged files keep their inode and mtime: make, rsync and
-            # editors see no change.
-            for n in names:
-                if (folder / n).is_file() and (folder / n).read_bytes() == (tmp / n).read_bytes():
-                    os.replace(folder / n, tmp / n)
-            if (folder / ORDER).is_file() and (folder / ORDER).read_bytes() == (tmp / ORDER).read_bytes():
-                os.replace(folder / ORDER, tmp / ORDER)
-            for p in list(folder.iterdir()):  # the user's other files move along
-                if p.suffix != ".patch" and p.name != ORDER and not (tmp / p.name).exists():
-                    os.replace(p, tmp / p.name)
-            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.rename(folder, trash / folder.name)
-            os.rename(tmp, folder)
-            shutil.rmtree(trash, ignore_errors=True)
+    drafts = {n: p for n, p in on_disk.items() if n not in old}
+    own = txn or safefs.Txn(folder.parent)
+    names, new_bytes = [], set()
+    for src in patches:
+        data = src.read_bytes()
+        n = src.name
+        names.append(n)
+        new_bytes.add(data)
+        if n in drafts:
+            if drafts.pop(n).read_bytes() != data:
+                raise UsageError(f"{folder / n}: not in {order.name} (a draft of yours?) and the export "
+                                 f"would overwrite it with another patch; rename or move it, then export again")
+            res.added.append(n)  # the draft is the patch: it joins the order file as it is
+            continue
+        if old.get(n) == data:
+            res.unchanged.append(n)
+            continue
+        own.write(folder / n, data)
+        if n in old:
+            res.changed.append(n)
+        elif data in old_bytes:
+            res.unchanged.append(n)  # renumbered only
         else:
-            os.rename(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            res.added.append(n)
+    for n in old:
+        if n not in names:
+            own.remove(folder / n)
+    res.removed = sorted(n for n, b in old.items() if n not in names and b not in new_bytes)
+    order_text = (header + "".join(n + "\n" for n in names)).encode()
+    if not order.is_file() or order.read_bytes() != order_text:
+        own.write(order, order_text)
+    res.files = names
+    res.drafts = sorted(drafts)
+    if txn is None:
+        own.commit()
     return res
 
 
@@ -143,9 +153,12 @@ def _range(ws: Workspace, series: Series, tree: str, repo: Path, from_branch: st
         raise UsageError(f"no branch {branch} in {repo} (run `kpt apply {series.name}` first, or pass --from)")
     wt = applymod.worktree_path(ws, tree, series.name, series.version)
     stamp = applymod.read_stamp(wt)
-    if stamp and stamp.get("branch") == branch and stamp.get("series_base"):
-        if applymod.am_in_progress(wt):
-            raise UsageError(f"worktree {wt} has a stopped apply; `kpt apply {series.name} --continue` first")
+    if stamp and stamp.get("branch") == branch and not stamp.get("series_base"):
+        # Ours, but no apply finished on it (given up, or interrupted and undone): what it
+        # holds is not the series, and exporting it would drop the patches.
+        raise UsageError(f"branch {branch} holds no finished apply of '{series.name}'; "
+                         f"run `kpt apply {series.name}` first")
+    if stamp and stamp.get("branch") == branch:
         return stamp["series_base"], tip, stamp
     deps = [s for s in resolve_depends(ws, series.name)[:-1] if tree in s.trees and s.trees[tree].patches]
     if deps:
@@ -161,16 +174,41 @@ def _range(ws: Workspace, series: Series, tree: str, repo: Path, from_branch: st
     return mb.stdout.strip(), tip, None
 
 
-def export_series(ws: Workspace, name: str, tree: str | None = None, from_branch: str | None = None) -> ExportResult:
+def refuse_unfinished_apply(ws: Workspace, series: Series, tree: str) -> Path:
+    """Hold the series' worktree (the lock apply takes) and refuse while an apply there is
+    stopped or was interrupted: its branch holds part of the series, and `git am` reads
+    the patch files this would rewrite."""
+    wt = applymod.worktree_path(ws, tree, series.name, series.version)
+    applymod.claim_worktree(wt)
+    state = applymod.unfinished(wt)
+    if state and "conflict" in state:
+        raise UsageError(f"the apply of '{series.name}' in {wt} {state}: finish it with "
+                         f"`kpt apply {series.name} --continue`, or give it up with "
+                         f"`kpt apply {series.name} --abort`")
+    if state:
+        raise UsageError(f"the apply of '{series.name}' in {wt} was {state}: `kpt apply {series.name}` "
+                         f"finishes it, `kpt apply {series.name} --abort` undoes it")
+    return wt
+
+
+def export_series(ws: Workspace, name: str, tree: str | None = None, from_branch: str | None = None,
+                  also: Callable[[safefs.Txn], None] | None = None) -> ExportResult:
+    """Write the branch back as the series' patches; `also` adds more files to the same
+    all-or-nothing change (rebase: series.toml)."""
     series = load_series(ws, name)
     st = series.tree(tree)
     t = open_tree(ws, st.name)
+    refuse_unfinished_apply(ws, series, st.name)
     start, tip, stamp = _range(ws, series, st.name, t.repo, from_branch)
     with tempfile.TemporaryDirectory(prefix="kpt-export-") as d:
         files = format_patches(t.repo, start, tip, Path(d) / "out")
         for f in files:
             parse_patch(f, st.name)  # never store what load_series would reject
-        res = write_tree_folder(st.folder, files, _order_header(st.order_file))
+        txn = safefs.Txn(series.path)
+        res = write_tree_folder(st.folder, files, _order_header(st.order_file), txn)
+        if also:
+            also(txn)
+        txn.commit()
     res.series, res.range = name, f"{start[:12]}..{tip[:12]}"
     if stamp:
         # The branch and the patches agree again: the next apply is a no-op.
@@ -365,7 +403,6 @@ class RebaseResult:
 def finish_rebase(ws: Workspace, name: str, tree: str, onto: str, bump: bool,
                   result: applymod.ApplyResult) -> RebaseResult:
     series = load_series(ws, name)
-    exp = export_series(ws, name, tree)
     dropped = [p.file for p in result.skipped_merged]
     version = series.version
     changes: dict = {"bases": {tree: onto}}
@@ -377,7 +414,9 @@ def finish_rebase(ws: Workspace, name: str, tree: str, onto: str, bump: bool,
             if dropped:
                 note += f"; dropped {len(dropped)} patch(es) already upstream"
             changes["changelog"] = {version: note}
-    update_toml(series, **changes)
+    # The patches and the new base (and version) go in together: never new patches on the old base.
+    toml = edited_toml(series, **changes).encode("utf-8")
+    exp = export_series(ws, name, tree, also=lambda txn: txn.write(series.toml_path, toml))
     return RebaseResult(result, exp, onto, dropped, exp.changed, version)
 
 

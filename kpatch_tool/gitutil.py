@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from kpatch_tool import proc
+from kpatch_tool.errors import UsageError
 from kpatch_tool.proc import ProcResult
 
 COMMITTER_NAME = "kpatch-tool"
@@ -66,8 +67,21 @@ def git(repo: Path | str | None, *args, cwd=None, extra_env=None, input=None,
     if repo is not None and cwd is None:
         argv += ["--git-dir", str(repo)]
     argv += [str(a) for a in args]
-    return proc.run(argv, cwd=cwd, env=env(extra_env), input=input, timeout=timeout,
-                    check=check, text=text, log=log)
+    res = proc.run(argv, cwd=cwd, env=env(extra_env), input=input, timeout=timeout,
+                   check=check, text=text, log=log)
+    if not res.ok:
+        err = res.stderr if isinstance(res.stderr, str) else res.stderr.decode("utf-8", "replace")
+        if "No space left on device" in err or "Disk quota exceeded" in err:
+            # Said once, here: git's own last line names a temporary file, or nothing useful.
+            raise UsageError(f"no space left on {cwd or repo or '.'} (git {_subcommand(args)})")
+    return res
+
+
+def _subcommand(args) -> str:
+    i = 0
+    while i < len(args) and str(args[i]).startswith("-"):
+        i += 2 if str(args[i]) == "-c" else 1
+    return str(args[i]) if i < len(args) else "git"
 
 
 def rev(repo: Path, ref: str) -> str | None:

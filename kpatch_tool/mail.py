@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import email
 import email.header
+import json
 import email.policy
 import email.utils
 import re
@@ -43,6 +44,8 @@ from kpatch_tool import gitutil, maintainers, proc, templating
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.series import Series, load_series, update_toml
 from kpatch_tool.workspace import Workspace
+
+MAIL_MANIFEST = ".kpt-mail.json"  # the files kpt wrote in a mail folder: the only ones it replaces
 
 TEMPLATE = "cover-letter.j2"
 PLACEHOLDER_BODY = "What this series does and why."  # what `kpt series new` writes
@@ -484,10 +487,21 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
         vals["Cc"] = _fold_addrs("Cc", rec.cc) if rec.cc else None
         final.append(set_headers(text, vals))
 
-    # Replace what an earlier run wrote here, and nothing else.
+    # Replace what an earlier run wrote here, and nothing else: `--out` may name a folder
+    # of the user's, so only the files kpt's own list (MAIL_MANIFEST) names are removed.
     outdir.mkdir(parents=True, exist_ok=True)
-    for old in list(outdir.glob("*.patch")) + list(outdir.glob("*.mbox")):
-        old.unlink()
+    manifest = outdir / MAIL_MANIFEST
+    try:
+        earlier = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        earlier = []
+    mbox = outdir / f"{name}-v{version}-{t}.mbox"
+    thread = outdir / f"{name}-v{version}-{t}.thread.mbox"
+    mine = [*part.names, mbox.name, thread.name]
+    for fname in earlier if isinstance(earlier, list) else []:
+        if isinstance(fname, str) and "/" not in fname and fname not in mine and fname.endswith((".patch", ".mbox")):
+            (outdir / fname).unlink(missing_ok=True)
+    manifest.write_text(json.dumps(mine, indent=1))
     paths = []
     for fname, text in zip(part.names, final):
         p = outdir / fname
@@ -495,9 +509,7 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
         paths.append(p)
     # git am stops at a cover letter ("Patch is empty"), so the mbox to apply
     # holds the patches only; the thread mbox is what the list will archive.
-    mbox = outdir / f"{name}-v{version}-{t}.mbox"
     mbox.write_text(mboxrd(final[1:]), encoding="utf-8")
-    thread = outdir / f"{name}-v{version}-{t}.thread.mbox"
     thread.write_text(mboxrd(final), encoding="utf-8")
     return TreeMail(t, part.kind, outdir, paths, mbox, thread, paths[0], part.subject, ids[0], part.cover_rec,
                     {n: part.per_patch[n] for n in part.names[1:]}, part.gates, part.ar.base_commit,

@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
+import tomlkit
+import tomlkit.exceptions
 
-from kpatch_tool import gitutil
+from kpatch_tool import gitutil, safefs
 from kpatch_tool.errors import UsageError
-from kpatch_tool.workspace import Workspace
+from kpatch_tool.workspace import NAME_RE, NAME_RULE, Workspace, valid_name  # noqa: F401 (NAME_RE: re-export)
 
 SERIES_TOML = "series.toml"
 COVER = "cover.md"
 ORDER = "series"
 SMOKE_WHERE = ("guest", "dom0", "domU")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
             "domU", "ci"}  # domU: nested.domu_settings; ci: pipeline.series_ci_settings
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
@@ -315,13 +316,15 @@ def _unknown(path: Path, prefix: str, keys, allowed) -> None:
 
 
 def series_dir(ws: Workspace, name: str) -> Path:
-    if not NAME_RE.match(name or ""):
-        raise UsageError(f"'{name}' is not a valid series name (letters, digits, . _ + -)")
+    if not valid_name(name):
+        raise UsageError(f"'{name}' is not a valid series name ({NAME_RULE})")
     return ws.patches_dir / name
 
 
 def load_series(ws: Workspace, name: str) -> Series:
     folder = series_dir(ws, name)
+    # An export or rebase killed half-way left a journal: finish or undo it first.
+    safefs.recover(folder)
     path = folder / SERIES_TOML
     if not path.is_file():
         known = ", ".join(s for s in _names(ws)) or "none"
@@ -345,7 +348,7 @@ def load_series(ws: Workspace, name: str) -> Series:
     summary = _opt_str(path, "summary", data.get("summary", "")) or ""
     depends = _str_list(path, "depends", data.get("depends", []))
     for d in depends:
-        if not NAME_RE.match(d):
+        if not valid_name(d):
             raise _err(path, "depends", f"names '{d}', not a valid series name")
         if d == name:
             raise UsageError(f"{path}: 'depends' names the series itself: dependency cycle {name} -> {name}")
@@ -501,11 +504,10 @@ def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
             entry["base"] = base
         data["trees"][t] = entry
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{name}.new"
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    # A folder of our own making: a fixed name could be someone's, and would be deleted.
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=folder.parent))
+    tmp.chmod(0o755)
     (tmp / SERIES_TOML).write_text(tomli_w.dumps(data))
     (tmp / COVER).write_text(f"{summary or name}\n\nWhat this series does and why.\n")
     for t in trees:
@@ -515,39 +517,36 @@ def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
     return load_series(ws, name)
 
 
-def update_toml(series: Series, *, version: int | None = None,
-                bases: dict[str, str] | None = None, changelog: dict[int, str] | None = None) -> None:
-    """Change a few keys of series.toml, keeping the rest of the file (and its comments)."""
+def edited_toml(series: Series, *, version: int | None = None,
+                bases: dict[str, str] | None = None, changelog: dict[int, str] | None = None) -> str:
+    """series.toml with a few keys changed, however the file is laid out (inline tables,
+    dotted keys, spaces in headers), its comments and formatting kept (tomlkit)."""
     path = series.toml_path
-    text = path.read_text(encoding="utf-8")
-    if version is not None:
-        text, n = re.subn(r"(?m)^version\s*=.*$", f"version = {version}", text, count=1)
-        if not n:
-            text = f"version = {version}\n" + text
-    for tname, base in (bases or {}).items():
-        hdr = re.search(rf'(?m)^\[trees\."?{re.escape(tname)}"?\]\s*$', text)
-        if not hdr:
-            text += f'\n[trees.{tname}]\nbase = "{base}"\n'
-            continue
-        nxt = re.search(r"(?m)^\[", text[hdr.end():])
-        end = hdr.end() + nxt.start() if nxt else len(text)
-        section = text[hdr.end():end]
-        line = f'base = {tomli_w.dumps({"x": base})[4:].strip()}'
-        if re.search(r"(?m)^base\s*=", section):
-            section = re.sub(r"(?m)^base\s*=.*$", line, section, count=1)
-        else:
-            section = "\n" + line + section
-        text = text[: hdr.end()] + section + text[end:]
-    for v, entry in (changelog or {}).items():
-        val = tomli_w.dumps({"x": entry})[4:].strip()
-        if re.search(r"(?m)^\[changelog\]\s*$", text):
-            text = re.sub(r"(?m)^\[changelog\]\s*$", f"[changelog]\nv{v} = {val}", text, count=1)
-        else:
-            text += f"\n[changelog]\nv{v} = {val}\n"
     try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        if version is not None:
+            doc["version"] = version
+        if bases:
+            trees = doc.setdefault("trees", tomlkit.table())
+            for tname, base in bases.items():
+                if tname not in trees:
+                    trees[tname] = tomlkit.table()
+                trees[tname]["base"] = base
+        for v, entry in (changelog or {}).items():
+            log = doc.setdefault("changelog", tomlkit.table())
+            log[f"v{v}"] = entry
+        text = tomlkit.dumps(doc)
         tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # our edit must never break the file
-        raise UsageError(f"{path}: could not update it in place ({exc}); edit it by hand") from None
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError, tomllib.TOMLDecodeError,
+            TypeError, ValueError) as exc:  # our edit must never break the file
+        raise UsageError(f"{path}: could not update it ({exc}); edit it by hand") from None
+    return text
+
+
+def update_toml(series: Series, **changes) -> None:
+    """Change a few keys of series.toml (see edited_toml), atomically."""
+    text = edited_toml(series, **changes)
+    try:
+        safefs.replace_file(series.toml_path, text.encode("utf-8"))
+    except OSError as exc:
+        raise safefs.os_error(exc) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,17 @@ from kpatch_tool.errors import UsageError
 
 WORKSPACE_FILE = "kpt.toml"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Tree and series names become folder names (patches/<series>/<tree>, the cache's
+# trees/<tree> and worktrees/<tree>/kpt-<series>-vN) and git ref components
+# (kpt/<series>/vN): a name must stay one path component and one valid ref part.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+NAME_RULE = "letters, digits, . _ + -, starting with a letter or digit, no '..'"
+
+
+def valid_name(name) -> bool:
+    return (isinstance(name, str) and bool(NAME_RE.match(name)) and ".." not in name
+            and not name.endswith((".", ".lock")))
 
 
 @dataclass
@@ -87,7 +99,11 @@ def load(root: Path | None = None) -> Workspace:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     trees = {}
+    if not isinstance(data.get("trees", {}), dict):
+        raise UsageError(f"{path}: 'trees' must be a table of [trees.<name>] tables")
     for name, spec in (data.get("trees") or {}).items():
+        if not valid_name(name):
+            raise UsageError(f"{path}: [trees.{name!r}]: not a valid tree name ({NAME_RULE})")
         if not isinstance(spec, dict) or "source" not in spec:
             raise UsageError(f"{path}: [trees.{name}] needs a 'source'")
         kind = spec.get("kind") or name.split("-")[0]

@@ -199,3 +199,154 @@ def test_bad_patch_writes_nothing(series_ws, demo_series, series_repo):
     r = kpt(series_ws, "apply", "demo")
     assert r.exit_code == 2 and "0002-blkfront-fix-line-10.patch: not a patch" in r.output
     assert "kpt/demo/v1" not in git(series_repo, "branch")
+
+
+# ---------------------------------------------------------------- issue 18: interrupted applies, ownership
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def release_claims():
+    for fh in ap._claimed.values():
+        fh.close()
+    ap._claimed.clear()
+
+
+def kpt_child(ws, *args, crash_at=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPT_TEST_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    if crash_at:
+        env["KPT_TEST_CRASH_AT"] = str(crash_at)
+    return subprocess.run([sys.executable, "-m", "kpatch_tool.cli", "--workspace", str(ws.root), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def patches_state(series):
+    return {p.name: p.read_bytes() for p in sorted(series.path.rglob("*")) if p.is_file()}
+
+
+def test_apply_killed_at_every_step_is_finished_by_the_next_run(series_ws, series_repo, demo_series):
+    clean = ap.apply_series(series_ws, "demo", onto="v2")
+    before = patches_state(demo_series)
+    release_claims()
+    killed = 0
+    for step in range(1, 30):
+        # Start each round from the old branch (on v1), as a user moving the series to v2 would.
+        assert kpt_child(series_ws, "apply", "demo").returncode == 0
+        r = kpt_child(series_ws, "apply", "demo", "--onto", "v2", crash_at=step)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr
+        killed += 1
+        # Exporting now must never turn the half-made branch into the series.
+        r = kpt_child(series_ws, "export", "demo")
+        assert r.returncode in (0, 2), r.stderr
+        assert patches_state(demo_series) == before, f"step {step}: export changed the patches"
+        r = kpt_child(series_ws, "apply", "demo", "--onto", "v2")
+        assert r.returncode == 0, f"step {step}: {r.stderr}"
+        assert "not made by kpt" not in r.stderr and "did not make" not in r.stderr
+        assert git(series_repo, "rev-parse", "kpt/demo/v1").strip() == clean.head_commit
+    assert killed >= 4  # before worktree reset, before am, before the stamp, before the journal goes
+
+
+def test_an_interrupted_worktree_add_is_undone(series_ws, series_repo, demo_series):
+    p = ap.plan(series_ws, "demo")
+    ap.claim_worktree(p.wt)
+    ap._journal(p, "worktree-add")
+    # What a kill inside `git worktree add -B` leaves: the branch, a registered, locked,
+    # half-checked-out worktree.
+    git(series_repo, "worktree", "add", "-q", "-B", p.branch, str(p.wt), p.base_commit)
+    (p.wt / "Makefile").unlink()
+    (p.wt / "drivers").rename(p.wt.parent / "gone")
+    admin = Path(git(p.wt, "rev-parse", "--git-dir").strip())
+    (admin / "locked").write_text("initializing")
+    res = ap.apply_series(series_ws, "demo")
+    assert len(res.applied) == 3 and not ap.dirty_files(res.worktree)
+    assert not ap.journal_path(p.wt).exists()
+
+
+def test_a_wiped_cache_does_not_disown_kpts_branch(series_ws, series_repo, demo_series):
+    first = ap.apply_series(series_ws, "demo")
+    import shutil
+    shutil.rmtree(series_ws.cache_dir)  # the branch in the user's repo stays
+    r = kpt(series_ws, "apply", "demo")
+    assert r.exit_code == 0, r.output
+    assert git(series_repo, "rev-parse", "kpt/demo/v1").strip() == first.head_commit
+
+
+def test_a_branch_with_the_users_commits_is_still_refused_without_a_stamp(series_ws, series_repo, demo_series):
+    res = ap.apply_series(series_ws, "demo")
+    (res.worktree / "README").write_text("mine\n")
+    git(res.worktree, "commit", "-qam", "my work")
+    ap.stamp_path(res.worktree).unlink()
+    r = kpt(series_ws, "apply", "demo", "--onto", "v2")
+    assert r.exit_code == 2 and "commits kpt did not make" in r.output, r.output
+    assert git(series_repo, "log", "-1", "--format=%s", "kpt/demo/v1").strip() == "my work"
+
+
+def test_two_workspaces_sharing_a_cache_never_touch_each_others_branches(tmp_path, series_ws, series_repo,
+                                                                         demo_series, make_repo):
+    from kpatch_tool import export
+    from kpatch_tool import workspace as wsmod
+    mine = ap.apply_series(series_ws, "demo")
+    # A second workspace, same cache, its own tree called `linux` and its own series `demo`.
+    other_repo = tmp_path / "other-src"
+    git(tmp_path, "clone", "-q", str(series_repo), str(other_repo))
+    root = tmp_path / "ws2"
+    (root / "patches").mkdir(parents=True)
+    (root / "kpt.toml").write_text(f'cache_dir = "{series_ws.cache_dir}"\n[trees.linux]\nsource = "{other_repo}"\n')
+    ws2 = wsmod.load(root)
+    export.import_stack(ws2, "v1..origin/work", "linux", name="demo")
+    release_claims()
+    r = kpt(ws2, "apply", "demo")
+    assert r.exit_code == 2, r.output
+    assert "belong to workspace" in r.output and str(series_ws.root) in r.output
+    assert git(series_repo, "rev-parse", "kpt/demo/v1").strip() == mine.head_commit
+    assert ap.read_stamp(mine.worktree)["workspace"] == str(series_ws.root.resolve())
+
+
+def test_a_resolved_conflict_is_not_rebuilt_away(series_ws, series_repo, demo_series):
+    with pytest.raises(ApplyError):
+        ap.apply_series(series_ws, "demo", onto="conflict")
+    wt = ap.worktree_path(series_ws, "linux", "demo", 1)
+    (wt / "drivers/net/netfront.c").write_text(
+        git(series_repo, "show", "conflict:drivers/net/netfront.c").replace("net line 5 upstream", "net line 5 fixed"))
+    git(wt, "add", "drivers/net/netfront.c")
+    ap.continue_apply(series_ws, "demo")
+    order = demo_series.trees["linux"].order_file
+    order.write_text(order.read_text().replace("0003-net-add-new.c.patch\n", ""))
+    r = kpt(series_ws, "apply", "demo", "--onto", "conflict")
+    assert r.exit_code == 2 and "conflict resolution" in r.output and "kpt export demo" in r.output, r.output
+
+
+def test_no_space_left_is_one_line_exit_2(series_ws, demo_series, monkeypatch):
+    from kpatch_tool import proc
+    real = proc.run
+
+    def full_disk(argv, **kw):
+        if "worktree" in argv and "add" in argv:
+            return proc.ProcResult(list(argv), 128, "", "error: unable to write file drivers/net/netfront.c\n"
+                                   "fatal: write error: No space left on device\n", 0.1)
+        return real(argv, **kw)
+
+    monkeypatch.setattr(proc, "run", full_disk)
+    r = kpt(series_ws, "apply", "demo")
+    assert r.exit_code == 2, r.output
+    assert "no space left on " in r.output and "Traceback" not in r.output
+    monkeypatch.setattr(proc, "run", real)
+    # The journal lets the next run undo the half-made worktree.
+    assert len(ap.apply_series(series_ws, "demo").applied) == 3
+
+    def no_space(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    from kpatch_tool import safefs
+    monkeypatch.setattr(safefs, "write_durable", no_space)
+    order = demo_series.trees["linux"].order_file
+    order.write_text(order.read_text().replace("0003-net-add-new.c.patch\n", ""))
+    r = kpt(series_ws, "apply", "demo")
+    assert r.exit_code == 2 and "no space left on " in r.output and "Traceback" not in r.output, r.output

@@ -305,3 +305,17 @@ def test_non_ascii_cover_is_encoded_and_still_reads_back(s1):
     assert str(m["Subject"]) == "[PATCH 0/2] foo: café support"
     assert m.get_content_charset() == "utf-8"
     assert "Philippe Mathieu-Daudé" in m.get_content()
+
+
+def test_mail_replaces_only_the_files_it_wrote(s1, tmp_path):
+    """--out may be a folder of the user's: their *.patch and *.mbox files stay (issue 18)."""
+    ws, _, _ = s1
+    out = tmp_path / "my-patches"
+    (out / "linux").mkdir(parents=True)
+    mine = out / "linux" / "0001-my-own-work.patch"
+    mine.write_text("mine\n")
+    (out / "linux" / "archive.mbox").write_text("mine too\n")
+    first = mail.prepare(ws, "s1", out=out).trees["linux"]
+    again = mail.prepare(ws, "s1", out=out).trees["linux"]
+    assert [f.name for f in again.files] == [f.name for f in first.files]
+    assert mine.read_text() == "mine\n" and (out / "linux" / "archive.mbox").read_text() == "mine too\n"
