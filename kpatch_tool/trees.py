@@ -602,11 +602,12 @@ def checkout(ws: Workspace, name: str, ref: str | None = None, *, progress=None)
         # Interrupted before it was marked complete: never trust it.
         proc.run(["git", "--git-dir", str(tree.repo), "worktree", "remove", "--force", str(path)])
         shutil.rmtree(path, ignore_errors=True)
-    proc.run(["git", "--git-dir", str(tree.repo), "worktree", "prune"])
+    # No `git worktree prune`: in a user's own repository it would drop their worktrees on
+    # unmounted disks. --force re-adds our path if it is registered but gone.
     if progress:
         progress(f"checking out {name} {sha[:12]} into {path}")
     proc.run(["git", "--git-dir", str(tree.repo), "-c", "checkout.workers=0",
-              "worktree", "add", "-q", "--detach", str(path), sha],
+              "worktree", "add", "-q", "--force", "--detach", str(path), sha],
              timeout=1800, check=True)
     ok.write_text(sha + "\n")
     return path
