@@ -279,3 +279,26 @@ def applicability(ws: Workspace, bases: list[str], tree: str = "linux", progress
                      "bases": {r.base: summarise(r) for r in reports},
                      "reports": [r.to_json() for r in reports]})
     return rows
+
+
+def applicability_all(ws: Workspace, progress=None) -> list[dict]:
+    """Every series' patches, per kind of tree (linux, qemu, xen), on every tree of that kind.
+
+    One row per (series, tree it patches); one column per tree of the same kind, each at its
+    own base. So a Debian 12 series and its port to 7.2 both show how they fare on 6.1, 6.12
+    and 7.2, and a QEMU 7.2 patch that upstream QEMU already has shows as merged there.
+    """
+    from kpatch_tool.series import list_series
+
+    rows = []
+    for s in list_series(ws):
+        for tname, st in s.trees.items():
+            if not st.patches or tname not in ws.trees:
+                continue
+            kind = ws.trees[tname].kind
+            bases = [t for t, spec in ws.trees.items() if spec.kind == kind]
+            reports = check_apply(ws, s.name, bases, tname, progress=progress)
+            rows.append({"series": s.name, "tree": tname, "kind": kind, "patches": len(st.patches),
+                         "bases": {r.base: summarise(r) for r in reports},
+                         "reports": [r.to_json() for r in reports]})
+    return rows

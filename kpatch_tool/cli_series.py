@@ -223,6 +223,7 @@ def register(main):
         \b
         Example: kpt check-apply xen-netfront-fix
         Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
+        Example: kpt check-apply --all                      (every series on every tree of its kind)
         Example: kpt check-apply --all --onto linux,linux-6.12
         """
         from rich.markup import escape
@@ -235,6 +236,22 @@ def register(main):
         if all_series or not name:
             if name:
                 raise UsageError("give a series name or --all, not both")
+            if not onto and not tree:
+                rows = checkapply.applicability_all(obj.ws)
+                if as_json:
+                    click.echo(json.dumps(rows, indent=1))
+                    return
+                for kind in ("linux", "qemu", "xen"):
+                    kind_rows = [r for r in rows if r["kind"] == kind]
+                    if not kind_rows:
+                        continue
+                    cols = list(kind_rows[0]["bases"])
+                    table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
+                    for row in kind_rows:
+                        table.add_row(escape(row["series"]), escape(row["tree"]), str(row["patches"]),
+                                      *[escape(row["bases"].get(b, "")) for b in cols])
+                    console.print(table)
+                return
             bases = onto.split(",") if onto else [tree or "linux"]
             rows = checkapply.applicability(obj.ws, bases, tree or "linux")
             if as_json:

@@ -124,3 +124,21 @@ def test_without_onto_a_series_is_checked_on_its_own_base(series_ws, series_repo
     data = json.loads(r.output[: r.output.rindex("]") + 1])
     assert len(data) == 1 and data[0]["tree"] == "linux"
     assert data[0]["base"] == (f"linux={base}" if base else "linux")
+
+
+def test_all_without_onto_checks_every_series_on_every_tree_of_its_kind(series_ws, series_repo, demo_series,
+                                                                          tmp_path):
+    """A second Linux tree (a newer upstream, say) gets a column of its own, at its own base."""
+    newer = tmp_path / "newer-src"
+    git(tmp_path, "clone", "-q", "--no-local", "-b", "conflict", str(series_repo), str(newer))
+    (series_ws.root / "kpt.toml").write_text((series_ws.root / "kpt.toml").read_text()
+                                             + f'\n[trees.linux-next]\nsource = "{newer}"\nkind = "linux"\n')
+    from kpatch_tool import workspace
+
+    ws = workspace.load(series_ws.root)
+    [row] = checkapply.applicability_all(ws)
+    assert (row["series"], row["tree"], row["kind"]) == ("demo", "linux", "linux")
+    assert row["bases"]["linux"] == "clean" and row["bases"]["linux-next"] == "fails 1"
+    r = kpt(ws, "check-apply", "--all")
+    assert r.exit_code == 0, r.output
+    assert "applicability on every linux tree" in r.output and "linux-next" in r.output
