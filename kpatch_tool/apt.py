@@ -265,7 +265,11 @@ def noepoch(version: str) -> str:
 
 def _download_error(package: str, version: str, res: proc.ProcResult, *, source: bool = False) -> KptError:
     text = (res.stderr.strip() or res.stdout.strip() or "no output")
-    last = text.splitlines()[-1]
+    lines = text.splitlines()
+    # apt ends with "E: Failed to fetch some archives."; the line naming the file and the 404 says more.
+    fetch = [line for line in lines if line.startswith("E: Failed to fetch http")]
+    last = (fetch[0] + f" (the archive lists {version} but its mirror does not have the file; pin another version)"
+            if fetch and "404" in fetch[0] else lines[-1])
     if "No space left" in text:
         return UsageError(f"no space left while downloading {package} {version}: {last}")
     cmd = "apt-get source" if source else "apt-get download"
