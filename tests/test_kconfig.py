@@ -206,6 +206,89 @@ def test_choice_default_set_to_n_follows_the_trees_kconfig_version(tmp_path, new
     assert f"CONFIG_{expected}=y" in result.config_text
 
 
+MEMCHOICE_KCONFIG = """\
+config ARCH32
+\tbool "32-bit"
+
+config OLDCPU
+\tbool "old cpu"
+
+choice
+\tprompt "High Memory Support"
+\tdepends on ARCH32
+\tdefault LOWMEM
+
+config LOWMEM
+\tbool "low"
+
+config HIGHMEM
+\tbool "high"
+\tdepends on !OLDCPU
+
+endchoice
+
+config USES_HIGHMEM
+\tbool "uses highmem"
+\tdepends on HIGHMEM
+"""
+
+
+@pytest.fixture
+def memchoice_tree(tmp_path):
+    src = tmp_path / "memchoice"
+    src.mkdir()
+    (src / "Kconfig").write_text(MEMCHOICE_KCONFIG)
+    return src
+
+
+def test_member_of_a_choice_that_is_off_names_the_choice_and_its_dependency(memchoice_tree, tmp_path):
+    """Seen for real: arch/x86/configs/xen.config's CONFIG_HIGHMEM64G=y over x86_64
+    defconfig ended in `TypeError: 'Choice' object is not subscriptable`."""
+    frag = _frag(tmp_path, "f.config", "CONFIG_HIGHMEM=y\nCONFIG_USES_HIGHMEM=y\n")
+    result = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag])
+    high, uses = result.problems
+    assert high.symbol == "HIGHMEM" and high.actual == "n"
+    assert '<choice "High Memory Support" at Kconfig:7> is off' in high.reason
+    assert high.unmet_expr == "ARCH32 [=n]"
+    assert high.suggestions == ["CONFIG_ARCH32=y"]
+    # The member is requested itself, so its needs are reported there, once.
+    assert uses.reason == "unmet dependency" and uses.unmet_expr == "HIGHMEM [=n]"
+    fixed = _frag(tmp_path, "fix.config", "CONFIG_ARCH32=y\n")
+    assert kconfig.evaluate(memchoice_tree, "allnoconfig", [frag, fixed]).problems == []
+
+
+def test_choice_member_not_taken_names_the_member_the_choice_selected(memchoice_tree, tmp_path):
+    frag = _frag(tmp_path, "f.config", "CONFIG_ARCH32=y\nCONFIG_HIGHMEM=y\nCONFIG_LOWMEM=y\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.symbol == "HIGHMEM"
+    assert '<choice "High Memory Support" at Kconfig:7> selected LOWMEM' in p.reason
+    frag.write_text("CONFIG_ARCH32=y\n# CONFIG_LOWMEM is not set\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.symbol == "LOWMEM" and "selected LOWMEM" in p.reason and "another member" in p.reason
+
+
+def test_member_with_its_own_unmet_dependency_names_the_choice(memchoice_tree, tmp_path):
+    frag = _frag(tmp_path, "f.config", "CONFIG_ARCH32=y\nCONFIG_OLDCPU=y\nCONFIG_HIGHMEM=y\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.reason.startswith("unmet dependency (a member of <choice \"High Memory Support\"")
+    assert "which selected LOWMEM" in p.reason
+    assert "OLDCPU [=y]" in p.unmet_expr and "<choice" in p.unmet_expr
+
+
+def test_cli_exits_4_on_a_choice_member_and_explain_shows_the_choice(memchoice_tree, tmp_path, tmp_ws):
+    from kpatch_tool.cli import main
+
+    ws = tmp_ws()
+    frag = _frag(tmp_path, "f.config", "CONFIG_HIGHMEM=y\n")
+    res = CliRunner().invoke(main, ["-w", str(ws.root), "config", "--base", "allnoconfig", "-f", str(frag),
+                                    "--srctree", str(memchoice_tree), "--no-cross-check",
+                                    "-o", str(tmp_path / "o.config")])
+    assert res.exit_code == 4, res.output
+    assert "High Memory Support" in res.output and "Traceback" not in res.output
+    info = kconfig.explain(memchoice_tree, "HIGHMEM", "allnoconfig")
+    assert '<choice "High Memory Support" at Kconfig:7> [=n]' in info.depends_on
+
+
 def test_unparsable_kconfig_is_a_config_error_naming_file_line_and_construct(tmp_path):
     src = tmp_path / "broken"
     (src / "sub").mkdir(parents=True)
