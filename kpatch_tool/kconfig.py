@@ -263,6 +263,11 @@ def _allnoconfig(tree: _Tree, allconfig: Path | None) -> str:
     """conf --allnoconfig with KCONFIG_ALLCONFIG: seed values, the rest n."""
     kconf = tree.kconf
     kconf.unset_values()
+    # unset_values() leaves kconfiglib's "set by this file" marks of the last
+    # load; a merge load over them then reads a user value that is gone
+    # (KeyError: None when tinyconfig follows another evaluation).
+    for item in (*kconf.unique_defined_syms, *kconf.unique_choices):
+        item._was_set = False
     if allconfig is not None and allconfig.is_file():
         kconf.load_config(str(allconfig), replace=False)
     if tree.new_choices:

@@ -275,6 +275,18 @@ def test_member_with_its_own_unmet_dependency_names_the_choice(memchoice_tree, t
     assert "OLDCPU [=y]" in p.unmet_expr and "<choice" in p.unmet_expr
 
 
+def test_tinyconfig_after_another_evaluation_in_the_same_process(memchoice_tree, tmp_path):
+    """Seen on the kernel's own fragments: defconfig + X, then tinyconfig + X in one
+    process ended in kconfiglib's `KeyError: None` (stale marks of the last load)."""
+    (memchoice_tree / "kernel/configs").mkdir(parents=True)
+    (memchoice_tree / "kernel/configs/tiny-base.config").write_text("CONFIG_OLDCPU=y\n")
+    base = _frag(tmp_path, "base.config", "CONFIG_ARCH32=y\nCONFIG_OLDCPU=y\n")
+    frag = _frag(tmp_path, "f.config", "CONFIG_OLDCPU=y\n")
+    assert kconfig.evaluate(memchoice_tree, str(base), [frag]).problems == []
+    result = kconfig.evaluate(memchoice_tree, "tinyconfig", [frag])
+    assert result.problems == [] and "CONFIG_OLDCPU=y" in result.config_text
+
+
 def test_cli_exits_4_on_a_choice_member_and_explain_shows_the_choice(memchoice_tree, tmp_path, tmp_ws):
     from kpatch_tool.cli import main
 
@@ -448,3 +460,29 @@ def test_linux_6_12_bases_and_profiles_match_its_c_tools(project_ws, linux612, t
         out = tmp_path / f"{profile}.config"
         assert kconfig.config_for_profile(project_ws, linux612, profile, output=out).problems == []
         assert kconfig.cross_check(linux612, out) == [], profile
+
+
+# ---------------------------------------------------------------- the kernel's own fragments (slow)
+
+
+def _kernel_fragments(src: Path) -> list[Path]:
+    return sorted((src / "kernel/configs").glob("*.config")) + sorted((src / "arch/x86/configs").glob("*.config"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["defconfig", "tinyconfig"])
+def test_every_fragment_the_kernel_ships_is_evaluated_like_kbuild(linux61, base):
+    """Each kernel/configs and arch/x86/configs fragment over the base: never a
+    crash; every value that does not take is explained; the .config is what
+    merge_config.sh -m + `make olddefconfig` makes of the same inputs."""
+    frags = _kernel_fragments(linux61)
+    assert len(frags) >= 10
+    base_text = kconfig.evaluate(linux61, base, []).config_text
+    for frag in frags:
+        result = kconfig.evaluate(linux61, base, [frag])
+        for p in result.problems:
+            assert p.reason and p.fragment == str(frag), (frag, p)
+            if p.symbol in ("HIGHMEM64G", "HIGHMEM4G"):
+                assert "High Memory Support" in p.reason
+        theirs = kconfig.kbuild_config(linux61, "olddefconfig", base_text + frag.read_text())
+        assert kconfig.normalise(result.config_text) == kconfig.normalise(theirs), frag
