@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from kpatch_tool.errors import UsageError
 
 
 def _ui():
@@ -186,18 +189,34 @@ def register(main):
     @click.option("--tree", default=None)
     @click.option("--from", "from_branch", default=None,
                   help="Branch (or BASE..TIP range) to export (default: kpt/NAME/vN).")
+    @click.option("--quilt", "quilt_dir", default=None, type=click.Path(),
+                  help="Write the stored patches as a DEP-3 quilt folder here instead (for debian/patches).")
     @click.pass_obj
-    def export_cmd(obj, name, tree, from_branch):
+    def export_cmd(obj, name, tree, from_branch, quilt_dir):
         """Write the branch's commits back as the series' patch files.
 
         Unchanged patches stay byte-identical; files are swapped in at once.
+        With --quilt DIR, the series' stored patches become a quilt folder with
+        DEP-3 headers that `kpt series import DIR` reads back unchanged.
 
         \b
         Example: kpt export xen-netfront-fix
+        Example: kpt export netback-per-vif --quilt debian/patches/netback
         """
         from kpatch_tool import export
 
         console, _ = _ui()
+        if quilt_dir:
+            from kpatch_tool import quilt
+            from kpatch_tool.series import load_series
+
+            if from_branch:
+                raise UsageError("--quilt writes the stored patches; --from does not apply to it")
+            st = load_series(obj.ws, name).tree(tree)
+            names = quilt.export_quilt([p.path for p in st.patches], Path(quilt_dir),
+                                       f"# {name}: patches for {st.name} (kpt export --quilt)\n")
+            console.print(f"{name}/{st.name}: {len(names)} patches written to {quilt_dir}", markup=False)
+            return
         res = export.export_series(obj.ws, name, tree, from_branch)
         console.print(f"{name}/{res.tree}: {len(res.files)} patches from {res.range} "
                       f"({len(res.unchanged)} unchanged, {len(res.changed)} changed, "

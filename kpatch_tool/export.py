@@ -332,7 +332,12 @@ def import_stack(ws: Workspace, source: str, tree: str, name: str | None = None,
     with tempfile.TemporaryDirectory(prefix="kpt-import-") as d:
         work = Path(d)
         if not rng:
-            mails = [_mailinfo(t.repo, p, label, author) for p, label in _pieces(path, work, t.repo)]
+            if path.is_dir():
+                from kpatch_tool import quilt
+
+                mails = quilt.read_folder(t.repo, path, author)
+            else:
+                mails = [_mailinfo(t.repo, p, label, author) for p, label in _pieces(path, work, t.repo)]
             start, tip = base_commit, _commit_mails(t.repo, base_commit, mails)
         files = format_patches(t.repo, start, tip, work / "out")
         if not files:
