@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatch_tool import apply as applymod
-from kpatch_tool import gitutil, trees
+from kpatch_tool import charset, gitutil, trees
 from kpatch_tool.checkapply import TempIndex, chain_patches, open_tree
 from kpatch_tool.errors import ApplyError, UsageError
 from kpatch_tool.series import (ORDER, Series, _check_diff, load_series, new_series, parse_patch,
@@ -204,6 +204,7 @@ def _mailinfo(repo: Path, piece: Path, label: str, author: str | None) -> _Mail:
         raise UsageError(f"{label}: not a patch (binary data)")
     if b"\r\n" in data:
         raise UsageError(f"{label}: CRLF line endings (convert with dos2unix first)")
+    data = charset.headers_to_utf8(data)
     with tempfile.TemporaryDirectory(prefix="kpt-mailinfo-") as d:
         msg, patch = Path(d) / "msg", Path(d) / "patch"
         res = gitutil.git(repo, "mailinfo", "-u", str(msg), str(patch), input=data, text=False)
