@@ -699,10 +699,14 @@ def series_fragments(ws, series: str) -> list[Path]:
         if name in seen:
             return
         seen.add(name)
+        from kpatch_tool.series import _str_list, fragment_path
+
         data = _series_toml(ws, name)
-        for dep in data.get("depends", []):
+        toml = ws.patches_dir / name / "series.toml"
+        for dep in _str_list(toml, "depends", data.get("depends", [])):
             visit(dep)
-        out.extend(ws.patches_dir / name / f for f in data.get("fragments", []))
+        out.extend(fragment_path(toml, ws.patches_dir / name, f)
+                   for f in _str_list(toml, "fragments", data.get("fragments", [])))
 
     visit(series)
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import email
+import email.errors
 import email.policy
 import hashlib
 import re
@@ -39,6 +40,7 @@ TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
 SMOKE_KEYS = {"name", "where", "run", "expect", "timeout"}
 UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -231,8 +233,16 @@ def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
         lineno = head[: exc.start].count(b"\n") + 1
         raise UsageError(f"{_where(path, lineno)}: header is not UTF-8 (encode it as RFC 2047, or re-export with git format-patch)") from None
     msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.default)
-    subject = msg.get("Subject")
-    author = msg.get("From")
+    try:
+        subject = msg.get("Subject")
+        author = msg.get("From")
+        date = msg.get("Date")
+    except (ValueError, TypeError, IndexError, email.errors.MessageError) as exc:
+        # An RFC 2047 word may hide a CR/LF that the mail parser refuses.
+        raise UsageError(f"{path}: a header cannot be decoded ({exc})") from None
+    for key, value in (("Subject", subject), ("From", author)):
+        if value and CONTROL_RE.search(str(value)):
+            raise UsageError(f"{path}: the {key}: header holds control characters (CR, LF, ...)")
     if not subject or not author:
         missing = "Subject" if not subject else "From"
         raise UsageError(f"{path}: not in git format-patch form (no {missing}: header)")
@@ -247,7 +257,7 @@ def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
     subject = _decode_header(subject)
     subject = re.sub(r"^\[[^\]]*\]\s*", "", subject)
     return Patch(file=file or path.name, subject=subject, author=_decode_header(author),
-                 date=_decode_header(msg.get("Date") or ""), tree=tree, path=path)
+                 date=_decode_header(date or ""), tree=tree, path=path)
 
 
 def read_order(order: Path) -> list[tuple[int, str]]:
@@ -314,9 +324,23 @@ def _unknown(path: Path, prefix: str, keys, allowed) -> None:
         raise UsageError(f"{path}: unknown key '{prefix}{extra[0]}' (known: {', '.join(sorted(allowed))})")
 
 
+def fragment_path(toml: Path, folder: Path, f: str) -> Path:
+    """A series' config fragment: a file inside its own folder, nowhere else."""
+    fp = (folder / f).resolve()
+    if Path(f).is_absolute() or not fp.is_relative_to(folder.resolve()):
+        raise _err(toml, "fragments", f"names '{f}', outside the series folder {folder}")
+    if not fp.is_file():
+        raise _err(toml, "fragments", f"names '{f}', no such file in {folder}")
+    return fp
+
+
 def series_dir(ws: Workspace, name: str) -> Path:
     if not NAME_RE.match(name or ""):
         raise UsageError(f"'{name}' is not a valid series name (letters, digits, . _ + -)")
+    if ".." in name or name.endswith((".", ".lock")):
+        # The name is part of the branch kpt/<name>/vN, and git refuses these in a ref.
+        raise UsageError(f"'{name}' is not a valid series name: it must make a git branch name "
+                         f"(no '..', no trailing '.' or '.lock')")
     return ws.patches_dir / name
 
 
@@ -422,10 +446,7 @@ def load_series(ws: Workspace, name: str) -> Series:
         raise _err(path, "smoke", f"has two tests named '{sorted(dup)[0]}'")
 
     for f in _str_list(path, "fragments", data.get("fragments", [])):
-        fp = (folder / f).resolve()
-        if not fp.is_file():
-            raise _err(path, "fragments", f"names '{f}', no such file in {folder}")
-        series.fragments.append(fp)
+        series.fragments.append(fragment_path(path, folder, f))
 
     upstream = data.get("upstream", [])
     if not isinstance(upstream, list) or not all(isinstance(u, dict) for u in upstream):

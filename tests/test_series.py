@@ -100,6 +100,8 @@ def _corrupt(demo_series, idx: int, data: bytes):
     ("two", r"0002-blkfront-fix-line-10.patch: holds 2 patches"),
     ("nodiff", r"0002-blkfront-fix-line-10.patch: not a patch \(no diff in it\)"),
     ("noheaders", r"0002-blkfront-fix-line-10.patch: not in git format-patch form"),
+    ("crlf-in-from", r"0002-blkfront-fix-line-10.patch: a header cannot be decoded"),
+    ("newline-in-subject", r"0002-blkfront-fix-line-10.patch: the Subject: header holds control characters"),
 ])
 def test_bad_patch_files_are_named(series_ws, demo_series, case, message):
     good = demo_series.trees["linux"].patches[1].path.read_bytes()
@@ -113,6 +115,8 @@ def test_bad_patch_files_are_named(series_ws, demo_series, case, message):
         "two": good + good,
         "nodiff": good[: good.index(b"\n---\n") + 1],
         "noheaders": good[good.index(b"diff --git"):].replace(b"diff --git", b"Hello\n\ndiff --git", 1),
+        "crlf-in-from": good.replace(b"From: Ada Lovelace", b"From: =?UTF-8?Q?Eve=0D=0ABcc=3A_x?="),
+        "newline-in-subject": good.replace(b"Subject: [PATCH] ", b"Subject: =?UTF-8?Q?a=0Ab?= "),
     }[case]
     _corrupt(demo_series, 1, data)
     with pytest.raises(UsageError, match=message):
@@ -145,6 +149,28 @@ def test_new_series_creates_the_layout(series_ws):
     with pytest.raises(UsageError, match="unknown tree 'nope'"):
         sm.new_series(series_ws, "other", ["nope"])
     assert not (series_ws.patches_dir / "other").exists()
+
+
+@pytest.mark.parametrize("name", ["x.lock", "a..b", "trailing.", ".hidden", "a/b"])
+def test_series_name_must_make_a_branch_name(series_ws, name):
+    r = kpt(series_ws, "series", "new", name, "--tree", "linux")
+    assert r.exit_code == 2 and "not a valid series name" in r.output
+    assert sorted(p.name for p in series_ws.patches_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("frag, message", [
+    ("/etc/passwd", "outside the series folder"),
+    ("../../kpt.toml", "outside the series folder"),
+    ("missing.config", "no such file"),
+])
+def test_fragments_stay_inside_the_series_folder(series_ws, demo_series, frag, message):
+    from kpatch_tool import kconfig
+
+    write_toml(demo_series, "", top=f'fragments = ["{frag}"]\n')
+    with pytest.raises(UsageError, match=f"'fragments' names '{re.escape(frag)}', {message}"):
+        sm.load_series(series_ws, "demo")
+    with pytest.raises(UsageError, match=message):
+        kconfig.series_fragments(series_ws, "demo")
 
 
 def test_update_toml_keeps_comments(series_ws, demo_series):
