@@ -89,12 +89,24 @@ def load(root: Path | None = None) -> Workspace:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     trees = {}
+    if not isinstance(data.get("trees") or {}, dict):
+        raise UsageError(f"{path}: 'trees' must be [trees.NAME] tables")
     for name, spec in (data.get("trees") or {}).items():
         if not isinstance(spec, dict) or "source" not in spec:
             raise UsageError(f"{path}: [trees.{name}] needs a 'source'")
+        for key in ("source", "version", "kind", "ref"):
+            if key in spec and not isinstance(spec[key], str):
+                raise UsageError(f"{path}: [trees.{name}] '{key}' must be a string")
+        tail = spec["source"].split(":", 1)[1] if spec["source"].startswith(("debian:", "debian-src:")) else spec["source"]
+        if not tail.strip() or tail.lstrip().startswith("-") or spec.get("version", "").startswith("-"):
+            # It reaches git clone / apt-get source as an argument: never as an option.
+            raise UsageError(f"{path}: [trees.{name}] source '{spec['source']}' must not be empty or start with '-'")
         kind = spec.get("kind") or name.split("-")[0]
         if kind not in ("linux", "qemu", "xen"):
             kind = "linux"
         trees[name] = TreeSpec(name, spec["source"], spec.get("version"), kind)
+    for key in ("cache_dir", "patches_dir", "configs_dir"):
+        if key in data and not isinstance(data[key], str):
+            raise UsageError(f"{path}: '{key}' must be a string (a folder)")
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)

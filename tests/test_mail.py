@@ -305,3 +305,12 @@ def test_non_ascii_cover_is_encoded_and_still_reads_back(s1):
     assert str(m["Subject"]) == "[PATCH 0/2] foo: café support"
     assert m.get_content_charset() == "utf-8"
     assert "Philippe Mathieu-Daudé" in m.get_content()
+
+
+def test_earlier_versions_come_from_one_tag_listing(make_repo):
+    """version = 10**12 in series.toml ran one git rev-parse per earlier version."""
+    repo = make_repo("tags")
+    for tag in ("kpt/s1/v1", "kpt/s1/v3", "kpt/s1/vx", "kpt/s10/v2", "kpt/s1/v2/extra"):
+        mf.git(repo, "tag", tag)
+    assert mail.tagged_versions(repo / ".git", "s1") == [1, 3]
+    assert mail.tagged_versions(repo / ".git", "none") == []
