@@ -14,16 +14,20 @@ import sys
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
 from kpatch_tool.errors import KptError
 
 # Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+# No markup and no emoji codes: names, summaries, paths and messages are user
+# data (`[/b]` crashed a table, `:x:` became an emoji); styles are given as
+# rich Text styles instead.
+console = Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False,
+                      width=None if sys.stderr.isatty() else 200)
 
 
 class Ctx:
@@ -40,7 +44,7 @@ class Ctx:
 
 
 def say(msg: str) -> None:
-    err_console.print(f"[dim]kpt:[/dim] {escape(msg)}")
+    err_console.print(Text.assemble(("kpt:", "dim"), " ", str(msg)))
 
 
 def _terminated(signum, frame):
@@ -60,7 +64,7 @@ class KptGroup(click.Group):
             debug = bool(ctx.obj and getattr(ctx.obj, "debug", False))
             if debug:
                 raise
-            err_console.print(f"[bold red]kpt: error:[/bold red] {escape(exc.message)}", soft_wrap=True)
+            err_console.print(Text.assemble(("kpt: error:", "bold red"), " ", str(exc.message)), soft_wrap=True)
             if exc.detail:
                 err_console.print(exc.detail, markup=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
@@ -164,9 +168,11 @@ def doctor(obj, as_json):
     else:
         table = Table("check", "status", "detail")
         for c in report.checks:
-            status = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]",
-                      "warn": "[yellow]warn[/yellow]"}[c.status]
-            table.add_row(c.name, status, c.detail + (f"\n[bold]fix:[/bold] {c.fix}" if c.fix else ""))
+            status = Text(c.status, style={"ok": "green", "missing": "red", "warn": "yellow"}.get(c.status, ""))
+            detail = Text(c.detail)
+            if c.fix:
+                detail.append("\nfix:", style="bold").append(f" {c.fix}")
+            table.add_row(c.name, status, detail)
         console.print(table)
     if report.failed:
         missing = ", ".join(c.name for c in report.failed)

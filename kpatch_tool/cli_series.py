@@ -83,28 +83,28 @@ def register(main):
         \b
         Example: kpt series show xen-netfront-fix
         """
-        from rich.markup import escape
+        from rich.text import Text
 
         from kpatch_tool import series as sm
 
         console, _ = _ui()
         s = sm.load_series(obj.ws, name)
-        console.print(f"[bold]{escape(s.name)}[/bold] v{s.version}: {escape(s.summary)}")
+        console.print(Text.assemble((s.name, "bold"), f" v{s.version}: {s.summary}"))
         if s.depends:
             console.print(f"depends: {', '.join(s.depends)}")
         for t, st in s.trees.items():
-            console.print(f"\n[bold]{t}[/bold] (base {st.base or 'tree default'}, {len(st.patches)} patches)")
+            console.print(Text.assemble("\n", (t, "bold"), f" (base {st.base or 'tree default'}, {len(st.patches)} patches)"))
             for p in st.patches:
                 stat = sm.diffstat(p)
                 add = sum(int(a) for a, _, _ in stat if a.isdigit())
                 dele = sum(int(d) for _, d, _ in stat if d.isdigit())
-                console.print(f"  {escape(p.file)}")
-                console.print(f"    {escape(p.subject)}  [dim]({escape(p.author)})[/dim]")
+                console.print(f"  {p.file}")
+                console.print(Text.assemble(f"    {p.subject}  ", (f"({p.author})", "dim")))
                 for a, d, f in stat:
-                    console.print(f"      {escape(f)} +{a} -{d}")
+                    console.print(f"      {f} +{a} -{d}")
                 console.print(f"      {len(stat)} files, +{add} -{dele}")
         for sm_ in s.smoke:
-            console.print(f"smoke: {sm_.name} [{sm_.where}] {escape(sm_.run)}")
+            console.print(f"smoke: {sm_.name} [{sm_.where}] {sm_.run}")
 
     @series_group.command("new")
     @click.argument("name")
@@ -240,8 +240,8 @@ def register(main):
         Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
         Example: kpt check-apply --all --onto linux,linux-6.12
         """
-        from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
         from kpatch_tool import checkapply
         from kpatch_tool.errors import ApplyError, UsageError
@@ -271,7 +271,7 @@ def register(main):
                               title=f"{r.base} ({r.tree} {r.commit[:12]}, {r.seconds}s)")
                 for pc in r.results:
                     c = colours.get(pc.status, "white")
-                    table.add_row(pc.series, escape(pc.file), f"[{c}]{pc.status}[/{c}]", escape(pc.detail))
+                    table.add_row(pc.series, pc.file, Text(pc.status, style=c), pc.detail)
                 console.print(table)
         bad = [f"{r.base}: {pc.file}" for r in reports for pc in r.results if not pc.ok]
         if bad:

@@ -183,19 +183,19 @@ def find(run_dir: Path) -> Path:
 
 
 def print_table(results: RunResults, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     style = {PASS: "green", FAIL: "red", SKIP: "yellow", TODO: "yellow"}
     if results.cases:
         table = Table("class", "test", "result", "reason")
         for c in results.cases:
             st = style.get(c.status, "")
-            table.add_row(escape(c.classname), escape(c.name), f"[{st}]{c.status}[/{st}]", escape(c.reason))
+            table.add_row(Text(c.classname), Text(c.name), Text(c.status, style=st), Text(c.reason))
         console.print(table)
     n = results.counts()
     vstyle = "green" if results.verdict == "pass" else "red"
-    console.print(f"verdict [{vstyle}]{results.verdict}[/{vstyle}]"
-                  f"{': ' + escape(results.message) if results.message else ''} - "
-                  f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped, {n[TODO]} todo "
-                  f"in {results.duration:.1f}s; console: {escape(results.console_log)}")
+    console.print(Text.assemble("verdict ", (results.verdict, vstyle),
+                                f"{': ' + results.message if results.message else ''} - "
+                                f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped, {n[TODO]} todo "
+                                f"in {results.duration:.1f}s; console: {results.console_log}"))
