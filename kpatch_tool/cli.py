@@ -9,6 +9,7 @@ unless --debug is given.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
-from kpatch_tool.errors import KptError
+from kpatch_tool.errors import KptError, PrereqError
 
 # Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
 # No markup and no emoji codes: names, summaries, paths and messages are user
@@ -82,6 +83,9 @@ class KptGroup(click.Group):
 def main(ctx, workspace, debug):
     """kpatch-tool: carry patch series across Linux, QEMU and Xen."""
     ctx.obj = Ctx(workspace, debug)
+    if ctx.invoked_subcommand not in (None, "doctor") and not shutil.which("git"):
+        # Every other command works on git trees (and GitPython refuses to import).
+        raise PrereqError("git is not on PATH; install it: apt-get install git (`kpt doctor` checks the rest)")
 
 
 # ---------------------------------------------------------------- trees

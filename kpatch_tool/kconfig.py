@@ -118,13 +118,11 @@ class ConfigResult:
 def parse_fragment(path: Path) -> list[Assignment]:
     """The assignments of a fragment; a line that is not one is a UsageError."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config fragment not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read config fragment: {exc}") from None
-    return parse_fragment_text(text, path)
+    from kpatch_tool.userfile import read_text
+
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{path}: config fragment not found")
+    return parse_fragment_text(read_text(path, "config fragment"), path)
 
 
 def parse_fragment_text(text: str, path: Path = Path("<fragment>")) -> list[Assignment]:
@@ -322,10 +320,12 @@ def _base_text(tree: _Tree, base: str) -> str:
             raise UsageError(f"{path}: no such defconfig in {src}")
         text = _olddefconfig(tree, path.read_text())
     else:
+        from kpatch_tool.userfile import read_text
+
         path = Path(base)
-        if not path.is_file():
+        if not path.exists():
             raise UsageError(f"base '{base}': not one of {', '.join(BASES)} and not a file")
-        text = _olddefconfig(tree, path.read_text())
+        text = _olddefconfig(tree, read_text(path, "base .config"))
     tree.bases[base] = text
     return text
 
@@ -679,11 +679,16 @@ def load_profiles(ws) -> dict:
 
 
 def _series_toml(ws, series: str) -> dict:
+    from kpatch_tool.userfile import read_text
+
     path = ws.patches_dir / series / "series.toml"
+    if not path.exists():
+        raise UsageError(f"series '{series}': {path} not found")
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"series '{series}': {path} not found") from None
+        data = tomllib.loads(read_text(path, "series file"))
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: not a table")
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
 

@@ -75,7 +75,9 @@ def write_json(path: Path, results: RunResults) -> Path:
 def load_json(path: Path) -> RunResults:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        from kpatch_tool.userfile import read_text
+
+        data = json.loads(read_text(path, "results file"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read results ({exc})") from None
     return _from_dict(path, data)

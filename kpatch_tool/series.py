@@ -27,6 +27,7 @@ import tomli_w
 
 from kpatch_tool import gitutil
 from kpatch_tool.errors import UsageError
+from kpatch_tool.userfile import read_bytes, read_text
 from kpatch_tool.workspace import Workspace
 
 SERIES_TOML = "series.toml"
@@ -210,10 +211,7 @@ def _decode_header(value: str) -> str:
 
 def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
     """Read and validate one patch file (git format-patch form, one patch)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read patch: {exc.strerror}") from None
+    data = read_bytes(path, "patch")
     if not data.strip():
         raise UsageError(f"{path}: empty file, not a patch")
     if b"\0" in data:
@@ -262,12 +260,9 @@ def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
 
 def read_order(order: Path) -> list[tuple[int, str]]:
     """The quilt order file: (line number, patch file) for each patch."""
-    try:
-        text = order.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{order}: missing (the tree's order file, one patch a line)") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{order}: not UTF-8 text") from None
+    if not order.exists():
+        raise UsageError(f"{order}: missing (the tree's order file, one patch a line)")
+    text = read_text(order, "order file")
     out = []
     for i, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -351,7 +346,7 @@ def load_series(ws: Workspace, name: str) -> Series:
         known = ", ".join(s for s in _names(ws)) or "none"
         raise UsageError(f"series '{name}': no {path} (known series: {known})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(path, "series file"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -459,8 +454,8 @@ def load_series(ws: Workspace, name: str) -> Series:
     series.upstream = list(upstream)
 
     cover = folder / COVER
-    if cover.is_file():
-        text = cover.read_text(encoding="utf-8", errors="replace")
+    if cover.exists():
+        text = read_bytes(cover, "cover letter").decode("utf-8", errors="replace")
         title, _, body = text.partition("\n")
         series.cover_title = title.lstrip("# ").strip()
         series.cover_body = body.strip("\n")

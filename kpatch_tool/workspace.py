@@ -84,8 +84,10 @@ def load(root: Path | None = None) -> Workspace:
     path = root / WORKSPACE_FILE
     if not path.is_file():
         raise UsageError(f"{path}: no workspace file (create kpt.toml, see README)")
+    from kpatch_tool.userfile import read_text
+
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path, "workspace file"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     trees = {}
