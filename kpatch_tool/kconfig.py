@@ -710,7 +710,8 @@ def series_fragments(ws, series: str) -> list[Path]:
         toml = ws.patches_dir / name / "series.toml"
         for dep in _str_list(toml, "depends", data.get("depends", [])):
             visit(dep)
-        out.extend(fragment_path(toml, ws.patches_dir / name, f)
+        # A missing file is named by parse_fragment when it is read.
+        out.extend(fragment_path(toml, ws.patches_dir / name, f, must_exist=False)
                    for f in _str_list(toml, "fragments", data.get("fragments", [])))
 
     visit(series)
