@@ -526,7 +526,27 @@ def _names(ws: Workspace) -> list[str]:
 
 
 def list_series(ws: Workspace) -> list[Series]:
-    return [load_series(ws, n) for n in _names(ws)]
+    rows = [load_series(ws, n) for n in _names(ws)]
+    # The same check every other command makes, on the loaded series: a cycle
+    # or a missing dependency is reported here too, not only at apply time.
+    by = {s.name: s for s in rows}
+    done: set[str] = set()
+
+    def visit(s: Series, stack: list[str]) -> None:
+        if s.name in done:
+            return
+        if s.name in stack:
+            cycle = " -> ".join(stack[stack.index(s.name):] + [s.name])
+            raise UsageError(f"dependency cycle: {cycle} (fix 'depends' in {s.toml_path})")
+        for d in s.depends:
+            if d not in by:
+                raise UsageError(f"{s.toml_path}: 'depends' names '{d}', no such series")
+            visit(by[d], stack + [s.name])
+        done.add(s.name)
+
+    for s in rows:
+        visit(s, [])
+    return rows
 
 
 def resolve_depends(ws: Workspace, name: str) -> list[Series]:

@@ -71,6 +71,14 @@ def test_dependency_cycle_is_named(series_ws, demo_series):
         sm.resolve_depends(series_ws, "a")
 
 
+def test_series_list_reports_a_cycle(series_ws, demo_series):
+    clone_series(series_ws, demo_series, "a", depends=["b"])
+    (series_ws.patches_dir / "b").mkdir()
+    (series_ws.patches_dir / "b" / "series.toml").write_text('name = "b"\ndepends = ["a"]\n')
+    r = kpt(series_ws, "series", "list")
+    assert r.exit_code == 2 and "dependency cycle: a -> b -> a" in r.output
+
+
 def test_missing_dependency_names_the_file(series_ws, demo_series):
     clone_series(series_ws, demo_series, "top", ["nope"])
     with pytest.raises(UsageError, match=r"top/series.toml: 'depends' names 'nope'"):
