@@ -21,7 +21,7 @@ def read_bytes(path: Path | str, what: str = "file") -> bytes:
         # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what}") from None
+        raise UsageError(f"{path}: cannot read the {what}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: a folder, not a {what}") from None
     except OSError as exc:
