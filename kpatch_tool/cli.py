@@ -9,6 +9,7 @@ unless --debug is given.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 
@@ -16,14 +17,19 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
-from kpatch_tool.errors import KptError, UsageError
+from kpatch_tool.errors import KptError, PrereqError, UsageError
 
 # Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+# No markup and no emoji codes: names, summaries, paths and messages are user
+# data (`[/b]` crashed a table, `:x:` became an emoji); styles are given as
+# rich Text styles instead.
+console = Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, markup=False, emoji=False,
+                      width=None if sys.stderr.isatty() else 200)
 
 
 class Ctx:
@@ -40,7 +46,7 @@ class Ctx:
 
 
 def say(msg: str) -> None:
-    err_console.print(f"[dim]kpt:[/dim] {escape(msg)}")
+    err_console.print(Text.assemble(("kpt:", "dim"), " ", str(msg)))
 
 
 def _terminated(signum, frame):
@@ -60,7 +66,7 @@ class KptGroup(click.Group):
             debug = bool(ctx.obj and getattr(ctx.obj, "debug", False))
             if debug:
                 raise
-            err_console.print(f"[bold red]kpt: error:[/bold red] {escape(exc.message)}", soft_wrap=True)
+            err_console.print(Text.assemble(("kpt: error:", "bold red"), " ", str(exc.message)), soft_wrap=True)
             if exc.detail:
                 err_console.print(exc.detail, markup=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
@@ -74,7 +80,7 @@ class KptGroup(click.Group):
             from kpatch_tool.safefs import os_error
 
             err = os_error(exc, "write")
-            err_console.print(f"[bold red]kpt: error:[/bold red] {escape(err.message)}", soft_wrap=True)
+            err_console.print(Text.assemble(("kpt: error:", "bold red"), " ", err.message), soft_wrap=True)
             ctx.exit(err.exit_code)
 
 
@@ -87,6 +93,9 @@ class KptGroup(click.Group):
 def main(ctx, workspace, debug):
     """kpatch-tool: carry patch series across Linux, QEMU and Xen."""
     ctx.obj = Ctx(workspace, debug)
+    if ctx.invoked_subcommand not in (None, "doctor") and not shutil.which("git"):
+        # Every other command works on git trees (and GitPython refuses to import).
+        raise PrereqError("git is not on PATH; install it: apt-get install git (`kpt doctor` checks the rest)")
 
 
 # ---------------------------------------------------------------- trees
@@ -221,9 +230,11 @@ def doctor(obj, as_json, offline):
     else:
         table = Table("check", "status", "detail")
         for c in report.checks:
-            status = {"ok": "[green]ok[/green]", "missing": "[red]missing[/red]",
-                      "warn": "[yellow]warn[/yellow]"}[c.status]
-            table.add_row(escape(c.name), status, escape(c.detail) + (f"\n[bold]fix:[/bold] {escape(c.fix)}" if c.fix else ""))
+            status = Text(c.status, style={"ok": "green", "missing": "red", "warn": "yellow"}.get(c.status, ""))
+            detail = Text(c.detail)
+            if c.fix:
+                detail.append("\nfix:", style="bold").append(f" {c.fix}")
+            table.add_row(c.name, status, detail)
         console.print(table)
     if report.failed:
         missing = ", ".join(c.name for c in report.failed)

@@ -106,7 +106,10 @@ def register(main):
         from kpatch_tool import results as res
 
         path = res.find(Path(run_dir))
+        rr = res.load_json(path)  # a broken file is named, also with --json
         if as_json:
-            click.echo(path.read_text(), nl=False)
+            from kpatch_tool.userfile import read_text
+
+            click.echo(read_text(path, "results file"), nl=False)
             return
-        res.print_table(res.load_json(path), console)
+        res.print_table(rr, console)

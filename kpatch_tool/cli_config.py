@@ -138,7 +138,9 @@ def register(main):
         from kpatch_tool import kconfig
         from kpatch_tool.cli import console
 
-        rows = kconfig.diff_configs(Path(a).read_text(), Path(b).read_text())
+        from kpatch_tool.userfile import read_text
+
+        rows = kconfig.diff_configs(read_text(a, ".config"), read_text(b, ".config"))
         for name, va, vb in rows:
             console.print(f"CONFIG_{name}: {va if va is not None else '-'} -> {vb if vb is not None else '-'}",
                           markup=False)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -59,11 +60,11 @@ def register(main):
             click.echo(json.dumps(res.to_dict(), indent=1))
         else:
             for t, tm in res.trees.items():
-                console.print(f"[bold]{t}[/bold]: {tm.subject}  ({len(tm.patches)} patches)")
+                console.print(Text.assemble((t, "bold"), f": {tm.subject}  ({len(tm.patches)} patches)"))
                 for g in tm.gates:
                     style = STATUS_STYLE.get(g.status, "")
                     extra = f" - {g.note}" if g.note and g.status == "skip" else ""
-                    console.print(f"  gate {g.name:<10} [{style}]{g.status}[/{style}]{extra}")
+                    console.print(Text.assemble(f"  gate {g.name:<10} ", (g.status, style), extra))
                     for e in g.errors:
                         console.print(f"    error: {e}", markup=False)
                     for w in g.warnings:

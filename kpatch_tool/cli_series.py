@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
+
+from kpatch_tool.errors import UsageError
 
 
 def _ui():
@@ -80,28 +83,28 @@ def register(main):
         \b
         Example: kpt series show xen-netfront-fix
         """
-        from rich.markup import escape
+        from rich.text import Text
 
         from kpatch_tool import series as sm
 
         console, _ = _ui()
         s = sm.load_series(obj.ws, name)
-        console.print(f"[bold]{escape(s.name)}[/bold] v{s.version}: {escape(s.summary)}")
+        console.print(Text.assemble((s.name, "bold"), f" v{s.version}: {s.summary}"))
         if s.depends:
             console.print(f"depends: {', '.join(s.depends)}")
         for t, st in s.trees.items():
-            console.print(f"\n[bold]{t}[/bold] (base {st.base or 'tree default'}, {len(st.patches)} patches)")
+            console.print(Text.assemble("\n", (t, "bold"), f" (base {st.base or 'tree default'}, {len(st.patches)} patches)"))
             for p in st.patches:
                 stat = sm.diffstat(p)
                 add = sum(int(a) for a, _, _ in stat if a.isdigit())
                 dele = sum(int(d) for _, d, _ in stat if d.isdigit())
-                console.print(f"  {escape(p.file)}")
-                console.print(f"    {escape(p.subject)}  [dim]({escape(p.author)})[/dim]")
+                console.print(f"  {p.file}")
+                console.print(Text.assemble(f"    {p.subject}  ", (f"({p.author})", "dim")))
                 for a, d, f in stat:
-                    console.print(f"      {escape(f)} +{a} -{d}")
+                    console.print(f"      {f} +{a} -{d}")
                 console.print(f"      {len(stat)} files, +{add} -{dele}")
         for sm_ in s.smoke:
-            console.print(f"smoke: {sm_.name} [{sm_.where}] {escape(sm_.run)}")
+            console.print(f"smoke: {sm_.name} [{sm_.where}] {sm_.run}")
 
     @series_group.command("new")
     @click.argument("name")
@@ -186,18 +189,34 @@ def register(main):
     @click.option("--tree", default=None)
     @click.option("--from", "from_branch", default=None,
                   help="Branch (or BASE..TIP range) to export (default: kpt/NAME/vN).")
+    @click.option("--quilt", "quilt_dir", default=None, type=click.Path(),
+                  help="Write the stored patches as a DEP-3 quilt folder here instead (for debian/patches).")
     @click.pass_obj
-    def export_cmd(obj, name, tree, from_branch):
+    def export_cmd(obj, name, tree, from_branch, quilt_dir):
         """Write the branch's commits back as the series' patch files.
 
         Unchanged patches stay byte-identical; files are swapped in at once.
+        With --quilt DIR, the series' stored patches become a quilt folder with
+        DEP-3 headers that `kpt series import DIR` reads back unchanged.
 
         \b
         Example: kpt export xen-netfront-fix
+        Example: kpt export netback-per-vif --quilt debian/patches/netback
         """
         from kpatch_tool import export
 
         console, _ = _ui()
+        if quilt_dir:
+            from kpatch_tool import quilt
+            from kpatch_tool.series import load_series
+
+            if from_branch:
+                raise UsageError("--quilt writes the stored patches; --from does not apply to it")
+            st = load_series(obj.ws, name).tree(tree)
+            names = quilt.export_quilt([p.path for p in st.patches], Path(quilt_dir),
+                                       f"# {name}: patches for {st.name} (kpt export --quilt)\n")
+            console.print(f"{name}/{st.name}: {len(names)} patches written to {quilt_dir}", markup=False)
+            return
         res = export.export_series(obj.ws, name, tree, from_branch)
         console.print(f"{name}/{res.tree}: {len(res.files)} patches from {res.range} "
                       f"({len(res.unchanged)} unchanged, {len(res.changed)} changed, "
@@ -226,8 +245,8 @@ def register(main):
         Example: kpt check-apply --all                      (every series on every tree of its kind)
         Example: kpt check-apply --all --onto linux,linux-6.12
         """
-        from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
         from kpatch_tool import checkapply
         from kpatch_tool.errors import ApplyError, UsageError
@@ -245,6 +264,8 @@ def register(main):
                     kind_rows = [r for r in rows if r["kind"] == kind]
                     if not kind_rows:
                         continue
+                    from rich.markup import escape
+
                     cols = list(kind_rows[0]["bases"])
                     table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
                     for row in kind_rows:
@@ -278,7 +299,7 @@ def register(main):
                               title=f"{r.base} ({r.tree} {r.commit[:12]}, {r.seconds}s)")
                 for pc in r.results:
                     c = colours.get(pc.status, "white")
-                    table.add_row(pc.series, escape(pc.file), f"[{c}]{pc.status}[/{c}]", escape(pc.detail))
+                    table.add_row(pc.series, pc.file, Text(pc.status, style=c), pc.detail)
                 console.print(table)
         bad = [f"{r.base}: {pc.file}" for r in reports for pc in r.results if not pc.ok]
         if bad:

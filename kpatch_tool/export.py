@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatch_tool import apply as applymod
-from kpatch_tool import gitutil, safefs, trees
+from kpatch_tool import charset, gitutil, safefs, trees
 from kpatch_tool.checkapply import TempIndex, chain_patches, open_tree
 from kpatch_tool.errors import ApplyError, UsageError
 from kpatch_tool.series import (ORDER, Series, _check_diff, load_series, new_series, parse_patch,
@@ -242,6 +242,7 @@ def _mailinfo(repo: Path, piece: Path, label: str, author: str | None) -> _Mail:
         raise UsageError(f"{label}: not a patch (binary data)")
     if b"\r\n" in data:
         raise UsageError(f"{label}: CRLF line endings (convert with dos2unix first)")
+    data = charset.headers_to_utf8(data)
     with tempfile.TemporaryDirectory(prefix="kpt-mailinfo-") as d:
         msg, patch = Path(d) / "msg", Path(d) / "patch"
         res = gitutil.git(repo, "mailinfo", "-u", str(msg), str(patch), input=data, text=False)
@@ -370,7 +371,12 @@ def import_stack(ws: Workspace, source: str, tree: str, name: str | None = None,
     with tempfile.TemporaryDirectory(prefix="kpt-import-") as d:
         work = Path(d)
         if not rng:
-            mails = [_mailinfo(t.repo, p, label, author) for p, label in _pieces(path, work, t.repo)]
+            if path.is_dir():
+                from kpatch_tool import quilt
+
+                mails = quilt.read_folder(t.repo, path, author)
+            else:
+                mails = [_mailinfo(t.repo, p, label, author) for p, label in _pieces(path, work, t.repo)]
             start, tip = base_commit, _commit_mails(t.repo, base_commit, mails)
         files = format_patches(t.repo, start, tip, work / "out")
         if not files:

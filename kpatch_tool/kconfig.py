@@ -118,13 +118,11 @@ class ConfigResult:
 def parse_fragment(path: Path) -> list[Assignment]:
     """The assignments of a fragment; a line that is not one is a UsageError."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config fragment not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read config fragment: {exc}") from None
-    return parse_fragment_text(text, path)
+    from kpatch_tool.userfile import read_text
+
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{path}: config fragment not found")
+    return parse_fragment_text(read_text(path, "config fragment"), path)
 
 
 def parse_fragment_text(text: str, path: Path = Path("<fragment>")) -> list[Assignment]:
@@ -263,6 +261,11 @@ def _allnoconfig(tree: _Tree, allconfig: Path | None) -> str:
     """conf --allnoconfig with KCONFIG_ALLCONFIG: seed values, the rest n."""
     kconf = tree.kconf
     kconf.unset_values()
+    # unset_values() leaves kconfiglib's "set by this file" marks of the last
+    # load; a merge load over them then reads a user value that is gone
+    # (KeyError: None when tinyconfig follows another evaluation).
+    for item in (*kconf.unique_defined_syms, *kconf.unique_choices):
+        item._was_set = False
     if allconfig is not None and allconfig.is_file():
         kconf.load_config(str(allconfig), replace=False)
     if tree.new_choices:
@@ -317,10 +320,12 @@ def _base_text(tree: _Tree, base: str) -> str:
             raise UsageError(f"{path}: no such defconfig in {src}")
         text = _olddefconfig(tree, path.read_text())
     else:
+        from kpatch_tool.userfile import read_text
+
         path = Path(base)
-        if not path.is_file():
+        if not path.exists():
             raise UsageError(f"base '{base}': not one of {', '.join(BASES)} and not a file")
-        text = _olddefconfig(tree, path.read_text())
+        text = _olddefconfig(tree, read_text(path, "base .config"))
     tree.bases[base] = text
     return text
 
@@ -444,8 +449,26 @@ def value_expr(expr) -> str:
         if sc.__class__ is kconfiglib.Symbol and not sc.is_constant:
             # A symbol this arch does not define (S390 on x86) is n.
             return f"{sc.name} [={sc.str_value if sc.nodes else 'n'}]"
+        if sc.__class__ is kconfiglib.Choice:
+            # A choice member depends on its choice; kconfiglib would print a bare <choice>.
+            return f"{choice_name(sc)} [={TRI_TO_STR(sc.tri_value)}]"
         return kconfiglib.standard_sc_expr_str(sc)
     return expr_str(expr, fn)
+
+
+def choice_name(choice) -> str:
+    """Most choices are anonymous: their prompt and place are what a user can find."""
+    prompt = next((n.prompt[0] for n in choice.nodes if n.prompt), None)
+    label = f'choice "{prompt}"' if prompt else f"choice {choice.name or ''}".rstrip()
+    where = f"{choice.nodes[0].filename}:{choice.nodes[0].linenr}" if choice.nodes else ""
+    return f"<{label}{' at ' + where if where else ''}>"
+
+
+def _choice_state(choice) -> str:
+    sel = choice.selection
+    if choice.tri_value == 0:
+        return f"{choice_name(choice)} is off (depends on {value_expr(choice.direct_dep)}), so none of its members is y"
+    return f"{choice_name(choice)} selected {sel.name if sel else 'no member'}"
 
 
 def selectors(kconf, sym, weak: bool = False) -> list[str]:
@@ -483,19 +506,28 @@ def _explain_problem(kconf, a: Assignment) -> ConfigProblem:
         p.reason = "no prompt; " + (f"selected by {', '.join(sel)}" if sel else "its value comes only from its defaults")
         if dep < want:
             p.unmet_expr = value_expr(sym.direct_dep)
+    elif sym.choice is not None and expr_value(sym.choice.direct_dep) < want:
+        p.reason = f"in a choice: {_choice_state(sym.choice)}"
+        p.unmet_expr = value_expr(sym.choice.direct_dep)
+    elif dep < want and sym.choice is not None:
+        p.reason = f"unmet dependency (a member of {choice_name(sym.choice)}, which selected " \
+                   f"{sym.choice.selection.name if sym.choice.selection else 'no member'})"
+        p.unmet_expr = value_expr(sym.direct_dep)
     elif dep < want:
         p.reason = "unmet dependency" if dep == 0 else "dependencies limit it to m"
         p.unmet_expr = value_expr(sym.direct_dep)
     elif sym.visibility < want:
         conds = [value_expr(n.prompt[1]) for n in sym.nodes if n.prompt and n.prompt[1] is not kconf.y]
         if sym.choice is not None:
-            p.reason = f"in a choice: {value_expr(sym.choice.direct_dep) if expr_value(sym.choice.direct_dep) == 0 else 'the choice is not visible or in m mode'}"
+            p.reason = f"in a choice: {_choice_state(sym.choice)}; the choice is not visible or in m mode"
         else:
             p.reason = "prompt not visible"
             p.unmet_expr = " || ".join(conds) or None
     elif sym.choice is not None and sym.choice.selection is not sym:
-        other = sym.choice.selection
-        p.reason = f"in a choice where {other.name if other else 'nothing'} is selected (set {a.symbol}=y as the only y of the choice)"
+        p.reason = f"in a choice: {_choice_state(sym.choice)} (set {a.symbol}=y as the only y of the choice)"
+    elif sym.choice is not None and want == 0 and sym.choice.selection is sym:
+        p.reason = f"in a choice: {_choice_state(sym.choice)} (a choice that is on has one member y: " \
+                   f"set another member to y instead)"
     elif sym.orig_type in (INT, HEX) and sym.ranges:
         rng = [f"{value_expr(lo)}..{value_expr(hi)}" + (f" if {value_expr(c)}" if c is not kconf.y else "")
                for lo, hi, c in sym.ranges]
@@ -519,6 +551,11 @@ def _needs(kconf, expr, want: int, depth: int = 0) -> set[str] | None:
         if expr.is_constant:
             return None
         return {expr.name}
+    if expr.__class__ is kconfiglib.Choice:
+        # A choice is on when its own dependencies are: ask for those.
+        return _needs(kconf, expr.direct_dep, want, depth + 1)
+    if not isinstance(expr, tuple):
+        return None
     op = expr[0]
     if op is kconfiglib.AND:
         a = _needs(kconf, expr[1], want, depth + 1)
@@ -529,7 +566,7 @@ def _needs(kconf, expr, want: int, depth: int = 0) -> set[str] | None:
                    if o is not None]
         return min(options, key=len) if options else None
     if op is kconfiglib.EQUAL and expr[2].__class__ is kconfiglib.Symbol and expr[2].is_constant \
-            and expr[2].name in ("y", "m") and not expr[1].is_constant:
+            and expr[2].name in ("y", "m") and expr[1].__class__ is kconfiglib.Symbol and not expr[1].is_constant:
         return {expr[1].name}
     # NOT, comparisons with other symbols: no safe suggestion.
     return None
@@ -642,11 +679,16 @@ def load_profiles(ws) -> dict:
 
 
 def _series_toml(ws, series: str) -> dict:
+    from kpatch_tool.userfile import read_text
+
     path = ws.patches_dir / series / "series.toml"
+    if not path.exists():
+        raise UsageError(f"series '{series}': {path} not found")
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"series '{series}': {path} not found") from None
+        data = tomllib.loads(read_text(path, "series file"))
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: not a table")
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
 
@@ -662,10 +704,15 @@ def series_fragments(ws, series: str) -> list[Path]:
         if name in seen:
             return
         seen.add(name)
+        from kpatch_tool.series import _str_list, fragment_path
+
         data = _series_toml(ws, name)
-        for dep in data.get("depends", []):
+        toml = ws.patches_dir / name / "series.toml"
+        for dep in _str_list(toml, "depends", data.get("depends", [])):
             visit(dep)
-        out.extend(ws.patches_dir / name / f for f in data.get("fragments", []))
+        # A missing file is named by parse_fragment when it is read.
+        out.extend(fragment_path(toml, ws.patches_dir / name, f, must_exist=False)
+                   for f in _str_list(toml, "fragments", data.get("fragments", [])))
 
     visit(series)
     return out

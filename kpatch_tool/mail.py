@@ -231,6 +231,16 @@ def previous_tag(repo: Path, name: str, version: int) -> tuple[str, str | None] 
     return head, (m.group(1) if m else None)
 
 
+def tagged_versions(repo: Path, name: str) -> list[int]:
+    res = gitutil.git(repo, "for-each-ref", "--format=%(refname)", f"refs/tags/kpt/{name}/")
+    out = []
+    for ref in (res.stdout.splitlines() if res.ok else []):
+        m = re.fullmatch(rf"refs/tags/kpt/{re.escape(name)}/v(\d+)", ref.strip())
+        if m:
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
 def range_diff(wt: Path, prev: tuple[str, str | None], series_base: str, head: str) -> str:
     prev_head, prev_base = prev
     if prev_base:
@@ -456,8 +466,10 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
                 based_on.append(message_id(dep, ds.version, t, 0, domain))
     repo = _repo_of(part.ar.worktree)
     links = {}
-    for v in range(1, version):
-        if previous_tag(repo, name, v):
+    # One listing of the tags that exist, not one lookup per earlier version:
+    # version = 10**12 in series.toml must not mean 10**12 git processes.
+    for v in tagged_versions(repo, name):
+        if v < version:
             links[v] = LORE.format(message_id(name, v, t, 0, domain)[1:-1])
     body = _cover_body(ws, series, part, version, sender_=me, companions=companions,
                        based_on=based_on, links=links)

@@ -90,10 +90,10 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
     from kpatch_tool.series import list_series
 
     path = Path(path)
+    from kpatch_tool.userfile import read_text
+
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError:
-        raise UsageError(f"{path}: no such matrix file") from None
+        data = tomllib.loads(read_text(path, "matrix file"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     known = {s.name for s in list_series(ws)}
@@ -106,13 +106,31 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
 
     cells: list[Cell] = []
     m = data.get("matrix") or {}
+    if not isinstance(m, dict):
+        raise UsageError(f"{path}: 'matrix' must be a [matrix] table")
+    for key in ("series", "bases", "modes"):
+        if key in m and not (isinstance(m[key], list) and all(isinstance(x, str) for x in m[key])):
+            raise UsageError(f"{path}: [matrix] '{key}' must be a list of strings")
+    raw_cells = data.get("cell", [])
+    if not isinstance(raw_cells, list) or not all(isinstance(c, dict) for c in raw_cells):
+        raise UsageError(f"{path}: 'cell' must be [[cell]] tables")
+    for i, c in enumerate(raw_cells, 1):
+        for key in ("series", "base", "mode", "profile", "name"):
+            if key in c and not isinstance(c[key], str):
+                raise UsageError(f"{path} [[cell]] #{i}: '{key}' must be a string")
+        for key in ("fragments", "qemu_args"):
+            if key in c and not (isinstance(c[key], list) and all(isinstance(x, str) for x in c[key])):
+                raise UsageError(f"{path} [[cell]] #{i}: '{key}' must be a list of strings")
+        if "expect" in c and not (isinstance(c["expect"], int) and not isinstance(c["expect"], bool)
+                                  and 0 <= c["expect"] <= 7):
+            raise UsageError(f"{path} [[cell]] #{i}: 'expect' must be an exit code 0-7, not {c['expect']!r}")
     for s in m.get("series", []):
         for b in m.get("bases", []):
             for mode in m.get("modes", ["guest"]):
                 check(s, mode, f"{path} [matrix]")
                 tree, ref = _base(ws, b, f"{path} [matrix]")
                 cells.append(Cell(None if s == "base" else s, tree, ref, mode))
-    for i, c in enumerate(data.get("cell", []), 1):
+    for i, c in enumerate(raw_cells, 1):
         where = f"{path} [[cell]] #{i}"
         unknown = set(c) - {"series", "base", "mode", "profile", "fragments", "qemu_args", "expect", "name"}
         if unknown:

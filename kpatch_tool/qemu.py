@@ -70,11 +70,9 @@ def accel_args(use_kvm: bool | None = None) -> list[str]:
 def check_bzimage(path: Path) -> Path:
     """A clear error for a file that is not an x86 boot image, before QEMU says something vaguer."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(0x210)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the kernel ({exc.strerror})") from None
+    from kpatch_tool.userfile import read_bytes
+
+    head = read_bytes(path, "kernel")[:0x210]
     if len(head) < 0x206 or head[0x202:0x206] != b"HdrS":
         raise UsageError(f"{path}: not an x86 bzImage (no 'HdrS' boot header; pass arch/x86/boot/bzImage)")
     return path
@@ -94,6 +92,9 @@ def bzimage_release(path: Path) -> str | None:
 def initrd_size(path: Path) -> int:
     """Bytes the initramfs needs in guest memory: compressed plus unpacked (gzip's ISIZE)."""
     path = Path(path)
+    from kpatch_tool.userfile import read_bytes
+
+    read_bytes(path, "initramfs") if not path.is_file() else None  # refuses FIFOs and folders by name
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 import markupsafe
 
 from kpatch_tool import results, runfolder, templating
+from kpatch_tool.errors import UsageError
 from kpatch_tool.runfolder import MANIFEST, STAGES
 
 REPORT_HTML = "report.html"
@@ -112,7 +113,11 @@ def _recent_runs(run_dir: Path, manifest: dict, limit: int = 10) -> list[dict]:
             continue
         try:
             data = json.loads(m.read_text())
-        except ValueError:
+        except (ValueError, OSError):
+            continue  # a broken sibling run must not break this run's report
+        try:
+            runfolder.check_manifest(m, data)
+        except UsageError:
             continue
         inp = data.get("inputs", {})
         if (inp.get("series"), inp.get("mode"), inp.get("tree")) == key and data.get("stages"):

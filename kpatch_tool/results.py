@@ -8,6 +8,7 @@ group (a series, `base`, or a KUnit suite): its leaves get the classname
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,12 +75,50 @@ def write_json(path: Path, results: RunResults) -> Path:
 def load_json(path: Path) -> RunResults:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        from kpatch_tool.userfile import read_text
+
+        data = json.loads(read_text(path, "results file"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read results ({exc})") from None
-    data.pop("counts", None)
-    cases = [CaseResult(**c) for c in data.pop("cases", [])]
-    return RunResults(cases=cases, **data)
+    return _from_dict(path, data)
+
+
+def _typed(path: Path, where: str, data: dict, spec: dict, required=()) -> dict:
+    out = {}
+    for key in required:
+        if key not in data:
+            raise UsageError(f"{path}: {where}'{key}' is missing")
+    for key, want in spec.items():
+        if key not in data:
+            continue
+        v = data[key]
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, want) or isinstance(v, bool) and want is not bool:
+            raise UsageError(f"{path}: {where}'{key}' must be {want.__name__}, not {type(v).__name__}")
+        out[key] = v
+    return out
+
+
+def _from_dict(path: Path, data) -> RunResults:
+    """results.json as written by write_json; anything else is named, not a traceback."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a results object")
+    top = _typed(path, "", data, {"mode": str, "verdict": str, "message": str, "duration": float,
+                                  "console_log": str, "ktap_errors": list, "extra": dict},
+                 required=("mode", "verdict"))
+    raw_cases = data.get("cases", [])
+    if not isinstance(raw_cases, list):
+        raise UsageError(f"{path}: 'cases' must be a list")
+    cases = []
+    for i, c in enumerate(raw_cases):
+        if not isinstance(c, dict):
+            raise UsageError(f"{path}: cases[{i}] must be an object")
+        cases.append(CaseResult(**_typed(path, f"cases[{i}].", c, {k: str for k in
+                                                                   ("classname", "name", "status", "reason", "output")},
+                                         required=("classname", "name", "status"))))
+    top["ktap_errors"] = [str(x) for x in top.get("ktap_errors", [])]
+    return RunResults(cases=cases, **top)
 
 
 def write_junit(path: Path, results: RunResults) -> Path:
@@ -117,9 +156,24 @@ def write_junit(path: Path, results: RunResults) -> Path:
             if c.output and c.status != FAIL:
                 out = ET.SubElement(tc, "system-out")
                 out.text = c.output
+    for el in root.iter():
+        el.attrib = {k: xml_safe(v) for k, v in el.attrib.items()}
+        if el.text:
+            el.text = xml_safe(el.text)
     ET.indent(root)
     path.write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
     return path
+
+
+ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# What XML 1.0 cannot hold at all, escaped or not: most C0 controls, lone
+# surrogates (undecodable console bytes), U+FFFE and U+FFFF.
+NOT_XML_RE = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Console text as JUnit can carry it: colours dropped, the unrepresentable marked."""
+    return NOT_XML_RE.sub("\ufffd", ANSI_RE.sub("", str(text)))
 
 
 def find(run_dir: Path) -> Path:
@@ -131,19 +185,19 @@ def find(run_dir: Path) -> Path:
 
 
 def print_table(results: RunResults, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     style = {PASS: "green", FAIL: "red", SKIP: "yellow", TODO: "yellow"}
     if results.cases:
         table = Table("class", "test", "result", "reason")
         for c in results.cases:
             st = style.get(c.status, "")
-            table.add_row(escape(c.classname), escape(c.name), f"[{st}]{c.status}[/{st}]", escape(c.reason))
+            table.add_row(Text(c.classname), Text(c.name), Text(c.status, style=st), Text(c.reason))
         console.print(table)
     n = results.counts()
     vstyle = "green" if results.verdict == "pass" else "red"
-    console.print(f"verdict [{vstyle}]{results.verdict}[/{vstyle}]"
-                  f"{': ' + escape(results.message) if results.message else ''} - "
-                  f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped, {n[TODO]} todo "
-                  f"in {results.duration:.1f}s; console: {escape(results.console_log)}")
+    console.print(Text.assemble("verdict ", (results.verdict, vstyle),
+                                f"{': ' + results.message if results.message else ''} - "
+                                f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped, {n[TODO]} todo "
+                                f"in {results.duration:.1f}s; console: {results.console_log}"))

@@ -100,12 +100,40 @@ def read_manifest(run_dir: Path) -> dict:
     path = run_dir / MANIFEST
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run folder (was it deleted?)")
+    from kpatch_tool.userfile import read_text
+
+    if not path.exists():
+        raise UsageError(f"{path}: missing; not a kpt run folder")
     try:
-        data = json.loads(path.read_text())
-    except OSError:
-        raise UsageError(f"{path}: missing; not a kpt run folder") from None
+        data = json.loads(read_text(path, "run manifest"))
     except ValueError as exc:
         raise UsageError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: not a kpt manifest")
+    check_manifest(path, data)
     return data
+
+
+def check_manifest(path: Path, data) -> None:
+    """The fields the report reads, with their types: a hand-edited or truncated
+    manifest is named, not a TypeError deep in the HTML template."""
+    def bad(what):
+        raise UsageError(f"{path}: not a kpt run manifest ({what})")
+
+    num = (int, float)
+    if not isinstance(data, dict):
+        bad("not a JSON object")
+    if not isinstance(data.get("run_id"), str):
+        bad("'run_id' must be a string")
+    inp = data.get("inputs")
+    if not isinstance(inp, dict) or not isinstance(inp.get("mode"), str):
+        bad("'inputs' must be an object with a 'mode' string")
+    stages = data.get("stages", [])
+    if not isinstance(stages, list):
+        bad("'stages' must be a list")
+    for i, st in enumerate(stages):
+        if not (isinstance(st, dict) and isinstance(st.get("name"), str) and isinstance(st.get("status"), str)
+                and isinstance(st.get("start"), num) and isinstance(st.get("end"), num)
+                and isinstance(st.get("note", ""), str)):
+            bad(f"stages[{i}] needs name and status strings and start and end numbers")
+    err = data.get("error")
+    if err is not None and not (isinstance(err, dict) and isinstance(err.get("message", ""), str)):
+        bad("'error' must be an object with a 'message' string")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import builtins
 import email
+import email.errors
 import email.policy
+import email.utils
 import hashlib
 import re
 import tomllib
@@ -28,6 +30,7 @@ import tomlkit.exceptions
 
 from kpatch_tool import gitutil, safefs
 from kpatch_tool.errors import UsageError
+from kpatch_tool.userfile import read_bytes, read_text
 from kpatch_tool.workspace import NAME_RE, NAME_RULE, Workspace, valid_name  # noqa: F401 (NAME_RE: re-export)
 
 SERIES_TOML = "series.toml"
@@ -37,9 +40,11 @@ SMOKE_WHERE = ("guest", "dom0", "domU")
 TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
             "domU", "ci"}  # domU: nested.domu_settings; ci: pipeline.series_ci_settings
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
-SMOKE_KEYS = {"name", "where", "run", "expect", "timeout"}
+SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip"}
+SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
 UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
+CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -67,6 +72,7 @@ class SmokeTest:
     run: str  # a shell command line, run by the guest's /init
     expect: str | None = None  # regex the output must match (exit 0 suffices if None)
     timeout: float = 60.0
+    skip: str = ""  # listed as SKIP with this reason (replaces a dependency's check of that name)
 
 
 @dataclass
@@ -134,10 +140,39 @@ def _where(path: Path, lineno: int | None = None) -> str:
     return f"{path}:{lineno}" if lineno else str(path)
 
 
+def _unquote_c(p: str) -> str:
+    """git's C-quoted path ("b/\\056\\056/x") as the path it names."""
+    body = p[1:-1] if len(p) >= 2 and p.endswith('"') else p[1:]
+    out = bytearray()
+    i = 0
+    raw = body.encode("utf-8", "surrogateescape")
+    simple = {ord("n"): 10, ord("t"): 9, ord('"'): 34, ord("\\"): 92, ord("a"): 7, ord("b"): 8,
+              ord("f"): 12, ord("r"): 13, ord("v"): 11}
+    while i < len(raw):
+        c = raw[i]
+        if c == 92 and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if i + 4 <= len(raw) and all(48 <= x <= 55 for x in raw[i + 1:i + 4]):
+                out.append(int(raw[i + 1:i + 4], 8) & 0xFF)
+                i += 4
+                continue
+            out.append(simple.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _unquoted(p: str) -> str:
+    p = p.strip()
+    return _unquote_c(p) if p.startswith('"') else p
+
+
 def _check_path(path: Path, lineno: int, p: str) -> None:
     p = p.strip()
     if p.startswith('"'):
-        p = p.strip('"')
+        p = _unquote_c(p)
     if p == "/dev/null":
         return
     if p.startswith("/"):
@@ -145,6 +180,8 @@ def _check_path(path: Path, lineno: int, p: str) -> None:
     parts = p.split("/")
     if ".." in parts:
         raise UsageError(f"{_where(path, lineno)}: patch touches '{p}', outside the tree")
+    if any(x.lower() == ".git" for x in parts):
+        raise UsageError(f"{_where(path, lineno)}: patch touches '{p}', inside git's own folder")
 
 
 def _check_diff(path: Path, data: bytes, start_line: int) -> int:
@@ -161,10 +198,12 @@ def _check_diff(path: Path, data: bytes, start_line: int) -> int:
             m = re.match(rb"diff --git (\"?a/.*?\"?) (\"?b/.*\"?)$", line)
             if m:
                 for part in m.groups():
-                    text = part.decode("utf-8", "replace").strip('"')
+                    text = _unquoted(part.decode("utf-8", "surrogateescape"))
                     _check_path(path, lineno, text[2:])
+        elif line.startswith((b"GIT binary patch", b"Binary files ")):
+            raise UsageError(f"{_where(path, lineno)}: a binary patch; kpt stores text patches only")
         elif line.startswith((b"--- ", b"+++ ")) and i + 1 < n:
-            name = line[4:].split(b"\t")[0].decode("utf-8", "replace").strip('"')
+            name = _unquoted(line[4:].split(b"\t")[0].decode("utf-8", "surrogateescape"))
             if name != "/dev/null":
                 if not name.startswith("/"):
                     name = name.split("/", 1)[1] if "/" in name else name
@@ -195,7 +234,12 @@ def _check_diff(path: Path, data: bytes, start_line: int) -> int:
                 else:
                     raise UsageError(f"{_where(path, start_line + j)}: patch is truncated or corrupt (hunk ends early)")
                 j += 1
-            if old < 0 or new < 0:
+            while j < n and lines[j].startswith(b"\\"):
+                j += 1
+            nxt = lines[j] if j < n else b""
+            if old < 0 or new < 0 or nxt.startswith((b" ", b"+")) or (
+                    nxt.startswith(b"-") and not nxt.startswith((b"--- ", b"-- "))):
+                # More hunk lines than the header counts: git am stops on it.
                 raise UsageError(f"{_where(path, lineno)}: hunk line counts do not match its header")
             i = j
             continue
@@ -209,10 +253,7 @@ def _decode_header(value: str) -> str:
 
 def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
     """Read and validate one patch file (git format-patch form, one patch)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read patch: {exc.strerror}") from None
+    data = read_bytes(path, "patch")
     if not data.strip():
         raise UsageError(f"{path}: empty file, not a patch")
     if b"\0" in data:
@@ -232,11 +273,22 @@ def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
         lineno = head[: exc.start].count(b"\n") + 1
         raise UsageError(f"{_where(path, lineno)}: header is not UTF-8 (encode it as RFC 2047, or re-export with git format-patch)") from None
     msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.default)
-    subject = msg.get("Subject")
-    author = msg.get("From")
+    try:
+        subject = msg.get("Subject")
+        author = msg.get("From")
+        date = msg.get("Date")
+    except (ValueError, TypeError, IndexError, email.errors.MessageError) as exc:
+        # An RFC 2047 word may hide a CR/LF that the mail parser refuses.
+        raise UsageError(f"{path}: a header cannot be decoded ({exc})") from None
+    for key, value in (("Subject", subject), ("From", author)):
+        if value and CONTROL_RE.search(str(value)):
+            raise UsageError(f"{path}: the {key}: header holds control characters (CR, LF, ...)")
     if not subject or not author:
         missing = "Subject" if not subject else "From"
         raise UsageError(f"{path}: not in git format-patch form (no {missing}: header)")
+    if "@" not in email.utils.parseaddr(str(author))[1]:
+        # git am stops on it without saying why.
+        raise UsageError(f"{path}: From: '{_decode_header(author)}' has no e-mail address (Name <mail@host>)")
     if b"\ndiff --git " not in b"\n" + body and b"\n--- " not in b"\n" + body:
         raise UsageError(f"{path}: not a patch (no diff in it)")
     body_start = head.count(b"\n") + 3
@@ -245,20 +297,20 @@ def parse_patch(path: Path, tree: str = "", file: str | None = None) -> Patch:
         diff_at = body.find(b"\n--- ")
     start_line = body_start + body[: diff_at + 1].count(b"\n")
     _check_diff(path, body[diff_at + 1:], start_line)
+    if not data.endswith(b"\n"):
+        lineno = data.count(b"\n") + 1
+        raise UsageError(f"{_where(path, lineno)}: the last line has no newline (the file is cut; git am would stop)")
     subject = _decode_header(subject)
     subject = re.sub(r"^\[[^\]]*\]\s*", "", subject)
     return Patch(file=file or path.name, subject=subject, author=_decode_header(author),
-                 date=_decode_header(msg.get("Date") or ""), tree=tree, path=path)
+                 date=_decode_header(date or ""), tree=tree, path=path)
 
 
 def read_order(order: Path) -> list[tuple[int, str]]:
     """The quilt order file: (line number, patch file) for each patch."""
-    try:
-        text = order.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{order}: missing (the tree's order file, one patch a line)") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{order}: not UTF-8 text") from None
+    if not order.exists():
+        raise UsageError(f"{order}: missing (the tree's order file, one patch a line)")
+    text = read_text(order, "order file")
     out = []
     for i, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -315,6 +367,16 @@ def _unknown(path: Path, prefix: str, keys, allowed) -> None:
         raise UsageError(f"{path}: unknown key '{prefix}{extra[0]}' (known: {', '.join(sorted(allowed))})")
 
 
+def fragment_path(toml: Path, folder: Path, f: str, must_exist: bool = True) -> Path:
+    """A series' config fragment: a file inside its own folder, nowhere else."""
+    fp = (folder / f).resolve()
+    if Path(f).is_absolute() or not fp.is_relative_to(folder.resolve()):
+        raise _err(toml, "fragments", f"names '{f}', outside the series folder {folder}")
+    if must_exist and not fp.is_file():
+        raise _err(toml, "fragments", f"names '{f}', no such file in {folder}")
+    return fp
+
+
 def series_dir(ws: Workspace, name: str) -> Path:
     if not valid_name(name):
         raise UsageError(f"'{name}' is not a valid series name ({NAME_RULE})")
@@ -330,7 +392,7 @@ def load_series(ws: Workspace, name: str) -> Series:
         known = ", ".join(s for s in _names(ws)) or "none"
         raise UsageError(f"series '{name}': no {path} (known series: {known})")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(path, "series file"))
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -403,9 +465,16 @@ def load_series(ws: Workspace, name: str) -> Series:
         if not isinstance(s, dict):
             raise _err(path, key, "must be a table")
         _unknown(path, key + ".", s, SMOKE_KEYS)
+        skip = s.get("skip", "")
+        if not isinstance(skip, str):
+            raise _err(path, f"{key}.skip", "must be a string (the reason)")
         for req in ("name", "run"):
+            if req == "run" and skip and "run" not in s:
+                continue
             if not isinstance(s.get(req), str) or not s.get(req):
                 raise _err(path, f"{key}.{req}", "is required (a string)")
+        if not SMOKE_NAME_RE.match(s["name"]):
+            raise _err(path, f"{key}.name", f"is '{s['name']}'; a KTAP test name is letters, digits and _.:+-")
         where = s.get("where", "guest")
         if where not in SMOKE_WHERE:
             raise _err(path, f"{key}.where", f"is '{where}'; one of {', '.join(SMOKE_WHERE)}")
@@ -416,19 +485,17 @@ def load_series(ws: Workspace, name: str) -> Series:
             except re.error as exc:
                 raise _err(path, f"{key}.expect", f"is not a valid regex: {exc}") from None
         timeout = s.get("timeout", 60)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise _err(path, f"{key}.timeout", "must be a positive number of seconds")
-        series.smoke.append(SmokeTest(s["name"], where, s["run"], expect, float(timeout)))
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
+            # `not 0 < x` also refuses nan, which compares false to everything.
+            raise _err(path, f"{key}.timeout", "must be a positive number of seconds (at most a day)")
+        series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip))
     names = [s.name for s in series.smoke]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise _err(path, "smoke", f"has two tests named '{sorted(dup)[0]}'")
 
     for f in _str_list(path, "fragments", data.get("fragments", [])):
-        fp = (folder / f).resolve()
-        if not fp.is_file():
-            raise _err(path, "fragments", f"names '{f}', no such file in {folder}")
-        series.fragments.append(fp)
+        series.fragments.append(fragment_path(path, folder, f))
 
     upstream = data.get("upstream", [])
     if not isinstance(upstream, list) or not all(isinstance(u, dict) for u in upstream):
@@ -441,8 +508,8 @@ def load_series(ws: Workspace, name: str) -> Series:
     series.upstream = list(upstream)
 
     cover = folder / COVER
-    if cover.is_file():
-        text = cover.read_text(encoding="utf-8", errors="replace")
+    if cover.exists():
+        text = read_bytes(cover, "cover letter").decode("utf-8", errors="replace")
         title, _, body = text.partition("\n")
         series.cover_title = title.lstrip("# ").strip()
         series.cover_body = body.strip("\n")
@@ -458,7 +525,27 @@ def _names(ws: Workspace) -> list[str]:
 
 
 def list_series(ws: Workspace) -> list[Series]:
-    return [load_series(ws, n) for n in _names(ws)]
+    rows = [load_series(ws, n) for n in _names(ws)]
+    # The same check every other command makes, on the loaded series: a cycle
+    # or a missing dependency is reported here too, not only at apply time.
+    by = {s.name: s for s in rows}
+    done: set[str] = set()
+
+    def visit(s: Series, stack: list[str]) -> None:
+        if s.name in done:
+            return
+        if s.name in stack:
+            cycle = " -> ".join(stack[stack.index(s.name):] + [s.name])
+            raise UsageError(f"dependency cycle: {cycle} (fix 'depends' in {s.toml_path})")
+        for d in s.depends:
+            if d not in by:
+                raise UsageError(f"{s.toml_path}: 'depends' names '{d}', no such series")
+            visit(by[d], stack + [s.name])
+        done.add(s.name)
+
+    for s in rows:
+        visit(s, [])
+    return rows
 
 
 def resolve_depends(ws: Workspace, name: str) -> list[Series]:

@@ -94,8 +94,10 @@ def load(root: Path | None = None) -> Workspace:
     path = root / WORKSPACE_FILE
     if not path.is_file():
         raise UsageError(f"{path}: no workspace file (create kpt.toml, see README)")
+    from kpatch_tool.userfile import read_text
+
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path, "workspace file"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     trees = {}
@@ -106,6 +108,13 @@ def load(root: Path | None = None) -> Workspace:
             raise UsageError(f"{path}: [trees.{name!r}]: not a valid tree name ({NAME_RULE})")
         if not isinstance(spec, dict) or "source" not in spec:
             raise UsageError(f"{path}: [trees.{name}] needs a 'source'")
+        for key in ("source", "version", "kind", "ref"):
+            if key in spec and not isinstance(spec[key], str):
+                raise UsageError(f"{path}: [trees.{name}] '{key}' must be a string")
+        tail = spec["source"].split(":", 1)[1] if spec["source"].startswith(("debian:", "debian-src:")) else spec["source"]
+        if not tail.strip() or tail.lstrip().startswith("-") or spec.get("version", "").startswith("-"):
+            # It reaches git clone / apt-get source as an argument: never as an option.
+            raise UsageError(f"{path}: [trees.{name}] source '{spec['source']}' must not be empty or start with '-'")
         kind = spec.get("kind") or name.split("-")[0]
         if kind not in ("linux", "qemu", "xen"):
             kind = "linux"
@@ -118,5 +127,8 @@ def load(root: Path | None = None) -> Workspace:
         if not isinstance(spec["source"], str) or not spec["source"].strip() or spec["source"].startswith("-"):
             raise UsageError(f"{path}: [trees.{name}] source must be a path, URL or debian:/debian-src: package")
         trees[name] = TreeSpec(name, spec["source"], version, kind, tuple(suites))
+    for key in ("cache_dir", "patches_dir", "configs_dir"):
+        if key in data and not isinstance(data[key], str):
+            raise UsageError(f"{path}: '{key}' must be a string (a folder)")
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)

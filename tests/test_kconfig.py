@@ -206,6 +206,101 @@ def test_choice_default_set_to_n_follows_the_trees_kconfig_version(tmp_path, new
     assert f"CONFIG_{expected}=y" in result.config_text
 
 
+MEMCHOICE_KCONFIG = """\
+config ARCH32
+\tbool "32-bit"
+
+config OLDCPU
+\tbool "old cpu"
+
+choice
+\tprompt "High Memory Support"
+\tdepends on ARCH32
+\tdefault LOWMEM
+
+config LOWMEM
+\tbool "low"
+
+config HIGHMEM
+\tbool "high"
+\tdepends on !OLDCPU
+
+endchoice
+
+config USES_HIGHMEM
+\tbool "uses highmem"
+\tdepends on HIGHMEM
+"""
+
+
+@pytest.fixture
+def memchoice_tree(tmp_path):
+    src = tmp_path / "memchoice"
+    src.mkdir()
+    (src / "Kconfig").write_text(MEMCHOICE_KCONFIG)
+    return src
+
+
+def test_member_of_a_choice_that_is_off_names_the_choice_and_its_dependency(memchoice_tree, tmp_path):
+    """Seen for real: arch/x86/configs/xen.config's CONFIG_HIGHMEM64G=y over x86_64
+    defconfig ended in `TypeError: 'Choice' object is not subscriptable`."""
+    frag = _frag(tmp_path, "f.config", "CONFIG_HIGHMEM=y\nCONFIG_USES_HIGHMEM=y\n")
+    result = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag])
+    high, uses = result.problems
+    assert high.symbol == "HIGHMEM" and high.actual == "n"
+    assert '<choice "High Memory Support" at Kconfig:7> is off' in high.reason
+    assert high.unmet_expr == "ARCH32 [=n]"
+    assert high.suggestions == ["CONFIG_ARCH32=y"]
+    # The member is requested itself, so its needs are reported there, once.
+    assert uses.reason == "unmet dependency" and uses.unmet_expr == "HIGHMEM [=n]"
+    fixed = _frag(tmp_path, "fix.config", "CONFIG_ARCH32=y\n")
+    assert kconfig.evaluate(memchoice_tree, "allnoconfig", [frag, fixed]).problems == []
+
+
+def test_choice_member_not_taken_names_the_member_the_choice_selected(memchoice_tree, tmp_path):
+    frag = _frag(tmp_path, "f.config", "CONFIG_ARCH32=y\nCONFIG_HIGHMEM=y\nCONFIG_LOWMEM=y\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.symbol == "HIGHMEM"
+    assert '<choice "High Memory Support" at Kconfig:7> selected LOWMEM' in p.reason
+    frag.write_text("CONFIG_ARCH32=y\n# CONFIG_LOWMEM is not set\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.symbol == "LOWMEM" and "selected LOWMEM" in p.reason and "another member" in p.reason
+
+
+def test_member_with_its_own_unmet_dependency_names_the_choice(memchoice_tree, tmp_path):
+    frag = _frag(tmp_path, "f.config", "CONFIG_ARCH32=y\nCONFIG_OLDCPU=y\nCONFIG_HIGHMEM=y\n")
+    (p,) = kconfig.evaluate(memchoice_tree, "allnoconfig", [frag]).problems
+    assert p.reason.startswith("unmet dependency (a member of <choice \"High Memory Support\"")
+    assert "which selected LOWMEM" in p.reason
+    assert "OLDCPU [=y]" in p.unmet_expr and "<choice" in p.unmet_expr
+
+
+def test_tinyconfig_after_another_evaluation_in_the_same_process(memchoice_tree, tmp_path):
+    """Seen on the kernel's own fragments: defconfig + X, then tinyconfig + X in one
+    process ended in kconfiglib's `KeyError: None` (stale marks of the last load)."""
+    (memchoice_tree / "kernel/configs").mkdir(parents=True)
+    (memchoice_tree / "kernel/configs/tiny-base.config").write_text("CONFIG_OLDCPU=y\n")
+    base = _frag(tmp_path, "base.config", "CONFIG_ARCH32=y\nCONFIG_OLDCPU=y\n")
+    frag = _frag(tmp_path, "f.config", "CONFIG_OLDCPU=y\n")
+    assert kconfig.evaluate(memchoice_tree, str(base), [frag]).problems == []
+    result = kconfig.evaluate(memchoice_tree, "tinyconfig", [frag])
+    assert result.problems == [] and "CONFIG_OLDCPU=y" in result.config_text
+
+
+def test_cli_exits_4_on_a_choice_member_and_explain_shows_the_choice(memchoice_tree, tmp_path, tmp_ws):
+    from kpatch_tool.cli import main
+
+    ws = tmp_ws()
+    frag = _frag(tmp_path, "f.config", "CONFIG_HIGHMEM=y\n")
+    res = CliRunner().invoke(main, ["-w", str(ws.root), "config", "--base", "allnoconfig", "-f", str(frag),
+                                    "--srctree", str(memchoice_tree), "--no-cross-check",
+                                    "-o", str(tmp_path / "o.config")])
+    assert res.exit_code == 4, res.output
+    assert "High Memory Support" in res.output and "Traceback" not in res.output
+    info = kconfig.explain(memchoice_tree, "HIGHMEM", "allnoconfig")
+    assert '<choice "High Memory Support" at Kconfig:7> [=n]' in info.depends_on
+
+
 def test_unparsable_kconfig_is_a_config_error_naming_file_line_and_construct(tmp_path):
     src = tmp_path / "broken"
     (src / "sub").mkdir(parents=True)
@@ -365,3 +460,32 @@ def test_linux_6_12_bases_and_profiles_match_its_c_tools(project_ws, linux612, t
         out = tmp_path / f"{profile}.config"
         assert kconfig.config_for_profile(project_ws, linux612, profile, output=out).problems == []
         assert kconfig.cross_check(linux612, out) == [], profile
+
+
+# ---------------------------------------------------------------- the kernel's own fragments (slow)
+
+
+def _kernel_fragments(src: Path) -> list[Path]:
+    return sorted((src / "kernel/configs").glob("*.config")) + sorted((src / "arch/x86/configs").glob("*.config"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree", ["linux61", "linux612"])
+@pytest.mark.parametrize("base", ["defconfig", "tinyconfig"])
+def test_every_fragment_the_kernel_ships_is_evaluated_like_kbuild(request, tree, base):
+    """Each kernel/configs and arch/x86/configs fragment over the base: never a
+    crash; every value that does not take is explained; the .config is what
+    merge_config.sh -m + `make olddefconfig` makes of the same inputs.
+    (Measured by hand on both trees: 12 fragments each, 48 evaluations, all equal.)"""
+    src = request.getfixturevalue(tree)
+    frags = _kernel_fragments(src)
+    assert len(frags) >= 10
+    base_text = kconfig.evaluate(src, base, []).config_text
+    for frag in frags:
+        result = kconfig.evaluate(src, base, [frag])
+        for p in result.problems:
+            assert p.reason and p.fragment == str(frag), (frag, p)
+            if p.symbol in ("HIGHMEM64G", "HIGHMEM4G"):
+                assert "High Memory Support" in p.reason
+        theirs = kconfig.kbuild_config(src, "olddefconfig", base_text + frag.read_text())
+        assert kconfig.normalise(result.config_text) == kconfig.normalise(theirs), frag

@@ -319,3 +319,12 @@ def test_mail_replaces_only_the_files_it_wrote(s1, tmp_path):
     again = mail.prepare(ws, "s1", out=out).trees["linux"]
     assert [f.name for f in again.files] == [f.name for f in first.files]
     assert mine.read_text() == "mine\n" and (out / "linux" / "archive.mbox").read_text() == "mine too\n"
+
+
+def test_earlier_versions_come_from_one_tag_listing(make_repo):
+    """version = 10**12 in series.toml ran one git rev-parse per earlier version."""
+    repo = make_repo("tags")
+    for tag in ("kpt/s1/v1", "kpt/s1/v3", "kpt/s1/vx", "kpt/s10/v2", "kpt/s1/v2/extra"):
+        mf.git(repo, "tag", tag)
+    assert mail.tagged_versions(repo / ".git", "s1") == [1, 3]
+    assert mail.tagged_versions(repo / ".git", "none") == []

@@ -3,6 +3,7 @@
 import io
 import xml.etree.ElementTree as ET
 
+import pytest
 from rich.console import Console
 
 from kpatch_tool import ktap, results
@@ -85,3 +86,39 @@ def test_table_lists_every_case_and_the_verdict():
     out = buf.getvalue()
     assert "vif-count" in out and "lonely" in out
     assert "verdict fail" in out and "1 failed" in out
+
+
+def test_junit_is_well_formed_whatever_the_console_held(tmp_path):
+    """ANSI colours, NUL, BEL and undecodable bytes (lone surrogates) come from consoles."""
+    import xml.etree.ElementTree as ET
+
+    nasty = "\x1b[31mred\x1b[0m \x00nul \x07bel \udcff lone \ufffe\x1b]0;title\x07 ok \u00e9"
+    rr = results.RunResults(mode="guest", verdict="timeout", message=nasty, console_log=nasty, cases=[
+        results.CaseResult("base.guest", "t" + nasty, "fail", nasty, nasty),
+        results.CaseResult("base.guest", "s", "skip", nasty),
+        results.CaseResult("base.guest", "p", "pass", "", nasty)])
+    path = results.write_junit(tmp_path / "results.xml", rr)
+    root = ET.parse(path).getroot()  # well-formed: parses
+    text = path.read_text(encoding="utf-8")
+    assert "\x1b" not in text and "\x00" not in text and "\x07" not in text
+    assert "red" in text and "ok \u00e9" in text and "title" not in text
+    assert root.find(".//failure").get("message").startswith("red \ufffdnul")
+
+
+@pytest.mark.parametrize("data, message", [
+    ("[]", "not a results object"),
+    ('{"mode": "guest"}', "'verdict' is missing"),
+    ('{"mode": 5, "verdict": "pass"}', "'mode' must be str"),
+    ('{"mode": "g", "verdict": "pass", "cases": {}}', "'cases' must be a list"),
+    ('{"mode": "g", "verdict": "pass", "cases": [{"name": "x"}]}', "cases[0].'classname' is missing"),
+    ('{"mode": "g", "verdict": "pass", "cases": [5]}', "cases[0] must be an object"),
+    ('{"mode": "g", "verdict": "pass", "duration": "long"}', "'duration' must be float"),
+])
+def test_results_json_with_wrong_types_is_a_usage_error(tmp_path, data, message):
+    from kpatch_tool.errors import UsageError
+
+    p = tmp_path / "results.json"
+    p.write_text(data)
+    with pytest.raises(UsageError) as exc:
+        results.load_json(p)
+    assert message in exc.value.message and str(p) in exc.value.message

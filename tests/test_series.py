@@ -71,6 +71,14 @@ def test_dependency_cycle_is_named(series_ws, demo_series):
         sm.resolve_depends(series_ws, "a")
 
 
+def test_series_list_reports_a_cycle(series_ws, demo_series):
+    clone_series(series_ws, demo_series, "a", depends=["b"])
+    (series_ws.patches_dir / "b").mkdir()
+    (series_ws.patches_dir / "b" / "series.toml").write_text('name = "b"\ndepends = ["a"]\n')
+    r = kpt(series_ws, "series", "list")
+    assert r.exit_code == 2 and "dependency cycle: a -> b -> a" in r.output
+
+
 def test_missing_dependency_names_the_file(series_ws, demo_series):
     clone_series(series_ws, demo_series, "top", ["nope"])
     with pytest.raises(UsageError, match=r"top/series.toml: 'depends' names 'nope'"):
@@ -100,6 +108,14 @@ def _corrupt(demo_series, idx: int, data: bytes):
     ("two", r"0002-blkfront-fix-line-10.patch: holds 2 patches"),
     ("nodiff", r"0002-blkfront-fix-line-10.patch: not a patch \(no diff in it\)"),
     ("noheaders", r"0002-blkfront-fix-line-10.patch: not in git format-patch form"),
+    ("crlf-in-from", r"0002-blkfront-fix-line-10.patch: a header cannot be decoded"),
+    ("octal", r"0002-blkfront-fix-line-10.patch:\d+: patch touches '../x', outside the tree"),
+    ("dotgit", r"0002-blkfront-fix-line-10.patch:\d+: patch touches '.git/config', inside git's own folder"),
+    ("no-final-newline", r"0002-blkfront-fix-line-10.patch:\d+: the last line has no newline"),
+    ("undercount", r"0002-blkfront-fix-line-10.patch:\d+: hunk line counts do not match its header"),
+    ("no-address", r"0002-blkfront-fix-line-10.patch: From: .*Ada Lovelace.* has no e-mail address"),
+    ("binary-patch", r"0002-blkfront-fix-line-10.patch:\d+: a binary patch"),
+    ("newline-in-subject", r"0002-blkfront-fix-line-10.patch: the Subject: header holds control characters"),
 ])
 def test_bad_patch_files_are_named(series_ws, demo_series, case, message):
     good = demo_series.trees["linux"].patches[1].path.read_bytes()
@@ -113,6 +129,16 @@ def test_bad_patch_files_are_named(series_ws, demo_series, case, message):
         "two": good + good,
         "nodiff": good[: good.index(b"\n---\n") + 1],
         "noheaders": good[good.index(b"diff --git"):].replace(b"diff --git", b"Hello\n\ndiff --git", 1),
+        "octal": good.replace(b"diff --git a/drivers/block/blkfront.c b/drivers/block/blkfront.c",
+                              b'diff --git "a/\\056\\056/x" "b/\\056\\056/x"'),
+        "dotgit": good.replace(b"drivers/block/blkfront.c", b".git/config"),
+        "no-final-newline": good.rstrip(b"\n"),
+        "undercount": re.sub(rb"@@ -(\d+),7 \+(\d+),7 @@", rb"@@ -\1,6 +\2,6 @@", good),
+        "no-address": good.replace(b"From: Ada Lovelace <ada@example.org>", b"From: Ada Lovelace"),
+        "binary-patch": good[: good.index(b"index ")] + b"index 1111111..2222222 100644\nGIT binary patch\n"
+                        b"literal 3\nKcmZ?wbNB!K0|WpE\n\nliteral 0\nHcmV?d00001\n\n",
+        "crlf-in-from": good.replace(b"From: Ada Lovelace", b"From: =?UTF-8?Q?Eve=0D=0ABcc=3A_x?="),
+        "newline-in-subject": good.replace(b"Subject: [PATCH] ", b"Subject: =?UTF-8?Q?a=0Ab?= "),
     }[case]
     _corrupt(demo_series, 1, data)
     with pytest.raises(UsageError, match=message):
@@ -145,6 +171,48 @@ def test_new_series_creates_the_layout(series_ws):
     with pytest.raises(UsageError, match="unknown tree 'nope'"):
         sm.new_series(series_ws, "other", ["nope"])
     assert not (series_ws.patches_dir / "other").exists()
+
+
+@pytest.mark.parametrize("smoke, message", [
+    ("name = 'a b'\nrun = 'true'", "a KTAP test name is letters"),
+    ("name = 'x'\nrun = 'true'\ntimeout = nan", "must be a positive number"),
+    ("name = 'x'\nrun = 'true'\ntimeout = 1e300", "must be a positive number"),
+    ("name = 'x'\nskip = 5", "must be a string"),
+    ("name = 'x'", "'smoke[0].run' is required"),
+])
+def test_smoke_tables_are_checked(series_ws, demo_series, smoke, message):
+    write_toml(demo_series, f"\n[[smoke]]\n{smoke}\n")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        sm.load_series(series_ws, "demo")
+
+
+def test_smoke_skip_is_accepted_without_run(series_ws, demo_series):
+    write_toml(demo_series, "\n[[smoke]]\nname = 'qemu-maps'\nwhere = 'domU'\nskip = 'not on this variant'\n")
+    (t,) = sm.load_series(series_ws, "demo").smoke
+    assert (t.name, t.skip, t.run) == ("qemu-maps", "not on this variant", "true")
+
+
+@pytest.mark.parametrize("name", ["x.lock", "a..b", "trailing.", ".hidden", "a/b"])
+def test_series_name_must_make_a_branch_name(series_ws, name):
+    r = kpt(series_ws, "series", "new", name, "--tree", "linux")
+    assert r.exit_code == 2 and "not a valid series name" in r.output
+    assert sorted(p.name for p in series_ws.patches_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("frag, message", [
+    ("/etc/passwd", "outside the series folder"),
+    ("../../kpt.toml", "outside the series folder"),
+    ("missing.config", "no such file"),
+])
+def test_fragments_stay_inside_the_series_folder(series_ws, demo_series, frag, message):
+    from kpatch_tool import kconfig
+
+    write_toml(demo_series, "", top=f'fragments = ["{frag}"]\n')
+    with pytest.raises(UsageError, match=f"'fragments' names '{re.escape(frag)}', {message}"):
+        sm.load_series(series_ws, "demo")
+    if "outside" in message:
+        with pytest.raises(UsageError, match=message):
+            kconfig.series_fragments(series_ws, "demo")
 
 
 def test_update_toml_keeps_comments(series_ws, demo_series):
