@@ -291,7 +291,9 @@ def wire_bytes(text: str, sender: str, date: float) -> bytes:
     author = header(text, "From") or sender
     if email.utils.parseaddr(author)[1].lower() != email.utils.parseaddr(sender)[1].lower():
         body = f"From: {author}\n\n" + body
-    vals = {"from": f"From: {sender}", "date": f"Date: {email.utils.formatdate(date, localtime=True)}"}
+    # A name outside ASCII must be RFC 2047 encoded in a header (as the cover's From is).
+    vals = {"from": "From: " + email.utils.formataddr(email.utils.parseaddr(sender), charset="utf-8"),
+            "date": f"Date: {email.utils.formatdate(date, localtime=True)}"}
     fields = [[vals.pop(n)] if (n := f[0].split(":", 1)[0].strip().lower()) in vals else f for f in fields]
     fields += [[v] for v in vals.values()]
     out = join_mail(first, fields, body).partition("\n")[2]

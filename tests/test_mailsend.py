@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import json
 import socket
 import ssl
@@ -420,3 +421,16 @@ def test_journal_entries_are_whole_after_each_mail(tmp_path):
     again = mailsend.Journal(tmp_path / mailsend.JOURNAL)
     assert list(again.sent()) == ["<a@x>", "<b@x>"]
     assert not (tmp_path / (mailsend.JOURNAL + ".tmp")).exists()
+
+
+def test_wire_bytes_give_the_sender_from_and_keep_the_author_in_the_body():
+    text = ("From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            f"Message-Id: {IDS[1]}\nFrom: {OTHER}\nDate: Tue, 2 Jan 2024 03:04:05 +0000\n"
+            "Subject: [PATCH 1/3] baz: add baz\n\nBody.\n---\n")
+    raw = mailsend.wire_bytes(text, "Philippe Mathieu-Daudé <p@example.org>", 1_700_000_000)
+    assert raw.isascii() and b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    m = email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    assert str(m["From"]) == "Philippe Mathieu-Daudé <p@example.org>"
+    assert email.utils.parsedate_to_datetime(str(m["Date"])).timestamp() == 1_700_000_000
+    assert m.get_content().startswith(f"From: {OTHER}\n\nBody.")
+    assert str(m["Message-Id"]) == IDS[1] and len(m.get_all("From")) == 1
