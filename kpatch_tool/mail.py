@@ -21,8 +21,8 @@ mails are then finished the way a maintainer's tools read them:
 
 Output: one file per mail plus mboxrd mboxes per tree (the patches, which
 git am applies, and the whole thread), under
-`<out>/<tree>/` (default `out/mail/<series>-v<N>/<tree>/`). Sending is
-git send-email's job, and only on an explicit request.
+`<out>/<tree>/` (default `out/mail/<series>-v<N>/<tree>/`). Sending them
+is mailsend.py's job, and only on an explicit request.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from kpatch_tool import gates as gatesmod
 from kpatch_tool import gitutil, maintainers, proc, templating
-from kpatch_tool.errors import PrereqError, UsageError
+from kpatch_tool.errors import UsageError
 from kpatch_tool.series import Series, load_series, update_toml
 from kpatch_tool.workspace import Workspace
 
@@ -93,7 +93,8 @@ class MailResult:
     version: int
     out: Path
     trees: dict[str, TreeMail] = field(default_factory=dict)
-    forced: bool = False  # prepared with force=True: send() goes ahead despite failed gates
+    forced: bool = False  # prepared with force=True: sending goes ahead despite failed gates
+    sender: str = ""  # "Name <addr>": the covers' From, and the From every mail goes out with
 
     @property
     def blocked(self) -> bool:
@@ -132,7 +133,7 @@ def _wt(wt: Path, *args, **kw):
 
 
 def sender(worktree: Path, fallback: str) -> str:
-    """The user's identity as git send-email will use it ("Name <addr>")."""
+    """The user's identity as git send-email would use it ("Name <addr>")."""
     # The user's own config and environment count here (gitutil hides them).
     res = proc.run(["git", "var", "GIT_AUTHOR_IDENT"], cwd=worktree, timeout=30)
     if res.ok:
@@ -336,8 +337,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
 
     Nothing is sent. The result says per tree which files, mbox and
     recipients were written and how each gate went; `result.blocked` is true
-    when a gate failed, and send() then refuses unless force was given here
-    (or to send()).
+    when a gate failed, and sending then refuses unless force was given.
     """
     from kpatch_tool import apply as applymod
 
@@ -421,6 +421,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
         first_author = next(iter(parts.values())).texts[1]
         fallback = header(first_author, "From") or "kpt <kpt@localhost>"
         me = sender(next(iter(parts.values())).ar.worktree, fallback)
+        result.sender = me
         domain = _domain(me)
         # Trees left out with --tree still get named as companions, from
         # series.toml (their lists as far as it and the project tell).
@@ -527,61 +528,6 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
                     {n: part.per_patch[n] for n in part.names[1:]}, part.gates, part.ar.base_commit,
                     part.ar.series_base, part.ar.head_commit, part.ar.worktree, part.prerequisites,
                     part.range_diff)
-
-
-# --------------------------------------------------------------------------
-# sending
-
-
-def smtp_configured(worktree: Path) -> bool:
-    for key in ("sendemail.smtpserver", "sendemail.sendmailcmd"):
-        res = proc.run(["git", "config", "--get", key], cwd=worktree, timeout=30)
-        if res.ok and res.stdout.strip():
-            return True
-    return False
-
-
-SMTP_HINT = ("set one with `git config --global sendemail.smtpServer smtp.example.org` "
-             "(and sendemail.smtpServerPort, sendemail.smtpEncryption=tls, sendemail.smtpUser), "
-             "or `git config --global sendemail.sendmailCmd /usr/sbin/sendmail`")
-
-
-def send(result: MailResult, *, dry_run: bool = False, force: bool = False,
-         say: Callable[[str], None] | None = None) -> dict[str, str]:
-    """git send-email the written files, tree by tree; returns its output per tree.
-
-    dry_run prints what would go out (git send-email --dry-run). A real send
-    needs an SMTP server (or sendmail command) in git's config and gates that
-    passed (or force); otherwise nothing is sent.
-    """
-    say = say or (lambda m: None)
-    if result.blocked and not (force or result.forced):
-        names = ", ".join(f"{t}:{g.name}" for t, g in result.failed_gates())
-        raise UsageError(f"gates failed ({names}); nothing sent (fix the patches, or --force)")
-    if not dry_run:
-        for tm in result.trees.values():
-            if not smtp_configured(tm.worktree):
-                raise UsageError(f"git send-email has no SMTP server configured; nothing sent: {SMTP_HINT}")
-    outputs = {}
-    for t, tm in result.trees.items():
-        argv = ["git", "send-email", "--no-thread", "--confirm=never", "--suppress-cc=self",
-                "--no-format-patch", "--8bit-encoding=UTF-8", "--quiet"]
-        if dry_run:
-            argv.remove("--quiet")
-            argv.append("--dry-run")
-        argv += [str(f) for f in tm.files]
-        say(f"{t}: git send-email{' --dry-run' if dry_run else ''} {len(tm.files)} mails")
-        log = tm.out_dir / "send-email.log"
-        res = proc.run(argv, cwd=tm.worktree, timeout=900, log=log, input="")
-        text = res.stdout + res.stderr
-        if "Mail::Address" in text or "Can't locate" in text:
-            raise PrereqError("git send-email lacks its Perl modules (apt-get install libmailtools-perl "
-                              "libauthen-sasl-perl libio-socket-ssl-perl)", detail=text.strip()[-400:])
-        if not res.ok:
-            raise UsageError(f"git send-email failed for tree '{t}' (exit {res.returncode}); see {log}",
-                             detail="\n".join(text.strip().splitlines()[-8:]))
-        outputs[t] = text
-    return outputs
 
 
 # --------------------------------------------------------------------------

@@ -81,10 +81,19 @@ def linux_tree(project_ws):
 
 
 @pytest.fixture(scope="session")
-def linux_src(project_ws, linux_tree) -> Path:
-    """A read-only checkout of the real Linux 6.1 base."""
+def linux_src(request) -> Path:
+    """A read-only checkout of the real Linux 6.1 base.
+
+    KPT_TEST_LINUX_SRC names one made elsewhere: a run with a private, empty
+    KPT_CACHE (several checkouts testing side by side) then skips the tree
+    import. The mail tests only read scripts/ from it.
+    """
+    if os.environ.get("KPT_TEST_LINUX_SRC"):
+        return Path(os.environ["KPT_TEST_LINUX_SRC"])
     from kpatch_tool import trees
 
+    project_ws = request.getfixturevalue("project_ws")
+    request.getfixturevalue("linux_tree")
     return trees.checkout(project_ws, "linux")
 
 

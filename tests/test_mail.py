@@ -252,13 +252,14 @@ def test_send_without_smtp_config_refuses_with_exit_2(s1):
     assert "sendemail.smtpServer" in r.output and "nothing sent" in r.output
 
 
-def test_dry_run_shows_what_git_send_email_would_send(s1):
+def test_dry_run_shows_what_send_would_send(s1):
     ws, _, _ = s1
     r = run_cli(ws, "s1", "--dry-run")
     assert r.exit_code == 0, r.output
-    assert "Dry-OK" in r.output
-    assert "RCPT TO:<foo@example.org>" in r.output and "RCPT TO:<linux-kernel@vger.kernel.org>" in r.output
-    assert "Subject: [PATCH 2/2] bar: return two" in r.output
+    assert "would send   linux 2   <kpt.s1.v1.linux.2@example.org>  [PATCH 2/2] bar: return two" in r.output
+    to = [l for l in r.output.splitlines() if l.strip().startswith("to: ")]
+    assert len(to) == 3 and "foo@example.org" in to[1] and "linux-kernel@vger.kernel.org" in to[1]
+    assert "dry run: 3 to send, 0 already sent; nothing sent" in r.output
 
 
 def test_failed_gate_blocks_unless_forced(tmp_path, linux_src, env_out):
@@ -271,9 +272,9 @@ def test_failed_gate_blocks_unless_forced(tmp_path, linux_src, env_out):
     mf.store_series(ws.root, "nosob", "linux", repo, base, tip)
     r = run_cli(ws, "nosob", "--dry-run")
     assert r.exit_code == 2 and "gates failed (linux:checkpatch, linux:signoff)" in r.output, r.output
-    assert "Dry-OK" not in r.output
+    assert "would send" not in r.output
     r = run_cli(ws, "nosob", "--dry-run", "--force")
-    assert r.exit_code == 0 and "Dry-OK" in r.output, r.output
+    assert r.exit_code == 0 and "would send" in r.output, r.output
 
 
 def test_b4_reads_the_mbox_as_one_series_with_version_and_count(s1, tmp_path):
