@@ -15,12 +15,12 @@ import os
 import re
 import shlex
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 
 from kpatch_tool import templating
+from kpatch_tool.series import SMOKE_TIMEOUT
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -28,7 +28,6 @@ BUSYBOX = Path("/bin/busybox")
 MODES = ("guest", "xen", "domU")
 # Where each mode's /init runs: a plain guest, or Xen's dom0.
 WHERE = {"guest": "guest", "xen": "dom0", "domU": "domU"}
-DEFAULT_TIMEOUT = 30
 # Bump when the layout or /init changes meaning, so old cached images are not reused.
 FORMAT = "kpt-initramfs-1"
 
@@ -144,22 +143,17 @@ def kernel_release(build_dir: Path) -> str:
 # ---------------------------------------------------------------- checks
 
 def load_smoke(ws: Workspace, series: list[str]) -> list[dict]:
-    """The `[[smoke]]` tables of the named series, each tagged with its series.
+    """The `[[smoke]]` checks of the named series (from the one series model), each tagged with its series.
 
     Series come in depends order; a check named like an earlier series' check in the same
     place (where) replaces it: a series that changes what a dependency's check looks at
     (another kind of DMA address, say) says so with its own check or with `skip`."""
+    from kpatch_tool.series import load_series
+
     out: list[dict] = []
     for name in series:
-        path = ws.patches_dir / name / "series.toml"
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError:
-            raise UsageError(f"series {name}: no {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: not valid TOML: {exc}") from None
-        for i, sm in enumerate(data.get("smoke") or [], 1):
-            check = normalise_smoke(sm, series=name, where_from=f"{path} [[smoke]] #{i}")
+        for test in load_series(ws, name).smoke:
+            check = test.as_check(name)
             out = [c for c in out if (c["where"], c["name"]) != (check["where"], check["name"])]
             out.append(check)
     return out
@@ -183,7 +177,7 @@ def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict
     except re.error as exc:
         raise UsageError(f"{where_from}: expect is not a regex: {exc}") from None
     try:
-        timeout = int(sm.get("timeout", DEFAULT_TIMEOUT))
+        timeout = int(sm.get("timeout", SMOKE_TIMEOUT))
     except (TypeError, ValueError):
         raise UsageError(f"{where_from}: timeout must be a number of seconds") from None
     if not re.fullmatch(r"[A-Za-z0-9_.:+-]+", str(sm["name"])):

@@ -678,21 +678,6 @@ def load_profiles(ws) -> dict:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
 
 
-def _series_toml(ws, series: str) -> dict:
-    from kpatch_tool.userfile import read_text
-
-    path = ws.patches_dir / series / "series.toml"
-    if not path.exists():
-        raise UsageError(f"series '{series}': {path} not found")
-    try:
-        data = tomllib.loads(read_text(path, "series file"))
-        if not isinstance(data, dict):
-            raise UsageError(f"{path}: not a table")
-        return data
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
-
-
 def series_fragments(ws, series: str) -> list[Path]:
     """The `fragments = [...]` of the series and of every series it depends on (deepest
     first, each once): a series builds on its dependencies' patches, so it needs their
@@ -704,15 +689,12 @@ def series_fragments(ws, series: str) -> list[Path]:
         if name in seen:
             return
         seen.add(name)
-        from kpatch_tool.series import _str_list, fragment_path
+        from kpatch_tool.series import load_series
 
-        data = _series_toml(ws, name)
-        toml = ws.patches_dir / name / "series.toml"
-        for dep in _str_list(toml, "depends", data.get("depends", [])):
+        s = load_series(ws, name)
+        for dep in s.depends:
             visit(dep)
-        # A missing file is named by parse_fragment when it is read.
-        out.extend(fragment_path(toml, ws.patches_dir / name, f, must_exist=False)
-                   for f in _str_list(toml, "fragments", data.get("fragments", [])))
+        out.extend(s.fragments)
 
     visit(series)
     return out

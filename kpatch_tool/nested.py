@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import jinja2
 
 from kpatch_tool import boot as bootmod
 from kpatch_tool import image, proc, rootfs, templating
-from kpatch_tool.errors import KptError, PrereqError, UsageError
+from kpatch_tool.errors import KptError, PrereqError
 from kpatch_tool.workspace import Workspace
 
 DOMU = "kpt-domU"
@@ -129,15 +128,10 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
     A series later in the depends chain overrides an earlier one key by key."""
     out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "extra": "",
            "device_model_args": [], "device_model_setup": ""}
+    from kpatch_tool.series import load_series
+
     for name in series:
-        path = ws.patches_dir / name / "series.toml"
-        if path.exists():
-            d = tomllib.loads(path.read_text()).get("domU") or {}
-            for k in out:
-                if k in d:
-                    out[k] = d[k]
-            if not isinstance(out["extra"], str) or any(c in out["extra"] for c in "\"\n"):
-                raise UsageError(f"{path}: [domU] extra must be one line of kernel arguments without quotes")
+        out.update(load_series(ws, name).domu)  # validated there, key by key
     return out
 
 

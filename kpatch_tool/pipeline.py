@@ -236,19 +236,10 @@ def default_linux_tree(ws: Workspace, series: str | None) -> str:
 
 def series_ci_settings(ws: Workspace, series: str) -> dict:
     """How a series wants to be booted when the command line does not say: series.toml [ci]
-    (mode, profile, qemu_args, timeout)."""
-    import tomllib
+    (mode, profile, qemu_args, timeout), validated by the series model."""
+    from kpatch_tool import series as seriesmod
 
-    path = ws.patches_dir / series / "series.toml"
-    try:
-        data = tomllib.loads(path.read_text()).get("ci") or {}
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-    if not isinstance(data, dict) or set(data) - {"mode", "profile", "qemu_args", "timeout"}:
-        raise UsageError(f"{path}: [ci] takes mode, profile, qemu_args and timeout")
-    if "mode" in data and data["mode"] not in MODES:
-        raise UsageError(f"{path}: [ci] mode '{data['mode']}' ({', '.join(MODES)})")
-    return data
+    return seriesmod.load_series(ws, series).ci
 
 
 def stages_for(ws: Workspace, series: str | None, mode: str) -> list[str]:

@@ -38,7 +38,15 @@ COVER = "cover.md"
 ORDER = "series"
 SMOKE_WHERE = ("guest", "dom0", "domU")
 TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
-            "domU", "ci"}  # domU: nested.domu_settings; ci: pipeline.series_ci_settings
+            "domU", "ci"}
+# [domU]: how the nested run's domU is made (nested.domu_settings merges them along the depends chain).
+DOMU_KEYS = {"memory": int, "vcpus": int, "vif_options": str, "extra_config": list, "extra": str,
+             "device_model_args": list, "device_model_setup": str}
+# [ci]: how `kpt ci SERIES` boots it when the command line does not say.
+CI_KEYS = {"mode": str, "profile": str, "qemu_args": list, "timeout": (int, float)}
+CI_MODES = ("guest", "xen", "xen+domU")
+# The one default of a smoke test's timeout (seconds): image and series used to say 30 and 60.
+SMOKE_TIMEOUT = 30
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
 SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip"}
 SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
@@ -71,8 +79,13 @@ class SmokeTest:
     where: str  # guest, dom0 or domU
     run: str  # a shell command line, run by the guest's /init
     expect: str | None = None  # regex the output must match (exit 0 suffices if None)
-    timeout: float = 60.0
+    timeout: float = SMOKE_TIMEOUT
     skip: str = ""  # listed as SKIP with this reason (replaces a dependency's check of that name)
+
+    def as_check(self, series: str) -> dict:
+        """The check as the image's /init templates take it."""
+        return {"series": series, "name": self.name, "where": self.where, "run": self.run or "true",
+                "expect": self.expect or "", "timeout": max(1, int(self.timeout)), "skip": self.skip}
 
 
 @dataclass
@@ -103,6 +116,8 @@ class Series:
     smoke: list[SmokeTest] = field(default_factory=list)
     fragments: list[Path] = field(default_factory=list)
     upstream: list[dict] = field(default_factory=list)
+    domu: dict = field(default_factory=dict)  # the [domU] keys the file gives
+    ci: dict = field(default_factory=dict)  # the [ci] keys the file gives
     cover_title: str = ""
     cover_body: str = ""
 
@@ -383,6 +398,22 @@ def series_dir(ws: Workspace, name: str) -> Path:
     return ws.patches_dir / name
 
 
+def _typed_table(path: Path, key: str, table, types: dict) -> dict:
+    """A small table of known keys with their types (lists are lists of strings)."""
+    if not isinstance(table, dict):
+        raise _err(path, key, "must be a table")
+    _unknown(path, key + ".", table, set(types))
+    for k, v in table.items():
+        want = types[k]
+        ok = isinstance(v, want) and not isinstance(v, bool)
+        if ok and want is list:
+            ok = all(isinstance(x, str) for x in v)
+        if not ok:
+            kind = {int: "a whole number", str: "a string", list: "a list of strings"}.get(want, "a number")
+            raise _err(path, f"{key}.{k}", f"must be {kind}")
+    return dict(table)
+
+
 def load_series(ws: Workspace, name: str) -> Series:
     folder = series_dir(ws, name)
     # An export or rebase killed half-way left a journal: finish or undo it first.
@@ -484,15 +515,17 @@ def load_series(ws: Workspace, name: str) -> Series:
                 re.compile(expect)
             except re.error as exc:
                 raise _err(path, f"{key}.expect", f"is not a valid regex: {exc}") from None
-        timeout = s.get("timeout", 60)
+        timeout = s.get("timeout", SMOKE_TIMEOUT)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
             # `not 0 < x` also refuses nan, which compares false to everything.
             raise _err(path, f"{key}.timeout", "must be a positive number of seconds (at most a day)")
         series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip))
-    names = [s.name for s in series.smoke]
-    dup = {n for n in names if names.count(n) > 1}
+    # One name per place: a check named alike in dom0 and in the domU is two checks.
+    places = [(s.where, s.name) for s in series.smoke]
+    dup = {p for p in places if places.count(p) > 1}
     if dup:
-        raise _err(path, "smoke", f"has two tests named '{sorted(dup)[0]}'")
+        where, dname = sorted(dup)[0]
+        raise _err(path, "smoke", f"has two tests named '{dname}' in {where}")
 
     for f in _str_list(path, "fragments", data.get("fragments", [])):
         series.fragments.append(fragment_path(path, folder, f))
@@ -506,6 +539,13 @@ def load_series(ws: Workspace, name: str) -> Series:
             if not isinstance(v, str):
                 raise _err(path, f"upstream[{i}].{k}", "must be a string")
     series.upstream = list(upstream)
+    series.domu = _typed_table(path, "domU", data.get("domU", {}), DOMU_KEYS)
+    extra = series.domu.get("extra", "")
+    if any(c in extra for c in "\"\n"):
+        raise _err(path, "domU.extra", "must be one line of kernel arguments without quotes")
+    series.ci = _typed_table(path, "ci", data.get("ci", {}), CI_KEYS)
+    if "mode" in series.ci and series.ci["mode"] not in CI_MODES:
+        raise _err(path, "ci.mode", f"is '{series.ci['mode']}'; one of {', '.join(CI_MODES)}")
 
     cover = folder / COVER
     if cover.exists():

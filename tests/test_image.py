@@ -124,7 +124,7 @@ def test_bad_smoke_tables_name_the_file(tmp_ws, bad, msg):
 
 
 def test_missing_series_is_a_usage_error(tmp_ws):
-    with pytest.raises(UsageError, match="series nope"):
+    with pytest.raises(UsageError, match="series 'nope'"):
         image.load_smoke(tmp_ws(), ["nope"])
 
 

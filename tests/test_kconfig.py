@@ -72,6 +72,7 @@ def test_profile_fragments_adds_series_fragments_relative_to_the_series(tmp_ws):
     (ws.configs_dir / "profiles.toml").write_text('[profiles.p]\nbase = "tinyconfig"\nfragments = ["a.config"]\n')
     (ws.patches_dir / "s1").mkdir()
     (ws.patches_dir / "s1" / "series.toml").write_text('name = "s1"\nfragments = ["extra.config"]\n')
+    (ws.patches_dir / "s1" / "extra.config").write_text("CONFIG_X=y\n")
     base, frags = kconfig.profile_fragments(ws, "p", ["s1"])
     assert base == "tinyconfig"
     assert frags == [ws.configs_dir / "a.config", ws.patches_dir / "s1" / "extra.config"]
@@ -89,6 +90,7 @@ def test_a_series_gets_the_fragments_of_the_series_it_depends_on(tmp_ws):
         (ws.patches_dir / name).mkdir()
         (ws.patches_dir / name / "series.toml").write_text(
             f'name = "{name}"\ndepends = {deps!r}\nfragments = ["{name}.config"]\n'.replace("'", '"'))
+        (ws.patches_dir / name / f"{name}.config").write_text("CONFIG_X=y\n")
     _, frags = kconfig.profile_fragments(ws, "p", ["top"])
     assert [f.name for f in frags] == ["base1.config", "mid.config", "top.config"]
 

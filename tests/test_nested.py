@@ -88,7 +88,7 @@ def test_domu_kernel_arguments_come_from_the_series_and_are_checked(project_ws, 
     s = nested.domu_settings(ws, ["s"])
     assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "a\\" b"\n')
-    with pytest.raises(UsageError, match=r"\[domU\] extra"):
+    with pytest.raises(UsageError, match=r"domU\.extra"):
         nested.domu_settings(ws, ["s"])
 
 
