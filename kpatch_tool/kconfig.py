@@ -239,7 +239,7 @@ def _config_text(tree: _Tree) -> str:
     # x86_64_defconfig: `# CONFIG_IMA_SECURE_AND_OR_TRUSTED_BOOT is not set`.
     for sym in kconf.unique_defined_syms:
         if sym.orig_type in (BOOL, TRISTATE) and not sym.choice:
-            sym.str_value  # evaluates, setting _write_to_conf
+            sym.str_value  # noqa: B018 - evaluating sets _write_to_conf
             if not sym._write_to_conf and expr_value(sym.weak_rev_dep):
                 sym._write_to_conf = True
     return kconf._config_contents(_header(kconf))
@@ -602,7 +602,7 @@ def _suggest(tree: _Tree, base_text: str, lines: list[str], assignments: list[As
     added: dict[str, str] = {}
     for _round in range(8):
         progress = False
-        for name, p in requested.items():
+        for name in requested:
             sym = kconf.syms[name]
             a = next(x for x in reversed(assignments) if x.symbol == name)
             if _matches(sym, a):

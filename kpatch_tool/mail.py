@@ -359,7 +359,7 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
             kind = ws.tree(t).kind
             say(f"{t}: applying {name} v{series.version}")
             ar = applymod.apply_series(ws, name, tree=t,
-                                       progress=lambda m, i, n: say(f"{t}: {m}"), say=say)
+                                       progress=lambda m, i, n, t=t: say(f"{t}: {m}"), say=say)
             wt = ar.worktree
             count = int(_wt(wt, "rev-list", "--count", f"{ar.series_base}..{ar.head_commit}",
                             check=True).stdout.strip())

@@ -174,3 +174,19 @@ def test_init_prints_ktap_verdicts_when_run(tmp_ws, tmp_path):
     assert got["self-skip"][0] == "skip"
     assert got["dom0-only"][0] == "skip"
     assert got["dmesg-clean"] == ("pass", "")
+
+
+def test_the_series_model_and_the_image_agree_on_skip_and_the_timeout_default(tmp_ws):
+    """Two live bugs of five parsers: skip taken by one and refused by another, and a
+    timeout default of 60 in one and 30 in the other."""
+    from kpatch_tool import series
+
+    ws = tmp_ws()
+    (ws.patches_dir / "s").mkdir()
+    (ws.patches_dir / "s" / "series.toml").write_text(
+        'name = "s"\n[[smoke]]\nname = "plain"\nrun = "true"\n'
+        '[[smoke]]\nname = "gone"\nwhere = "domU"\nskip = "not on this variant"\n')
+    model = {t.name: t for t in series.load_series(ws, "s").smoke}
+    checks = {c["name"]: c for c in image.load_smoke(ws, ["s"])}
+    assert model["plain"].timeout == checks["plain"]["timeout"] == series.SMOKE_TIMEOUT
+    assert model["gone"].skip == checks["gone"]["skip"] == "not on this variant"
