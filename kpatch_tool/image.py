@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from kpatch_tool import templating
-from kpatch_tool.series import SMOKE_TIMEOUT
+from kpatch_tool.series import SMOKE_NEEDS, SMOKE_TIMEOUT
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -183,7 +183,8 @@ def normalise_smoke(sm: dict, *, series: str, where_from: str = "smoke") -> dict
     if not re.fullmatch(r"[A-Za-z0-9_.:+-]+", str(sm["name"])):
         raise UsageError(f"{where_from}: name '{sm['name']}' (letters, digits and _.:+- only; it is a KTAP test name)")
     return {"series": sm.get("series", series), "name": str(sm["name"]), "where": where,
-            "run": str(sm.get("run") or "true"), "expect": expect, "timeout": max(1, timeout), "skip": skip}
+            "run": str(sm.get("run") or "true"), "expect": expect, "timeout": max(1, timeout), "skip": skip,
+            "needs": list(sm.get("needs") or [])}
 
 
 OOPS_RE = r"Oops:|BUG:|WARNING: CPU:|general protection fault|Kernel panic|Call Trace:"
@@ -237,6 +238,9 @@ def plan_groups(kernel_release: str, modules: list[str], has_dep: bool, smoke: l
         sm = normalise_smoke(sm, series=sm.get("series", "smoke"))
         if sm["where"] != WHERE[mode]:
             sm["skip"] = f"runs in {sm['where']}, not in {WHERE[mode]} ({mode} mode)"
+        elif mode != "domU" and sm.get("needs") and not sm["skip"]:
+            # guest and xen modes have no domU and no device model: say so instead of timing out.
+            sm["skip"] = "needs " + " and ".join(SMOKE_NEEDS[n] for n in sm["needs"]) + f", not in {mode} mode"
         byseries.setdefault(sm["series"], []).append(sm)
     for name, checks in byseries.items():
         groups.append({"name": name, "checks": checks})

@@ -48,7 +48,9 @@ CI_MODES = ("guest", "xen", "xen+domU")
 # The one default of a smoke test's timeout (seconds): image and series used to say 30 and 60.
 SMOKE_TIMEOUT = 30
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
-SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip"}
+SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip", "needs"}
+# What a check may need beyond its place: a mode without it lists the check as SKIP with the reason.
+SMOKE_NEEDS = {"domU": "a domU (xen+domU mode)", "device-model": "the series' device model (xen+domU mode)"}
 SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
 UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
@@ -81,11 +83,13 @@ class SmokeTest:
     expect: str | None = None  # regex the output must match (exit 0 suffices if None)
     timeout: float = SMOKE_TIMEOUT
     skip: str = ""  # listed as SKIP with this reason (replaces a dependency's check of that name)
+    needs: list[str] = field(default_factory=list)  # keys of SMOKE_NEEDS
 
     def as_check(self, series: str) -> dict:
         """The check as the image's /init templates take it."""
         return {"series": series, "name": self.name, "where": self.where, "run": self.run or "true",
-                "expect": self.expect or "", "timeout": max(1, int(self.timeout)), "skip": self.skip}
+                "expect": self.expect or "", "timeout": max(1, int(self.timeout)), "skip": self.skip,
+                "needs": list(self.needs)}
 
 
 @dataclass
@@ -519,7 +523,11 @@ def load_series(ws: Workspace, name: str) -> Series:
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
             # `not 0 < x` also refuses nan, which compares false to everything.
             raise _err(path, f"{key}.timeout", "must be a positive number of seconds (at most a day)")
-        series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip))
+        needs = _str_list(path, f"{key}.needs", s.get("needs", []))
+        for n in needs:
+            if n not in SMOKE_NEEDS:
+                raise _err(path, f"{key}.needs", f"names '{n}'; one of {', '.join(SMOKE_NEEDS)}")
+        series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip, needs))
     # One name per place: a check named alike in dom0 and in the domU is two checks.
     places = [(s.where, s.name) for s in series.smoke]
     dup = {p for p in places if places.count(p) > 1}
