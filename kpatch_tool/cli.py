@@ -14,8 +14,6 @@ import signal
 import sys
 
 import click
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -23,13 +21,7 @@ from kpatch_tool import __version__
 from kpatch_tool import workspace as wsmod
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 
-# Piped output (CI logs, `| less`) gets wide lines instead of rich's 80-column folding.
-# No markup and no emoji codes: names, summaries, paths and messages are user
-# data (`[/b]` crashed a table, `:x:` became an emoji); styles are given as
-# rich Text styles instead.
-console = Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, highlight=False, markup=False, emoji=False,
-                      width=None if sys.stderr.isatty() else 200)
+from kpatch_tool.ui import console, err_console, say  # noqa: F401 (say: used by the commands below)
 
 
 class Ctx:
@@ -43,10 +35,6 @@ class Ctx:
         if self._ws is None:
             self._ws = wsmod.load(self._root)
         return self._ws
-
-
-def say(msg: str) -> None:
-    err_console.print(Text.assemble(("kpt:", "dim"), " ", str(msg)))
 
 
 def _terminated(signum, frame):
@@ -155,8 +143,8 @@ def tree_update(obj, name, to, dry_run, bump):
                   title=f"{name}: {res.old_version or '(unpinned)'} -> {res.new_version}"
                         + (" (dry run: nothing changed)" if dry_run else ""))
     for m in res.moves:
-        table.add_row(escape(m.series), str(m.patches), escape(m.old_base), escape(m.old), escape(m.new),
-                      escape(m.action))
+        table.add_row(str(m.series), str(m.patches), str(m.old_base), str(m.old), str(m.new),
+                      str(m.action))
     console.print(table)
     for m in res.moves:
         for f in m.failing[:3]:
@@ -186,7 +174,7 @@ def tree_list(obj, as_json):
         return
     table = Table("tree", "source", "pinned", "ref", "commit", "state", "imported", "path")
     for t in rows:
-        table.add_row(*(escape(x) for x in (t.name, t.source, t.version or "-", t.ref, (t.commit or "-")[:12], t.state,
+        table.add_row(*(str(x) for x in (t.name, t.source, t.version or "-", t.ref, (t.commit or "-")[:12], t.state,
                                             ", ".join(sorted(t.imports)) or "-", str(t.repo))))
     console.print(table)
 
@@ -272,18 +260,13 @@ def cache_clean(obj, everything, dry_run):
                   markup=False)
 
 
-def _register_extensions() -> None:
-    """Commands of the later stages live in cli_<area>.py, each as thin as this file."""
-    import importlib
-    import pkgutil
+# The commands of the later stages live in cli_<area>.py, each as thin as this file; the
+# list is explicit so that what `kpt --help` shows does not depend on which files exist.
+from kpatch_tool import cli_boot, cli_build, cli_ci, cli_config, cli_mail, cli_series  # noqa: E402
 
-    import kpatch_tool
-
-    for mod in sorted(m.name for m in pkgutil.iter_modules(kpatch_tool.__path__) if m.name.startswith("cli_")):
-        importlib.import_module(f"kpatch_tool.{mod}").register(main)
-
-
-_register_extensions()
+for _area in (cli_series, cli_config, cli_build, cli_boot, cli_ci, cli_mail):
+    for _command in _area.COMMANDS:
+        main.add_command(_command)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m`

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from kpatch_tool.ui import console
+
 
 def _onto(values) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
@@ -22,123 +24,124 @@ def _defaults(ws) -> tuple[list[str], str]:
     return list(ci.get("series", [])), ci.get("mode", "guest")
 
 
-def register(main):
-    from kpatch_tool.cli import console
 
-    @main.command()
-    @click.argument("series", nargs=-1)
-    @click.option("--mode", type=click.Choice(["guest", "xen", "xen+domU"]), default=None,
-                  help="Where the checks run (default: kpt.toml [ci] mode, else guest).")
-    @click.option("--onto", multiple=True, metavar="TREE[=REF]", help="Base tree (and ref) to run on.")
-    @click.option("--profile", default=None, help="Kernel config profile (default: by mode).")
-    @click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False, exists=True))
-    @click.option("--qemu-arg", "qemu_args", multiple=True, help="Extra argument for the outer QEMU.")
-    @click.option("--timeout", type=float, default=None, help="Boot timeout in seconds.")
-    @click.option("--rerun-boot", is_flag=True, help="Boot again even if this kernel+image already booted.")
-    @click.option("--base-only", is_flag=True,
-                  help="Run the base tree alone, even when kpt.toml [ci] names default series.")
-    @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
-    @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
-    @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
-                  help="With --matrix: write a CI configuration with one job per cell instead of running.")
-    @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Where --emit writes.")
-    @click.option("--expect", type=int, default=0, help="Exit code this run is expected to end with (0).")
-    @click.option("--json", "as_json", is_flag=True, help="Matrix: print the summary as JSON.")
-    @click.pass_obj
-    def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, force, matrix, emit, output,
-           expect, as_json):
-        """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
+@click.command()
+@click.argument("series", nargs=-1)
+@click.option("--mode", type=click.Choice(["guest", "xen", "xen+domU"]), default=None,
+              help="Where the checks run (default: kpt.toml [ci] mode, else guest).")
+@click.option("--onto", multiple=True, metavar="TREE[=REF]", help="Base tree (and ref) to run on.")
+@click.option("--profile", default=None, help="Kernel config profile (default: by mode).")
+@click.option("--fragment", "fragments", multiple=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--qemu-arg", "qemu_args", multiple=True, help="Extra argument for the outer QEMU.")
+@click.option("--timeout", type=float, default=None, help="Boot timeout in seconds.")
+@click.option("--rerun-boot", is_flag=True, help="Boot again even if this kernel+image already booted.")
+@click.option("--base-only", is_flag=True,
+              help="Run the base tree alone, even when kpt.toml [ci] names default series.")
+@click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
+@click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
+@click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
+              help="With --matrix: write a CI configuration with one job per cell instead of running.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Where --emit writes.")
+@click.option("--expect", type=int, default=0, help="Exit code this run is expected to end with (0).")
+@click.option("--json", "as_json", is_flag=True, help="Matrix: print the summary as JSON.")
+@click.pass_obj
+def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, force, matrix, emit, output,
+       expect, as_json):
+    """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
-        Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
-        console.log, results.json, results.xml, report.html). Exit code: the
-        first failing stage's (see the table in README).
+    Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
+    console.log, results.json, results.xml, report.html). Exit code: the
+    first failing stage's (see the table in README).
 
-        \b
-        Example: kpt ci netback-per-vif --mode xen+domU
-        Example: kpt ci --base-only --mode xen
-        Example: kpt ci --matrix ci/matrix.toml
-        Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
-        """
-        from kpatch_tool import matrix as matrixmod
-        from kpatch_tool import pipeline, progress
-        from kpatch_tool.errors import KptError, UsageError
+    \b
+    Example: kpt ci netback-per-vif --mode xen+domU
+    Example: kpt ci --base-only --mode xen
+    Example: kpt ci --matrix ci/matrix.toml
+    Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
+    """
+    from kpatch_tool import matrix as matrixmod
+    from kpatch_tool import pipeline, progress
+    from kpatch_tool.errors import KptError, UsageError
 
-        ws = obj.ws
-        if emit and not matrix:
-            raise UsageError("--emit needs --matrix FILE")
-        if matrix:
-            cells = matrixmod.load(ws, Path(matrix))
-            if emit:
-                text = matrixmod.emit_gitlab(cells) if emit == "gitlab" else matrixmod.emit_github(cells)
-                if output:
-                    Path(output).write_text(text)
-                    console.print(f"wrote {output}: {len(cells)} job(s)")
-                else:
-                    click.echo(text)
-                return
-            outs = matrixmod.run(ws, cells, rerun_boot=rerun_boot,
-                                 reporter_factory=lambda c, i, n: progress.for_terminal(
-                                     pipeline.stages_for(ws, c.series, c.mode), f"cell {i}/{n}: {c.label}"))
-            _print_matrix(console, outs, as_json)
-            bad = [o for o in outs if not o.as_expected]
-            if bad:
-                raise KptError(f"{len(bad)} of {len(outs)} matrix cell(s) did not end as expected: "
-                               + ", ".join(f"{o.cell.label} (exit {o.exit_code})" for o in bad),
-                               exit_code=bad[0].exit_code or 1)
+    ws = obj.ws
+    if emit and not matrix:
+        raise UsageError("--emit needs --matrix FILE")
+    if matrix:
+        cells = matrixmod.load(ws, Path(matrix))
+        if emit:
+            text = matrixmod.emit_gitlab(cells) if emit == "gitlab" else matrixmod.emit_github(cells)
+            if output:
+                Path(output).write_text(text)
+                console.print(f"wrote {output}: {len(cells)} job(s)")
+            else:
+                click.echo(text)
             return
-        default_series, default_mode = _defaults(ws)
-        if base_only and series:
-            raise UsageError("--base-only runs no series; leave out the series names")
-        names = [None] if base_only else (list(series) or default_series or [None])
-        worst = None
-        for name in names:
-            run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
-            rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest"),
-                                        f"kpt ci {name or 'base'} ({run_mode})")
-            try:
-                res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
-                                      reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
-                                      qemu_args=tuple(qemu_args), force=force)
-            finally:
-                rep.close()
-            console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()
-                          else f"run {res.run_id}: exit {res.exit_code}")
-            console.print(f"report: {res.run_dir / 'report.html'}")
-            if res.exit_code != expect and worst is None:
-                worst = res
-        if worst is not None:
-            what = f"expected exit {expect}, got {worst.exit_code}" if expect else worst.message
-            raise KptError(f"kpt ci {worst.series or 'base'} ({worst.mode}): {what} (run {worst.run_dir})",
-                           exit_code=worst.exit_code or 1)
+        outs = matrixmod.run(ws, cells, rerun_boot=rerun_boot,
+                             reporter_factory=lambda c, i, n: progress.for_terminal(
+                                 pipeline.stages_for(ws, c.series, c.mode), f"cell {i}/{n}: {c.label}"))
+        _print_matrix(console, outs, as_json)
+        bad = [o for o in outs if not o.as_expected]
+        if bad:
+            raise KptError(f"{len(bad)} of {len(outs)} matrix cell(s) did not end as expected: "
+                           + ", ".join(f"{o.cell.label} (exit {o.exit_code})" for o in bad),
+                           exit_code=bad[0].exit_code or 1)
+        return
+    default_series, default_mode = _defaults(ws)
+    if base_only and series:
+        raise UsageError("--base-only runs no series; leave out the series names")
+    names = [None] if base_only else (list(series) or default_series or [None])
+    worst = None
+    for name in names:
+        run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
+        rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest"),
+                                    f"kpt ci {name or 'base'} ({run_mode})")
+        try:
+            res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
+                                  reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
+                                  qemu_args=tuple(qemu_args), force=force)
+        finally:
+            rep.close()
+        console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()
+                      else f"run {res.run_id}: exit {res.exit_code}")
+        console.print(f"report: {res.run_dir / 'report.html'}")
+        if res.exit_code != expect and worst is None:
+            worst = res
+    if worst is not None:
+        what = f"expected exit {expect}, got {worst.exit_code}" if expect else worst.message
+        raise KptError(f"kpt ci {worst.series or 'base'} ({worst.mode}): {what} (run {worst.run_dir})",
+                       exit_code=worst.exit_code or 1)
 
-    @main.command()
-    @click.argument("run", type=click.Path())
-    @click.option("--format", "fmt", type=click.Choice(["text", "json", "junit", "html"]), default="text")
-    @click.pass_obj
-    def report(obj, run, fmt):
-        """Print (or regenerate) the report of a run folder.
+@click.command()
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "junit", "html"]), default="text")
+@click.pass_obj
+def report(obj, run, fmt):
+    """Print (or regenerate) the report of a run folder.
 
-        \b
-        Example: kpt report out/20261125-183000-base-linux-guest --format html
-        """
-        from kpatch_tool import report as reportmod
-        from kpatch_tool import results
+    \b
+    Example: kpt report out/20261125-183000-base-linux-guest --format html
+    """
+    from kpatch_tool import report as reportmod
+    from kpatch_tool import results
 
-        run_dir = Path(run)
-        if not run_dir.is_absolute() and not run_dir.exists():
-            run_dir = obj.ws.out_dir / run
-        manifest = reportmod.load_manifest(run_dir)
-        rr = reportmod.merged_results(run_dir, manifest)
-        if fmt == "text":
-            click.echo(reportmod.text(run_dir, manifest, rr), nl=False)
-        elif fmt == "json":
-            click.echo(results.write_json(run_dir / results.RESULTS_JSON, rr).read_text(), nl=False)
-        elif fmt == "junit":
-            click.echo(results.write_junit(run_dir / results.RESULTS_XML, rr).read_text(), nl=False)
-        else:
-            path = run_dir / reportmod.REPORT_HTML
-            path.write_text(reportmod.render_html(run_dir, manifest, rr))
-            click.echo(str(path))
+    run_dir = Path(run)
+    if not run_dir.is_absolute() and not run_dir.exists():
+        run_dir = obj.ws.out_dir / run
+    manifest = reportmod.load_manifest(run_dir)
+    rr = reportmod.merged_results(run_dir, manifest)
+    if fmt == "text":
+        click.echo(reportmod.text(run_dir, manifest, rr), nl=False)
+    elif fmt == "json":
+        click.echo(results.write_json(run_dir / results.RESULTS_JSON, rr).read_text(), nl=False)
+    elif fmt == "junit":
+        click.echo(results.write_junit(run_dir / results.RESULTS_XML, rr).read_text(), nl=False)
+    else:
+        path = run_dir / reportmod.REPORT_HTML
+        path.write_text(reportmod.render_html(run_dir, manifest, rr))
+        click.echo(str(path))
+
+
+COMMANDS = [ci, report]
 
 
 def _print_matrix(console, outs, as_json):

@@ -7,115 +7,117 @@ from pathlib import Path
 
 import click
 from rich.text import Text
+from kpatch_tool.ui import console, say
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
-def register(main):
-    from kpatch_tool.cli import console, say
 
-    @main.command("mail")
-    @click.argument("name")
-    @click.option("--version", "version", type=int, default=None, help="Version to label (default: series.toml's).")
-    @click.option("--out", type=click.Path(file_okay=False), default=None,
-                  help="Write the mails here (default: out/mail/NAME-vN/); one folder per tree.")
-    @click.option("--tree", default=None, help="Only this tree's thread.")
-    @click.option("--send", "do_send", is_flag=True,
-                  help="Send over SMTP (git config sendemail.*, or kpt.toml [mail.smtp]); a rerun sends "
-                       "only what the send journal does not list as accepted.")
-    @click.option("--resend", is_flag=True, help="Send every mail again, the ones the journal lists too.")
-    @click.option("--reflect", is_flag=True,
-                  help="Send every mail to yourself only, for a last look; the journal is left alone.")
-    @click.option("--dry-run", is_flag=True, help="Show what --send would send and skip; send nothing.")
-    @click.option("--force", is_flag=True, help="Mail even when a gate (checkpatch, signoff...) failed.")
-    @click.option("--reroll", is_flag=True, help="Tag what was sent as kpt/NAME/vN and move series.toml to vN+1.")
-    @click.option("--no-range-diff", is_flag=True, help="Do not require the previous version's tag.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    @click.pass_obj
-    def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, force, reroll,
-                 no_range_diff, as_json):
-        """Format a series as mail threads (one per tree), check it, and optionally send it.
+@click.command("mail")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None, help="Version to label (default: series.toml's).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write the mails here (default: out/mail/NAME-vN/); one folder per tree.")
+@click.option("--tree", default=None, help="Only this tree's thread.")
+@click.option("--send", "do_send", is_flag=True,
+              help="Send over SMTP (git config sendemail.*, or kpt.toml [mail.smtp]); a rerun sends "
+                   "only what the send journal does not list as accepted.")
+@click.option("--resend", is_flag=True, help="Send every mail again, the ones the journal lists too.")
+@click.option("--reflect", is_flag=True,
+              help="Send every mail to yourself only, for a last look; the journal is left alone.")
+@click.option("--dry-run", is_flag=True, help="Show what --send would send and skip; send nothing.")
+@click.option("--force", is_flag=True, help="Mail even when a gate (checkpatch, signoff...) failed.")
+@click.option("--reroll", is_flag=True, help="Tag what was sent as kpt/NAME/vN and move series.toml to vN+1.")
+@click.option("--no-range-diff", is_flag=True, help="Do not require the previous version's tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, force, reroll,
+             no_range_diff, as_json):
+    """Format a series as mail threads (one per tree), check it, and optionally send it.
 
-        Writes one file per mail and an mbox per tree; the gates (checkpatch,
-        Signed-off-by, Fixes:, subject) must pass before anything is sent.
+    Writes one file per mail and an mbox per tree; the gates (checkpatch,
+    Signed-off-by, Fixes:, subject) must pass before anything is sent.
 
-        \b
-        Example: kpt mail netback-per-vif --dry-run
-        Example: kpt mail netback-per-vif --reflect
-        Example: kpt mail netback-per-vif --send
-        Example: kpt mail netback-per-vif --reroll
-        """
-        from kpatch_tool import mail, mailsend
-        from kpatch_tool.errors import UsageError
+    \b
+    Example: kpt mail netback-per-vif --dry-run
+    Example: kpt mail netback-per-vif --reflect
+    Example: kpt mail netback-per-vif --send
+    Example: kpt mail netback-per-vif --reroll
+    """
+    from kpatch_tool import mail, mailsend
+    from kpatch_tool.errors import UsageError
 
-        if reroll:
-            if do_send or dry_run or resend or reflect:
-                raise UsageError("--reroll tags what was already sent; run it on its own after sending")
-            res = mail.reroll(obj.ws, name, progress=say)
-            for t, sha in res.tags.items():
-                console.print(f"{t}: tagged {mail.tag_name(name, res.sent)} at {sha[:12]}")
-            console.print(f"{name}: now v{res.next} in series.toml (changelog stub added: describe v{res.next})")
-            return
-        if do_send and dry_run:
-            raise UsageError("--send and --dry-run exclude each other")
-        sending = do_send or resend or reflect
-        toml = smtp_toml(obj.ws)
-        if sending and not dry_run:
-            # Say so before minutes of applying and checking.
-            check_configured(obj.ws, name, tree, toml)
-        res = mail.prepare(obj.ws, name, version=version, out=Path(out) if out else None, force=force,
-                           progress=say, tree=tree, range_diff_=not no_range_diff)
-        if as_json:
-            click.echo(json.dumps(res.to_dict(), indent=1))
-        else:
-            for t, tm in res.trees.items():
-                console.print(Text.assemble((t, "bold"), f": {tm.subject}  ({len(tm.patches)} patches)"))
-                for g in tm.gates:
-                    style = STATUS_STYLE.get(g.status, "")
-                    extra = f" - {g.note}" if g.note and g.status == "skip" else ""
-                    console.print(Text.assemble(f"  gate {g.name:<10} ", (g.status, style), extra))
-                    for e in g.errors:
-                        console.print(f"    error: {e}", markup=False)
-                    for w in g.warnings:
-                        console.print(f"    warning: {w}", markup=False)
-                console.print(f"  To: {', '.join(tm.recipients.to) or '-'}", markup=False)
-                console.print(f"  Cc: {', '.join(tm.recipients.cc) or '-'}", markup=False)
-                console.print(f"  files: {tm.out_dir}  mbox: {tm.mbox.name}", markup=False)
-        if res.blocked and not force:
-            names = ", ".join(f"{t}:{g.name}" for t, g in res.failed_gates())
-            raise UsageError(f"gates failed ({names}); files written to {res.out}, nothing sent "
-                             f"(fix the patches, or --force)")
-        if not (sending or dry_run):
-            return
-        rep = mailsend.send(res, settings_for=lambda tm: mailsend.settings(tm.worktree, toml),
-                            resend=resend, reflect=reflect, dry_run=dry_run, force=force, say=say)
-        journal = res.out / mailsend.JOURNAL
-        for w in rep.warnings:
-            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-        if dry_run:
-            for m in rep.mails:
-                what = "already sent" if m.status == "sent" else "would send"
-                click.echo(f"{what:<12} {m.label:<9} {m.message_id}  {m.subject}")
-                if m.status == "todo":
-                    click.echo(f"{'':<12} to: {', '.join(m.to)}")
-            for t, via in rep.via.items():
-                click.echo(f"{t}: via {via}")
-            click.echo(f"dry run: {len(rep.with_status('todo'))} to send, {len(rep.with_status('sent'))} "
-                       f"already sent; nothing sent")
-            return
-        now, before = rep.with_status("done"), rep.with_status("sent")
-        if not now:
-            console.print(f"nothing to send: all {len(before)} mails are in the send journal {journal} "
-                          f"(--resend sends them again)", markup=False, highlight=False)
-            return
-        via = "; ".join(f"{t} via {v}" for t, v in rep.via.items() if v)
-        if reflect:
-            console.print(f"reflected {len(now)} mails to {res.sender} only ({via}); the journal is unchanged",
-                          markup=False, highlight=False)
-            return
-        earlier = f"; {len(before)} sent earlier" if before else ""
-        console.print(f"sent {len(now)} mails ({via}){earlier}; journal: {journal}",
+    if reroll:
+        if do_send or dry_run or resend or reflect:
+            raise UsageError("--reroll tags what was already sent; run it on its own after sending")
+        res = mail.reroll(obj.ws, name, progress=say)
+        for t, sha in res.tags.items():
+            console.print(f"{t}: tagged {mail.tag_name(name, res.sent)} at {sha[:12]}")
+        console.print(f"{name}: now v{res.next} in series.toml (changelog stub added: describe v{res.next})")
+        return
+    if do_send and dry_run:
+        raise UsageError("--send and --dry-run exclude each other")
+    sending = do_send or resend or reflect
+    toml = smtp_toml(obj.ws)
+    if sending and not dry_run:
+        # Say so before minutes of applying and checking.
+        check_configured(obj.ws, name, tree, toml)
+    res = mail.prepare(obj.ws, name, version=version, out=Path(out) if out else None, force=force,
+                       progress=say, tree=tree, range_diff_=not no_range_diff)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=1))
+    else:
+        for t, tm in res.trees.items():
+            console.print(Text.assemble((t, "bold"), f": {tm.subject}  ({len(tm.patches)} patches)"))
+            for g in tm.gates:
+                style = STATUS_STYLE.get(g.status, "")
+                extra = f" - {g.note}" if g.note and g.status == "skip" else ""
+                console.print(Text.assemble(f"  gate {g.name:<10} ", (g.status, style), extra))
+                for e in g.errors:
+                    console.print(f"    error: {e}", markup=False)
+                for w in g.warnings:
+                    console.print(f"    warning: {w}", markup=False)
+            console.print(f"  To: {', '.join(tm.recipients.to) or '-'}", markup=False)
+            console.print(f"  Cc: {', '.join(tm.recipients.cc) or '-'}", markup=False)
+            console.print(f"  files: {tm.out_dir}  mbox: {tm.mbox.name}", markup=False)
+    if res.blocked and not force:
+        names = ", ".join(f"{t}:{g.name}" for t, g in res.failed_gates())
+        raise UsageError(f"gates failed ({names}); files written to {res.out}, nothing sent "
+                         f"(fix the patches, or --force)")
+    if not (sending or dry_run):
+        return
+    rep = mailsend.send(res, settings_for=lambda tm: mailsend.settings(tm.worktree, toml),
+                        resend=resend, reflect=reflect, dry_run=dry_run, force=force, say=say)
+    journal = res.out / mailsend.JOURNAL
+    for w in rep.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    if dry_run:
+        for m in rep.mails:
+            what = "already sent" if m.status == "sent" else "would send"
+            click.echo(f"{what:<12} {m.label:<9} {m.message_id}  {m.subject}")
+            if m.status == "todo":
+                click.echo(f"{'':<12} to: {', '.join(m.to)}")
+        for t, via in rep.via.items():
+            click.echo(f"{t}: via {via}")
+        click.echo(f"dry run: {len(rep.with_status('todo'))} to send, {len(rep.with_status('sent'))} "
+                   f"already sent; nothing sent")
+        return
+    now, before = rep.with_status("done"), rep.with_status("sent")
+    if not now:
+        console.print(f"nothing to send: all {len(before)} mails are in the send journal {journal} "
+                      f"(--resend sends them again)", markup=False, highlight=False)
+        return
+    via = "; ".join(f"{t} via {v}" for t, v in rep.via.items() if v)
+    if reflect:
+        console.print(f"reflected {len(now)} mails to {res.sender} only ({via}); the journal is unchanged",
                       markup=False, highlight=False)
+        return
+    earlier = f"; {len(before)} sent earlier" if before else ""
+    console.print(f"sent {len(now)} mails ({via}){earlier}; journal: {journal}",
+                  markup=False, highlight=False)
+
+
+COMMANDS = [mail_cmd]
 
 
 def smtp_toml(ws) -> dict:

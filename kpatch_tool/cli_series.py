@@ -11,7 +11,7 @@ from kpatch_tool.errors import UsageError
 
 
 def _ui():
-    from kpatch_tool.cli import console, say
+    from kpatch_tool.ui import console, say
 
     return console, say
 
@@ -39,285 +39,286 @@ def _print_rebase(rr) -> None:
         console.print("  no patch changed")
 
 
-def register(main):
-    @main.group("series")
-    def series_group():
-        """The patch series under patches/: list, show, create, import."""
+@click.group("series")
+def series_group():
+    """The patch series under patches/: list, show, create, import."""
 
-    @series_group.command("list")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_obj
-    def series_list(obj, as_json):
-        """Every series: version, trees, patch counts, depends, base per tree.
+@series_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def series_list(obj, as_json):
+    """Every series: version, trees, patch counts, depends, base per tree.
 
-        \b
-        Example: kpt series list
-        """
-        from rich.table import Table
+    \b
+    Example: kpt series list
+    """
+    from rich.table import Table
 
-        from kpatch_tool import series as sm
+    from kpatch_tool import series as sm
 
-        console, _ = _ui()
-        rows = sm.list_series(obj.ws)
-        if as_json:
-            click.echo(json.dumps([{
-                "name": s.name, "version": s.version, "summary": s.summary, "depends": s.depends,
-                "trees": {t: {"base": st.base, "patches": len(st.patches)} for t, st in s.trees.items()},
-            } for s in rows], indent=1))
-            return
-        table = Table("series", "version", "trees (patches)", "depends", "base", "summary")
-        for s in rows:
-            table.add_row(s.name, f"v{s.version}",
-                          ", ".join(f"{t} ({len(st.patches)})" for t, st in s.trees.items()),
-                          ", ".join(s.depends) or "-",
-                          ", ".join(f"{t}: {st.base or 'tree default'}" for t, st in s.trees.items()),
-                          s.summary)
-        console.print(table)
+    console, _ = _ui()
+    rows = sm.list_series(obj.ws)
+    if as_json:
+        click.echo(json.dumps([{
+            "name": s.name, "version": s.version, "summary": s.summary, "depends": s.depends,
+            "trees": {t: {"base": st.base, "patches": len(st.patches)} for t, st in s.trees.items()},
+        } for s in rows], indent=1))
+        return
+    table = Table("series", "version", "trees (patches)", "depends", "base", "summary")
+    for s in rows:
+        table.add_row(s.name, f"v{s.version}",
+                      ", ".join(f"{t} ({len(st.patches)})" for t, st in s.trees.items()),
+                      ", ".join(s.depends) or "-",
+                      ", ".join(f"{t}: {st.base or 'tree default'}" for t, st in s.trees.items()),
+                      s.summary)
+    console.print(table)
 
-    @series_group.command("show")
-    @click.argument("name")
-    @click.pass_obj
-    def series_show(obj, name):
-        """Per tree: each patch with its subject, author and diffstat.
+@series_group.command("show")
+@click.argument("name")
+@click.pass_obj
+def series_show(obj, name):
+    """Per tree: each patch with its subject, author and diffstat.
 
-        \b
-        Example: kpt series show xen-netfront-fix
-        """
-        from rich.text import Text
+    \b
+    Example: kpt series show xen-netfront-fix
+    """
+    from rich.text import Text
 
-        from kpatch_tool import series as sm
+    from kpatch_tool import series as sm
 
-        console, _ = _ui()
-        s = sm.load_series(obj.ws, name)
-        console.print(Text.assemble((s.name, "bold"), f" v{s.version}: {s.summary}"))
-        if s.depends:
-            console.print(f"depends: {', '.join(s.depends)}")
-        for t, st in s.trees.items():
-            console.print(Text.assemble("\n", (t, "bold"), f" (base {st.base or 'tree default'}, {len(st.patches)} patches)"))
-            for p in st.patches:
-                stat = sm.diffstat(p)
-                add = sum(int(a) for a, _, _ in stat if a.isdigit())
-                dele = sum(int(d) for _, d, _ in stat if d.isdigit())
-                console.print(f"  {p.file}")
-                console.print(Text.assemble(f"    {p.subject}  ", (f"({p.author})", "dim")))
-                for a, d, f in stat:
-                    console.print(f"      {f} +{a} -{d}")
-                console.print(f"      {len(stat)} files, +{add} -{dele}")
-        for sm_ in s.smoke:
-            console.print(f"smoke: {sm_.name} [{sm_.where}] {sm_.run}")
+    console, _ = _ui()
+    s = sm.load_series(obj.ws, name)
+    console.print(Text.assemble((s.name, "bold"), f" v{s.version}: {s.summary}"))
+    if s.depends:
+        console.print(f"depends: {', '.join(s.depends)}")
+    for t, st in s.trees.items():
+        console.print(Text.assemble("\n", (t, "bold"), f" (base {st.base or 'tree default'}, {len(st.patches)} patches)"))
+        for p in st.patches:
+            stat = sm.diffstat(p)
+            add = sum(int(a) for a, _, _ in stat if a.isdigit())
+            dele = sum(int(d) for _, d, _ in stat if d.isdigit())
+            console.print(f"  {p.file}")
+            console.print(Text.assemble(f"    {p.subject}  ", (f"({p.author})", "dim")))
+            for a, d, f in stat:
+                console.print(f"      {f} +{a} -{d}")
+            console.print(f"      {len(stat)} files, +{add} -{dele}")
+    for sm_ in s.smoke:
+        console.print(f"smoke: {sm_.name} [{sm_.where}] {sm_.run}")
 
-    @series_group.command("new")
-    @click.argument("name")
-    @click.option("--tree", "trees_", multiple=True, required=True, help="A tree the series touches (repeatable).")
-    @click.option("--base", default=None, help="Base ref for the trees (default: each tree's own).")
-    @click.option("--summary", default="", help="One-line summary.")
-    @click.pass_obj
-    def series_new(obj, name, trees_, base, summary):
-        """Create patches/NAME with series.toml, cover.md and an empty series file per tree.
+@series_group.command("new")
+@click.argument("name")
+@click.option("--tree", "trees_", multiple=True, required=True, help="A tree the series touches (repeatable).")
+@click.option("--base", default=None, help="Base ref for the trees (default: each tree's own).")
+@click.option("--summary", default="", help="One-line summary.")
+@click.pass_obj
+def series_new(obj, name, trees_, base, summary):
+    """Create patches/NAME with series.toml, cover.md and an empty series file per tree.
 
-        \b
-        Example: kpt series new virtio-fix --tree linux
-        """
-        from kpatch_tool import series as sm
+    \b
+    Example: kpt series new virtio-fix --tree linux
+    """
+    from kpatch_tool import series as sm
 
-        console, _ = _ui()
-        s = sm.new_series(obj.ws, name, list(trees_), summary=summary, base=base)
-        console.print(f"created {s.path}")
+    console, _ = _ui()
+    s = sm.new_series(obj.ws, name, list(trees_), summary=summary, base=base)
+    console.print(f"created {s.path}")
 
-    @series_group.command("import")
-    @click.argument("source")
-    @click.option("--tree", required=True, help="The tree the patches are for.")
-    @click.option("--name", default=None, help="Series name (default: from the source's name).")
-    @click.option("--base", default=None, help="Apply them on this ref (default: the tree's base).")
-    @click.option("--author", default=None, help="'Name <email>' for patches without a From: header (quilt).")
-    @click.pass_obj
-    def series_import(obj, source, tree, name, base, author):
-        """Import a quilt folder, an mbox, a folder of patches or a BASE..TIP range.
+@series_group.command("import")
+@click.argument("source")
+@click.option("--tree", required=True, help="The tree the patches are for.")
+@click.option("--name", default=None, help="Series name (default: from the source's name).")
+@click.option("--base", default=None, help="Apply them on this ref (default: the tree's base).")
+@click.option("--author", default=None, help="'Name <email>' for patches without a From: header (quilt).")
+@click.pass_obj
+def series_import(obj, source, tree, name, base, author):
+    """Import a quilt folder, an mbox, a folder of patches or a BASE..TIP range.
 
-        The patches are applied on the base (without a checkout) and exported in
-        kpt's normal form, so what is stored is known to apply.
+    The patches are applied on the base (without a checkout) and exported in
+    kpt's normal form, so what is stored is known to apply.
 
-        \b
-        Example: kpt series import ~/debian/patches --tree linux --name my-fixes
-        """
-        from kpatch_tool import export
+    \b
+    Example: kpt series import ~/debian/patches --tree linux --name my-fixes
+    """
+    from kpatch_tool import export
 
-        console, _ = _ui()
-        s, res = export.import_stack(obj.ws, source, tree, name, base, author)
-        console.print(f"imported {len(res.files)} patches into {s.trees[tree].folder}")
+    console, _ = _ui()
+    s, res = export.import_stack(obj.ws, source, tree, name, base, author)
+    console.print(f"imported {len(res.files)} patches into {s.trees[tree].folder}")
 
-    @main.command("apply")
-    @click.argument("name")
-    @click.option("--tree", default=None, help="Which of the series' trees (needed if several).")
-    @click.option("--onto", default=None, help="Base ref (default: the series' base, else the tree's).")
-    @click.option("--continue", "cont", is_flag=True, help="Resume after fixing a conflict.")
-    @click.option("--abort", is_flag=True, help="Give up a stopped apply.")
-    @click.option("--force", is_flag=True, help="Rebuild our branch even if it has commits kpt did not make.")
-    @click.pass_obj
-    def apply_cmd(obj, name, tree, onto, cont, abort, force):
-        """Apply the series (depends first) in a worktree on branch kpt/NAME/vN.
+@click.command("apply")
+@click.argument("name")
+@click.option("--tree", default=None, help="Which of the series' trees (needed if several).")
+@click.option("--onto", default=None, help="Base ref (default: the series' base, else the tree's).")
+@click.option("--continue", "cont", is_flag=True, help="Resume after fixing a conflict.")
+@click.option("--abort", is_flag=True, help="Give up a stopped apply.")
+@click.option("--force", is_flag=True, help="Rebuild our branch even if it has commits kpt did not make.")
+@click.pass_obj
+def apply_cmd(obj, name, tree, onto, cont, abort, force):
+    """Apply the series (depends first) in a worktree on branch kpt/NAME/vN.
 
-        Exit 3 on a conflict, with a report and the worktree left for you.
+    Exit 3 on a conflict, with a report and the worktree left for you.
 
-        \b
-        Example: kpt apply xen-netfront-fix
-        """
-        from kpatch_tool import apply as ap
-        from kpatch_tool import export
+    \b
+    Example: kpt apply xen-netfront-fix
+    """
+    from kpatch_tool import apply as ap
+    from kpatch_tool import export
 
-        console, say = _ui()
-        if cont and abort:
-            raise click.UsageError("--continue and --abort exclude each other")
-        if abort:
-            wt = ap.abort_apply(obj.ws, name, tree)
-            console.print(f"aborted; {wt} is back at its base")
-            return
-        if cont:
-            res, pend = ap.continue_apply(obj.ws, name, tree)
-            _print_apply(res, say)
-            if pend.get("rebase"):
-                r = pend["rebase"]
-                _print_rebase(export.finish_rebase(obj.ws, name, res.tree, r["onto"], r["bump"], res))
-            else:
-                say(f"the branch holds your fix: `kpt export {name}` writes it back to the patches")
-            return
-        res = ap.apply_series(obj.ws, name, tree, onto, say=say, force=force)
+    console, say = _ui()
+    if cont and abort:
+        raise click.UsageError("--continue and --abort exclude each other")
+    if abort:
+        wt = ap.abort_apply(obj.ws, name, tree)
+        console.print(f"aborted; {wt} is back at its base")
+        return
+    if cont:
+        res, pend = ap.continue_apply(obj.ws, name, tree)
         _print_apply(res, say)
+        if pend.get("rebase"):
+            r = pend["rebase"]
+            _print_rebase(export.finish_rebase(obj.ws, name, res.tree, r["onto"], r["bump"], res))
+        else:
+            say(f"the branch holds your fix: `kpt export {name}` writes it back to the patches")
+        return
+    res = ap.apply_series(obj.ws, name, tree, onto, say=say, force=force)
+    _print_apply(res, say)
 
-    @main.command("export")
-    @click.argument("name")
-    @click.option("--tree", default=None)
-    @click.option("--from", "from_branch", default=None,
-                  help="Branch (or BASE..TIP range) to export (default: kpt/NAME/vN).")
-    @click.option("--quilt", "quilt_dir", default=None, type=click.Path(),
-                  help="Write the stored patches as a DEP-3 quilt folder here instead (for debian/patches).")
-    @click.pass_obj
-    def export_cmd(obj, name, tree, from_branch, quilt_dir):
-        """Write the branch's commits back as the series' patch files.
+@click.command("export")
+@click.argument("name")
+@click.option("--tree", default=None)
+@click.option("--from", "from_branch", default=None,
+              help="Branch (or BASE..TIP range) to export (default: kpt/NAME/vN).")
+@click.option("--quilt", "quilt_dir", default=None, type=click.Path(),
+              help="Write the stored patches as a DEP-3 quilt folder here instead (for debian/patches).")
+@click.pass_obj
+def export_cmd(obj, name, tree, from_branch, quilt_dir):
+    """Write the branch's commits back as the series' patch files.
 
-        Unchanged patches stay byte-identical; files are swapped in at once.
-        With --quilt DIR, the series' stored patches become a quilt folder with
-        DEP-3 headers that `kpt series import DIR` reads back unchanged.
+    Unchanged patches stay byte-identical; files are swapped in at once.
+    With --quilt DIR, the series' stored patches become a quilt folder with
+    DEP-3 headers that `kpt series import DIR` reads back unchanged.
 
-        \b
-        Example: kpt export xen-netfront-fix
-        Example: kpt export netback-per-vif --quilt debian/patches/netback
-        """
-        from kpatch_tool import export
+    \b
+    Example: kpt export xen-netfront-fix
+    Example: kpt export netback-per-vif --quilt debian/patches/netback
+    """
+    from kpatch_tool import export
 
-        console, _ = _ui()
-        if quilt_dir:
-            from kpatch_tool import quilt
-            from kpatch_tool.series import load_series
+    console, _ = _ui()
+    if quilt_dir:
+        from kpatch_tool import quilt
+        from kpatch_tool.series import load_series
 
-            if from_branch:
-                raise UsageError("--quilt writes the stored patches; --from does not apply to it")
-            st = load_series(obj.ws, name).tree(tree)
-            names = quilt.export_quilt([p.path for p in st.patches], Path(quilt_dir),
-                                       f"# {name}: patches for {st.name} (kpt export --quilt)\n")
-            console.print(f"{name}/{st.name}: {len(names)} patches written to {quilt_dir}", markup=False)
-            return
-        res = export.export_series(obj.ws, name, tree, from_branch)
-        console.print(f"{name}/{res.tree}: {len(res.files)} patches from {res.range} "
-                      f"({len(res.unchanged)} unchanged, {len(res.changed)} changed, "
-                      f"{len(res.added)} new, {len(res.removed)} removed)")
-        for f in res.changed + res.added:
-            console.print(f"  wrote   {f}")
-        for f in res.removed:
-            console.print(f"  removed {f}")
-        for f in res.drafts:
-            console.print(f"  left    {f} (not in the order file: yours, untouched)")
+        if from_branch:
+            raise UsageError("--quilt writes the stored patches; --from does not apply to it")
+        st = load_series(obj.ws, name).tree(tree)
+        names = quilt.export_quilt([p.path for p in st.patches], Path(quilt_dir),
+                                   f"# {name}: patches for {st.name} (kpt export --quilt)\n")
+        console.print(f"{name}/{st.name}: {len(names)} patches written to {quilt_dir}", markup=False)
+        return
+    res = export.export_series(obj.ws, name, tree, from_branch)
+    console.print(f"{name}/{res.tree}: {len(res.files)} patches from {res.range} "
+                  f"({len(res.unchanged)} unchanged, {len(res.changed)} changed, "
+                  f"{len(res.added)} new, {len(res.removed)} removed)")
+    for f in res.changed + res.added:
+        console.print(f"  wrote   {f}")
+    for f in res.removed:
+        console.print(f"  removed {f}")
+    for f in res.drafts:
+        console.print(f"  left    {f} (not in the order file: yours, untouched)")
 
-    @main.command("check-apply")
-    @click.argument("name", required=False)
-    @click.option("--onto", default=None,
-                  help="Comma-separated refs; TREE=REF checks against another tree (default: the series' own base).")
-    @click.option("--tree", default=None)
-    @click.option("--all", "all_series", is_flag=True, help="Every shipped series: one table, series x bases.")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_obj
-    def check_apply_cmd(obj, name, onto, tree, all_series, as_json):
-        """Does the series apply on these bases? No checkout; exit 3 if a patch fails.
+@click.command("check-apply")
+@click.argument("name", required=False)
+@click.option("--onto", default=None,
+              help="Comma-separated refs; TREE=REF checks against another tree (default: the series' own base).")
+@click.option("--tree", default=None)
+@click.option("--all", "all_series", is_flag=True, help="Every shipped series: one table, series x bases.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def check_apply_cmd(obj, name, onto, tree, all_series, as_json):
+    """Does the series apply on these bases? No checkout; exit 3 if a patch fails.
 
-        \b
-        Example: kpt check-apply xen-netfront-fix
-        Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
-        Example: kpt check-apply --all                      (every series on every tree of its kind)
-        Example: kpt check-apply --all --onto linux,linux-6.12
-        """
-        from rich.table import Table
-        from rich.text import Text
+    \b
+    Example: kpt check-apply xen-netfront-fix
+    Example: kpt check-apply xen-netfront-fix --onto import,linux-6.12=import
+    Example: kpt check-apply --all                      (every series on every tree of its kind)
+    Example: kpt check-apply --all --onto linux,linux-6.12
+    """
+    from rich.table import Table
+    from rich.text import Text
 
-        from kpatch_tool import checkapply
-        from kpatch_tool.errors import ApplyError, UsageError
+    from kpatch_tool import checkapply
+    from kpatch_tool.errors import ApplyError, UsageError
 
-        console, _ = _ui()
-        if all_series or not name:
-            if name:
-                raise UsageError("give a series name or --all, not both")
-            if not onto and not tree:
-                rows = checkapply.applicability_all(obj.ws)
-                if as_json:
-                    click.echo(json.dumps(rows, indent=1))
-                    return
-                for kind in ("linux", "qemu", "xen"):
-                    kind_rows = [r for r in rows if r["kind"] == kind]
-                    if not kind_rows:
-                        continue
-                    from rich.markup import escape
-
-                    cols = list(kind_rows[0]["bases"])
-                    table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
-                    for row in kind_rows:
-                        table.add_row(escape(row["series"]), escape(row["tree"]), str(row["patches"]),
-                                      *[escape(row["bases"].get(b, "")) for b in cols])
-                    console.print(table)
-                return
-            bases = onto.split(",") if onto else [tree or "linux"]
-            rows = checkapply.applicability(obj.ws, bases, tree or "linux")
+    console, _ = _ui()
+    if all_series or not name:
+        if name:
+            raise UsageError("give a series name or --all, not both")
+        if not onto and not tree:
+            rows = checkapply.applicability_all(obj.ws)
             if as_json:
                 click.echo(json.dumps(rows, indent=1))
                 return
-            table = Table("series", "patches", *bases, title=f"applicability on {tree or 'linux'} bases")
-            for row in rows:
-                table.add_row(row["series"], str(row["patches"]), *[row["bases"].get(b, "") for b in bases])
-            console.print(table)
-            return
-        if not onto:
-            from kpatch_tool import series as seriesmod
+            for kind in ("linux", "qemu", "xen"):
+                kind_rows = [r for r in rows if r["kind"] == kind]
+                if not kind_rows:
+                    continue
 
-            st = seriesmod.load_series(obj.ws, name).tree(tree)
-            onto = f"{st.name}={st.base}" if st.base else st.name
-        reports = checkapply.check_apply(obj.ws, name, onto.split(","), tree)
-        if as_json:
-            click.echo(checkapply.reports_json(reports))
-        else:
-            colours = {"clean": "green", "offset": "green", "3way": "yellow", "fuzz": "yellow",
-                       "merged": "cyan", "fails": "red"}
-            for r in reports:
-                table = Table("series", "patch", "result", "detail",
-                              title=f"{r.base} ({r.tree} {r.commit[:12]}, {r.seconds}s)")
-                for pc in r.results:
-                    c = colours.get(pc.status, "white")
-                    table.add_row(pc.series, pc.file, Text(pc.status, style=c), pc.detail)
+                cols = list(kind_rows[0]["bases"])
+                table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
+                for row in kind_rows:
+                    table.add_row(str(row["series"]), str(row["tree"]), str(row["patches"]),
+                                  *[str(row["bases"].get(b, "")) for b in cols])
                 console.print(table)
-        bad = [f"{r.base}: {pc.file}" for r in reports for pc in r.results if not pc.ok]
-        if bad:
-            raise ApplyError(f"{len(bad)} patch(es) would not apply: {', '.join(bad[:4])}")
+            return
+        bases = onto.split(",") if onto else [tree or "linux"]
+        rows = checkapply.applicability(obj.ws, bases, tree or "linux")
+        if as_json:
+            click.echo(json.dumps(rows, indent=1))
+            return
+        table = Table("series", "patches", *bases, title=f"applicability on {tree or 'linux'} bases")
+        for row in rows:
+            table.add_row(row["series"], str(row["patches"]), *[row["bases"].get(b, "") for b in bases])
+        console.print(table)
+        return
+    if not onto:
+        from kpatch_tool import series as seriesmod
 
-    @main.command("rebase")
-    @click.argument("name")
-    @click.option("--onto", required=True, help="The new base ref.")
-    @click.option("--tree", default=None)
-    @click.option("--bump", is_flag=True, help="Bump the series version (and note it in the changelog).")
-    @click.pass_obj
-    def rebase_cmd(obj, name, onto, tree, bump):
-        """Move the series onto a new base: drop merged patches, export back, report.
+        st = seriesmod.load_series(obj.ws, name).tree(tree)
+        onto = f"{st.name}={st.base}" if st.base else st.name
+    reports = checkapply.check_apply(obj.ws, name, onto.split(","), tree)
+    if as_json:
+        click.echo(checkapply.reports_json(reports))
+    else:
+        colours = {"clean": "green", "offset": "green", "3way": "yellow", "fuzz": "yellow",
+                   "merged": "cyan", "fails": "red"}
+        for r in reports:
+            table = Table("series", "patch", "result", "detail",
+                          title=f"{r.base} ({r.tree} {r.commit[:12]}, {r.seconds}s)")
+            for pc in r.results:
+                c = colours.get(pc.status, "white")
+                table.add_row(pc.series, pc.file, Text(pc.status, style=c), pc.detail)
+            console.print(table)
+    bad = [f"{r.base}: {pc.file}" for r in reports for pc in r.results if not pc.ok]
+    if bad:
+        raise ApplyError(f"{len(bad)} patch(es) would not apply: {', '.join(bad[:4])}")
 
-        \b
-        Example: kpt rebase xen-netfront-fix --onto debian/6.1.192-2 --bump
-        """
-        from kpatch_tool import export
+@click.command("rebase")
+@click.argument("name")
+@click.option("--onto", required=True, help="The new base ref.")
+@click.option("--tree", default=None)
+@click.option("--bump", is_flag=True, help="Bump the series version (and note it in the changelog).")
+@click.pass_obj
+def rebase_cmd(obj, name, onto, tree, bump):
+    """Move the series onto a new base: drop merged patches, export back, report.
 
-        _, say = _ui()
-        _print_rebase(export.rebase_series(obj.ws, name, onto, tree, bump, say=say))
+    \b
+    Example: kpt rebase xen-netfront-fix --onto debian/6.1.192-2 --bump
+    """
+    from kpatch_tool import export
+
+    _, say = _ui()
+    _print_rebase(export.rebase_series(obj.ws, name, onto, tree, bump, say=say))
+
+
+COMMANDS = [series_group, apply_cmd, export_cmd, check_apply_cmd, rebase_cmd]
