@@ -15,7 +15,6 @@ import sys
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -155,8 +154,7 @@ def tree_update(obj, name, to, dry_run, bump):
                   title=f"{name}: {res.old_version or '(unpinned)'} -> {res.new_version}"
                         + (" (dry run: nothing changed)" if dry_run else ""))
     for m in res.moves:
-        table.add_row(escape(m.series), str(m.patches), escape(m.old_base), escape(m.old), escape(m.new),
-                      escape(m.action))
+        table.add_row(m.series, str(m.patches), m.old_base, m.old, m.new, m.action)
     console.print(table)
     for m in res.moves:
         for f in m.failing[:3]:
@@ -186,7 +184,7 @@ def tree_list(obj, as_json):
         return
     table = Table("tree", "source", "pinned", "ref", "commit", "state", "imported", "path")
     for t in rows:
-        table.add_row(*(escape(x) for x in (t.name, t.source, t.version or "-", t.ref, (t.commit or "-")[:12], t.state,
+        table.add_row(*(str(x) for x in (t.name, t.source, t.version or "-", t.ref, (t.commit or "-")[:12], t.state,
                                             ", ".join(sorted(t.imports)) or "-", str(t.repo))))
     console.print(table)
 

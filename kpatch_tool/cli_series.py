@@ -264,13 +264,12 @@ def register(main):
                     kind_rows = [r for r in rows if r["kind"] == kind]
                     if not kind_rows:
                         continue
-                    from rich.markup import escape
 
                     cols = list(kind_rows[0]["bases"])
                     table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
                     for row in kind_rows:
-                        table.add_row(escape(row["series"]), escape(row["tree"]), str(row["patches"]),
-                                      *[escape(row["bases"].get(b, "")) for b in cols])
+                        table.add_row(row["series"], row["tree"], str(row["patches"]),
+                                      *[row["bases"].get(b, "") for b in cols])
                     console.print(table)
                 return
             bases = onto.split(",") if onto else [tree or "linux"]
