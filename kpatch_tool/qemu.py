@@ -94,7 +94,8 @@ def initrd_size(path: Path) -> int:
     path = Path(path)
     from kpatch_tool.userfile import read_bytes
 
-    read_bytes(path, "initramfs") if not path.is_file() else None  # refuses FIFOs and folders by name
+    if not path.is_file():
+        read_bytes(path, "initramfs")  # names what it is (missing, a folder, a FIFO) instead of waiting on it
     try:
         size = path.stat().st_size
     except OSError as exc:

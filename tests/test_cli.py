@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from kpatch_tool.cli import main
 
-from conftest import git
 
 MARKUP = "[/b] [bold]x[/bold] :x: [link=file:///etc]y[/link]"
 CONTROL = "a\x1b[31mred\x07\x00b"
@@ -324,6 +323,11 @@ def test_user_data_is_printed_verbatim(fresh):
     res = _run(["-w", str(ws), "series", "list"])
     assert res.exit_code == 0, res.output
     assert "[/b]" in res.output and "[bold]x[/bold]" in res.output and ":x:" in res.output
+    # The consoles interpret no markup, so nothing may be escape()d either: no backslashes.
+    assert "\\[" not in res.output
+    (ws / "kpt.toml").write_text((ws / "kpt.toml").read_text() + '[trees.other]\nsource = "/x/[b]y[/b]"\n')
+    res = _run(["-w", str(ws), "tree", "list"])
+    assert res.exit_code == 0 and "/x/[b]y[/b]" in res.output and "\\[" not in res.output, res.output
     res = _run(["-w", str(ws), "series", "show", MARKUP])
     assert res.exit_code == 2 and MARKUP in res.output.replace("\n", "")
 
