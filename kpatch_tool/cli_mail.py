@@ -13,6 +13,23 @@ STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "
 
 
 
+def _print_threads(res) -> None:
+    """Per tree: the cover's subject, each gate's outcome, the recipients and where the files are."""
+    for t, tm in res.trees.items():
+        console.print(Text.assemble((t, "bold"), f": {tm.subject}  ({len(tm.patches)} patches)"))
+        for g in tm.gates:
+            style = STATUS_STYLE.get(g.status, "")
+            extra = f" - {g.note}" if g.note and g.status == "skip" else ""
+            console.print(Text.assemble(f"  gate {g.name:<10} ", (g.status, style), extra))
+            for e in g.errors:
+                console.print(f"    error: {e}", markup=False)
+            for w in g.warnings:
+                console.print(f"    warning: {w}", markup=False)
+        console.print(f"  To: {', '.join(tm.recipients.to) or '-'}", markup=False)
+        console.print(f"  Cc: {', '.join(tm.recipients.cc) or '-'}", markup=False)
+        console.print(f"  files: {tm.out_dir}  mbox: {tm.mbox.name}", markup=False)
+
+
 @click.command("mail")
 @click.argument("name")
 @click.option("--version", "version", type=int, default=None, help="Version to label (default: series.toml's).")
@@ -67,19 +84,7 @@ def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, f
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=1))
     else:
-        for t, tm in res.trees.items():
-            console.print(Text.assemble((t, "bold"), f": {tm.subject}  ({len(tm.patches)} patches)"))
-            for g in tm.gates:
-                style = STATUS_STYLE.get(g.status, "")
-                extra = f" - {g.note}" if g.note and g.status == "skip" else ""
-                console.print(Text.assemble(f"  gate {g.name:<10} ", (g.status, style), extra))
-                for e in g.errors:
-                    console.print(f"    error: {e}", markup=False)
-                for w in g.warnings:
-                    console.print(f"    warning: {w}", markup=False)
-            console.print(f"  To: {', '.join(tm.recipients.to) or '-'}", markup=False)
-            console.print(f"  Cc: {', '.join(tm.recipients.cc) or '-'}", markup=False)
-            console.print(f"  files: {tm.out_dir}  mbox: {tm.mbox.name}", markup=False)
+        _print_threads(res)
     if res.blocked and not force:
         names = ", ".join(f"{t}:{g.name}" for t, g in res.failed_gates())
         raise UsageError(f"gates failed ({names}); files written to {res.out}, nothing sent "
@@ -90,7 +95,7 @@ def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, f
                         resend=resend, reflect=reflect, dry_run=dry_run, force=force, say=say)
     journal = res.out / mailsend.JOURNAL
     for w in rep.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        console.print(Text.assemble(("warning:", "yellow"), f" {w}"))
     if dry_run:
         for m in rep.mails:
             what = "already sent" if m.status == "sent" else "would send"

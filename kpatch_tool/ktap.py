@@ -175,6 +175,38 @@ def _orphan(fr: _Frame, lineno: int, number: int) -> KtapTest:
                     subtests=fr.tests, plan=fr.plan, line=lineno, cut_off=True)
 
 
+def _feed(res: KtapResult, fr: _Frame, closed: _Frame | None, kind: str, data, body: str, lineno: int) -> None:
+    """One line into the innermost open (sub)test fr; closed is the subtest that just ended, if any."""
+    if kind == "plan":
+        if fr.plan is not None:
+            res.errors.append(f"line {lineno}: second plan 1..{data} in one (sub)test")
+        fr.plan = data
+    elif kind == "subtest":
+        fr.name = data
+    elif kind == "diag":
+        fr.pending.append(data)
+    elif kind == "bad":
+        res.errors.append(f"line {lineno}: {data}: {body[:80]}")
+    elif kind == "result":
+        num, name, status, reason = data
+        expected = len(fr.tests) + 1
+        if num != expected:
+            res.errors.append(f"line {lineno}: test number {num}, expected {expected}")
+        t = KtapTest(num, name, status, reason, diagnostics=fr.pending, line=lineno)
+        fr.pending = []
+        if closed is not None:
+            t.subtests, t.plan = closed.tests, closed.plan
+            t.diagnostics = closed.pending + t.diagnostics
+            if closed.plan is not None and len(closed.tests) != closed.plan:
+                res.errors.append(f"line {lineno}: {name}: plan 1..{closed.plan} but "
+                                  f"{len(closed.tests)} results")
+            if closed.name and closed.name != name:
+                res.errors.append(f"line {lineno}: subtest '{closed.name}' closed by result '{name}'")
+        fr.tests.append(t)
+    if closed is not None and kind != "result":
+        res.errors.append(f"line {lineno}: subtest {closed.name or '?'} has no result line")
+
+
 def parse(text: str) -> KtapResult:
     """Parse every KTAP document found in text (a console log or plain KTAP)."""
     res = KtapResult()
@@ -237,37 +269,8 @@ def parse(text: str) -> KtapResult:
                 res.errors.append(f"line {lineno}: subtest {closed.name or '?'} has no result line")
                 fr.tests.append(_orphan(closed, lineno, len(fr.tests) + 1))
             closed = fr
-        fr = stack[-1]
-        if kind == "version":
-            continue
-        if kind == "plan":
-            if fr.plan is not None:
-                res.errors.append(f"line {lineno}: second plan 1..{data} in one (sub)test")
-            fr.plan = data
-        elif kind == "subtest":
-            fr.name = data
-        elif kind == "diag":
-            fr.pending.append(data)
-        elif kind == "bad":
-            res.errors.append(f"line {lineno}: {data}: {body[:80]}")
-        elif kind == "result":
-            num, name, status, reason = data
-            expected = len(fr.tests) + 1
-            if num != expected:
-                res.errors.append(f"line {lineno}: test number {num}, expected {expected}")
-            t = KtapTest(num, name, status, reason, diagnostics=fr.pending, line=lineno)
-            fr.pending = []
-            if closed is not None:
-                t.subtests, t.plan = closed.tests, closed.plan
-                t.diagnostics = closed.pending + t.diagnostics
-                if closed.plan is not None and len(closed.tests) != closed.plan:
-                    res.errors.append(f"line {lineno}: {name}: plan 1..{closed.plan} but "
-                                      f"{len(closed.tests)} results")
-                if closed.name and closed.name != name:
-                    res.errors.append(f"line {lineno}: subtest '{closed.name}' closed by result '{name}'")
-            fr.tests.append(t)
-        if closed is not None and kind != "result":
-            res.errors.append(f"line {lineno}: subtest {closed.name or '?'} has no result line")
+        if kind != "version":
+            _feed(res, stack[-1], closed, kind, data, body, lineno)
     close_doc()
     return res
 

@@ -339,7 +339,6 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
     recipients were written and how each gate went; `result.blocked` is true
     when a gate failed, and sending then refuses unless force was given.
     """
-    from kpatch_tool import apply as applymod
 
     say = progress or (lambda m: None)
     series = load_series(ws, name)
@@ -355,64 +354,12 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
 
     with tempfile.TemporaryDirectory(prefix="kpt-mail-") as tmp:
         for t in trees:
-            st = series.trees[t]
-            kind = ws.tree(t).kind
-            say(f"{t}: applying {name} v{series.version}")
-            ar = applymod.apply_series(ws, name, tree=t,
-                                       progress=lambda m, i, n, t=t: say(f"{t}: {m}"), say=say)
-            wt = ar.worktree
-            count = int(_wt(wt, "rev-list", "--count", f"{ar.series_base}..{ar.head_commit}",
-                            check=True).stdout.strip())
-            if count == 0:
-                if tree:
-                    raise UsageError(f"series '{name}': nothing to mail for tree '{t}' "
-                                     f"(no patches, or all already in {ar.base_commit[:12]})")
-                # A series may carry only records for a tree (vring-dma-api's Linux side is
-                # upstream): no thread for it, the others go out.
-                say(f"{t}: no patches of {name}'s own; no thread for this tree")
+            part = _prepare_tree(ws, series, t, version, Path(tmp), out, say, only=bool(tree),
+                                 range_diff_=range_diff_)
+            if part is None:
                 skipped.append(t)
-                continue
-            d = Path(tmp) / t
-            d.mkdir()
-            files = _format(wt, series, st, version, ar.base_commit, ar.series_base, ar.head_commit, d)
-            texts = [f.read_text(encoding="utf-8") for f in files]
-            part = _Part(t, kind, st, ar, texts, [f.name for f in files], count)
-            # Per-patch changes (below ---) from an optional <patch>.changes file.
-            own = _own_patches(series, st, ar)
-            if len(own) == count:
-                for i, p in enumerate(own, 1):
-                    side = Path(p.path).with_suffix(".changes")
-                    if side.is_file():
-                        part.texts[i] = _insert_changes(part.texts[i], side.read_text(encoding="utf-8"))
-            cover_text = texts[0]
-            _, _, cbody = split_mail(cover_text)
-            part.base_lines = [l for l in cbody.splitlines()
-                               if l.startswith(("base-commit:", "prerequisite-patch-id:"))]
-            part.prerequisites = [l.split(":", 1)[1].strip() for l in part.base_lines
-                                  if l.startswith("prerequisite-patch-id:")]
-            part.subject = " ".join((header(cover_text, "Subject") or "").split()).replace(
-                "*** SUBJECT HERE ***", series.cover_title.strip())
-            # Gates read the patch mails as they will go out.
-            for i in range(1, len(files)):
-                files[i].write_text(part.texts[i], encoding="utf-8")
-            say(f"{t}: gates (checkpatch, signoff, fixes, subject)")
-            log = out / t / "mail.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("")
-            part.gates = gatesmod.run_gates(ws, series, wt, ar.series_base, kind,
-                                            patches=files[1:], log=log)
-            say(f"{t}: recipients (get_maintainer.pl)")
-            part.per_patch, part.cover_rec = maintainers.for_series(
-                wt, files[1:], kind, to=st.to, cc=st.cc, mlist=st.list, log=log, say=say)
-            if version > 1 and range_diff_:
-                prev = previous_tag(_repo_of(wt), name, version - 1)
-                if prev is None:
-                    raise UsageError(
-                        f"series '{name}' v{version}: no tag {tag_name(name, version - 1)} in tree '{t}' "
-                        f"for the range-diff against v{version - 1} (`kpt mail {name} --reroll` tags what "
-                        f"was sent; or mail with --no-range-diff)")
-                part.range_diff = range_diff(wt, prev, ar.series_base, ar.head_commit)
-            parts[t] = part
+            else:
+                parts[t] = part
 
         if not parts:
             raise UsageError(f"series '{name}': nothing to mail: no tree has patches of its own "
@@ -423,19 +370,89 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
         me = sender(next(iter(parts.values())).ar.worktree, fallback)
         result.sender = me
         domain = _domain(me)
-        # Trees left out with --tree still get named as companions, from
-        # series.toml (their lists as far as it and the project tell).
-        others = {}
-        for ot, ost in series.trees.items():
-            if ot in parts or ot in skipped or not ost.patches:
-                continue
-            v = f" v{version}" if version > 1 else ""
-            lists = [x for x in (ost.list, maintainers.PROJECT_LIST.get(ws.tree(ot).kind)) if x]
-            others[ot] = {"subject": f"[{ost.subject_prefix}{v} 0/{len(ost.patches)}] {series.cover_title.strip()}",
-                          "lists": lists or list(ost.to[:1])}
+        others = _companions(ws, series, parts, skipped, version)
         for t, part in parts.items():
             result.trees[t] = _finish_tree(ws, series, part, parts, version, me, domain, out / t, others)
     return result
+
+
+def _prepare_tree(ws: Workspace, series: Series, t: str, version: int, tmp: Path, out: Path,
+                  say: Callable[[str], None], *, only: bool, range_diff_: bool) -> _Part | None:
+    """One tree's thread: applied, formatted, gated, addressed (None: no patches of its own there)."""
+    from kpatch_tool import apply as applymod
+
+    name = series.name
+    st = series.trees[t]
+    kind = ws.tree(t).kind
+    say(f"{t}: applying {name} v{series.version}")
+    ar = applymod.apply_series(ws, name, tree=t,
+                               progress=lambda m, i, n, t=t: say(f"{t}: {m}"), say=say)
+    wt = ar.worktree
+    count = int(_wt(wt, "rev-list", "--count", f"{ar.series_base}..{ar.head_commit}",
+                    check=True).stdout.strip())
+    if count == 0:
+        if only:
+            raise UsageError(f"series '{name}': nothing to mail for tree '{t}' "
+                             f"(no patches, or all already in {ar.base_commit[:12]})")
+        # A series may carry only records for a tree (vring-dma-api's Linux side is
+        # upstream): no thread for it, the others go out.
+        say(f"{t}: no patches of {name}'s own; no thread for this tree")
+        return None
+    d = tmp / t
+    d.mkdir()
+    files = _format(wt, series, st, version, ar.base_commit, ar.series_base, ar.head_commit, d)
+    texts = [f.read_text(encoding="utf-8") for f in files]
+    part = _Part(t, kind, st, ar, texts, [f.name for f in files], count)
+    # Per-patch changes (below ---) from an optional <patch>.changes file.
+    own = _own_patches(series, st, ar)
+    if len(own) == count:
+        for i, p in enumerate(own, 1):
+            side = Path(p.path).with_suffix(".changes")
+            if side.is_file():
+                part.texts[i] = _insert_changes(part.texts[i], side.read_text(encoding="utf-8"))
+    cover_text = texts[0]
+    _, _, cbody = split_mail(cover_text)
+    part.base_lines = [l for l in cbody.splitlines()
+                       if l.startswith(("base-commit:", "prerequisite-patch-id:"))]
+    part.prerequisites = [l.split(":", 1)[1].strip() for l in part.base_lines
+                          if l.startswith("prerequisite-patch-id:")]
+    part.subject = " ".join((header(cover_text, "Subject") or "").split()).replace(
+        "*** SUBJECT HERE ***", series.cover_title.strip())
+    # Gates read the patch mails as they will go out.
+    for i in range(1, len(files)):
+        files[i].write_text(part.texts[i], encoding="utf-8")
+    say(f"{t}: gates (checkpatch, signoff, fixes, subject)")
+    log = out / t / "mail.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    part.gates = gatesmod.run_gates(ws, series, wt, ar.series_base, kind,
+                                    patches=files[1:], log=log)
+    say(f"{t}: recipients (get_maintainer.pl)")
+    part.per_patch, part.cover_rec = maintainers.for_series(
+        wt, files[1:], kind, to=st.to, cc=st.cc, mlist=st.list, log=log, say=say)
+    if version > 1 and range_diff_:
+        prev = previous_tag(_repo_of(wt), name, version - 1)
+        if prev is None:
+            raise UsageError(
+                f"series '{name}' v{version}: no tag {tag_name(name, version - 1)} in tree '{t}' "
+                f"for the range-diff against v{version - 1} (`kpt mail {name} --reroll` tags what "
+                f"was sent; or mail with --no-range-diff)")
+        part.range_diff = range_diff(wt, prev, ar.series_base, ar.head_commit)
+    return part
+
+
+def _companions(ws: Workspace, series: Series, parts: dict, skipped: list[str], version: int) -> dict:
+    # Trees left out with --tree still get named as companions, from
+    # series.toml (their lists as far as it and the project tell).
+    others = {}
+    for ot, ost in series.trees.items():
+        if ot in parts or ot in skipped or not ost.patches:
+            continue
+        v = f" v{version}" if version > 1 else ""
+        lists = [x for x in (ost.list, maintainers.PROJECT_LIST.get(ws.tree(ot).kind)) if x]
+        others[ot] = {"subject": f"[{ost.subject_prefix}{v} 0/{len(ost.patches)}] {series.cover_title.strip()}",
+                      "lists": lists or list(ost.to[:1])}
+    return others
 
 
 def _repo_of(wt: Path) -> Path:

@@ -418,40 +418,7 @@ def _typed_table(path: Path, key: str, table, types: dict) -> dict:
     return dict(table)
 
 
-def load_series(ws: Workspace, name: str) -> Series:
-    folder = series_dir(ws, name)
-    # An export or rebase killed half-way left a journal: finish or undo it first.
-    safefs.recover(folder)
-    path = folder / SERIES_TOML
-    if not path.is_file():
-        known = ", ".join(s for s in _names(ws)) or "none"
-        raise UsageError(f"series '{name}': no {path} (known series: {known})")
-    try:
-        data = tomllib.loads(read_text(path, "series file"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text") from None
-    _unknown(path, "", data, TOP_KEYS)
-
-    sname = data.get("name", name)
-    if sname != name:
-        raise _err(path, "name", f"is '{sname}' but the folder is '{name}'")
-    version = data.get("version", 1)
-    if isinstance(version, str) and re.fullmatch(r"v?\d+", version):
-        version = int(version.lstrip("v"))
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise _err(path, "version", "must be a whole number >= 1 (1, 2, ...)")
-    summary = _opt_str(path, "summary", data.get("summary", "")) or ""
-    depends = _str_list(path, "depends", data.get("depends", []))
-    for d in depends:
-        if not valid_name(d):
-            raise _err(path, "depends", f"names '{d}', not a valid series name")
-        if d == name:
-            raise UsageError(f"{path}: 'depends' names the series itself: dependency cycle {name} -> {name}")
-
-    series = Series(name=name, version=version, summary=summary, path=folder, depends=depends)
-
+def _load_trees(ws: Workspace, path: Path, folder: Path, data: dict, series: Series) -> None:
     trees = data.get("trees", {})
     if not isinstance(trees, dict):
         raise _err(path, "trees", "must be a table of [trees.<tree>] tables")
@@ -483,6 +450,8 @@ def load_series(ws: Workspace, name: str) -> Series:
             st.patches.append(parse_patch(ppath, tname, fname))
         series.trees[tname] = st
 
+
+def _load_changelog(path: Path, data: dict, series: Series) -> None:
     changelog = data.get("changelog", {})
     if not isinstance(changelog, dict):
         raise _err(path, "changelog", "must be a table (v2 = \"...\")")
@@ -492,6 +461,8 @@ def load_series(ws: Workspace, name: str) -> Series:
             raise _err(path, f"changelog.{k}", "must be vN = \"text\"")
         series.changelog[int(m.group(1))] = v
 
+
+def _load_smoke(path: Path, data: dict, series: Series) -> None:
     smoke = data.get("smoke", [])
     if not isinstance(smoke, list):
         raise _err(path, "smoke", "must be [[smoke]] tables")
@@ -535,6 +506,45 @@ def load_series(ws: Workspace, name: str) -> Series:
         where, dname = sorted(dup)[0]
         raise _err(path, "smoke", f"has two tests named '{dname}' in {where}")
 
+
+
+def load_series(ws: Workspace, name: str) -> Series:
+    folder = series_dir(ws, name)
+    # An export or rebase killed half-way left a journal: finish or undo it first.
+    safefs.recover(folder)
+    path = folder / SERIES_TOML
+    if not path.is_file():
+        known = ", ".join(s for s in _names(ws)) or "none"
+        raise UsageError(f"series '{name}': no {path} (known series: {known})")
+    try:
+        data = tomllib.loads(read_text(path, "series file"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
+    _unknown(path, "", data, TOP_KEYS)
+
+    sname = data.get("name", name)
+    if sname != name:
+        raise _err(path, "name", f"is '{sname}' but the folder is '{name}'")
+    version = data.get("version", 1)
+    if isinstance(version, str) and re.fullmatch(r"v?\d+", version):
+        version = int(version.lstrip("v"))
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _err(path, "version", "must be a whole number >= 1 (1, 2, ...)")
+    summary = _opt_str(path, "summary", data.get("summary", "")) or ""
+    depends = _str_list(path, "depends", data.get("depends", []))
+    for d in depends:
+        if not valid_name(d):
+            raise _err(path, "depends", f"names '{d}', not a valid series name")
+        if d == name:
+            raise UsageError(f"{path}: 'depends' names the series itself: dependency cycle {name} -> {name}")
+
+    series = Series(name=name, version=version, summary=summary, path=folder, depends=depends)
+
+    _load_trees(ws, path, folder, data, series)
+    _load_changelog(path, data, series)
+    _load_smoke(path, data, series)
     for f in _str_list(path, "fragments", data.get("fragments", [])):
         series.fragments.append(fragment_path(path, folder, f))
 

@@ -79,3 +79,15 @@ def test_mypy_finds_no_errors():
     res = subprocess.run([_tool("mypy"), "--no-error-summary", str(PKG)], capture_output=True, text=True,
                          cwd=PKG.parent, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Counted from `def` (click's option decorators above it do not count) to its last line."""
+    long = []
+    for f in sorted(PKG.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{f.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "split these: " + ", ".join(long)
