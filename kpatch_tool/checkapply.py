@@ -28,7 +28,7 @@ from pathlib import Path
 from kpatch_tool import gitutil, trees
 from kpatch_tool.errors import UsageError
 from kpatch_tool.series import Patch, Series, resolve_depends
-from kpatch_tool.workspace import Workspace
+from kpatch_tool.workspace import Workspace, tree_ref
 
 # How far back the patch-id search for already-merged patches looks.
 HISTORY_LIMIT = 300
@@ -196,8 +196,9 @@ def parse_bases(ws: Workspace, default_tree: str, bases: list[str]) -> list[tupl
         if not b:
             continue
         if "=" in b:
-            t, ref = b.split("=", 1)
+            t, given_ref = tree_ref(b)
             ws.tree(t)
+            ref = given_ref or ""
         elif b in ws.trees and ws.trees[b].kind == ws.tree(default_tree).kind:
             # A tree's name alone: that tree at its own base (linux-6.12 = its import).
             from kpatch_tool import trees as treesmod

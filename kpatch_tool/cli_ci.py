@@ -7,14 +7,15 @@ from pathlib import Path
 import click
 
 from kpatch_tool.ui import console
+from kpatch_tool.workspace import tree_ref
 
 
 def _onto(values) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for v in values:
         for part in v.split(","):
-            tree, _, ref = part.partition("=")
-            out[tree.strip()] = ref.strip() or None
+            tree, ref = tree_ref(part)
+            out[tree] = ref
     return out
 
 

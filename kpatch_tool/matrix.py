@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatch_tool.errors import KptError, UsageError
-from kpatch_tool.workspace import Workspace
+from kpatch_tool.workspace import Workspace, tree_ref
 
 
 @dataclass
@@ -79,10 +79,10 @@ class CellOutcome:
 
 
 def _base(ws: Workspace, spec: str, where: str) -> tuple[str, str | None]:
-    tree, _, ref = spec.partition("=")
+    tree, ref = tree_ref(spec)
     if tree not in ws.trees:
         raise UsageError(f"{where}: unknown tree '{tree}' (kpt.toml has: {', '.join(ws.trees)})")
-    return tree, ref or None
+    return tree, ref
 
 
 def load(ws: Workspace, path: Path) -> list[Cell]:

@@ -132,3 +132,9 @@ def load(root: Path | None = None) -> Workspace:
             raise UsageError(f"{path}: '{key}' must be a string (a folder)")
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)
+
+
+def tree_ref(spec: str) -> tuple[str, str | None]:
+    """`TREE=REF` or `TREE` (its own base): the one parser of that form (--onto, matrix bases)."""
+    tree, _, ref = spec.strip().partition("=")
+    return tree.strip(), ref.strip() or None
