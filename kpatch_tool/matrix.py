@@ -51,8 +51,8 @@ class Cell:
     def argv(self) -> list[str]:
         """The `kpt ci` command line that runs this cell alone (for CI fleets)."""
         cmd = ["kpt", "ci"]
-        if self.series:
-            cmd.append(self.series)
+        # A base cell must say so: `kpt ci` without a series runs kpt.toml's default series.
+        cmd.append(self.series or "--base-only")
         cmd += ["--mode", self.mode, "--onto", f"{self.tree}={self.ref}" if self.ref else self.tree]
         if self.profile:
             cmd += ["--profile", self.profile]

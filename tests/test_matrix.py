@@ -83,6 +83,8 @@ def _assert_runnable(cmd: str):
     assert argv[0] == ".venv/bin/kpt" and argv[1] == "ci"
     ctx = main.commands["ci"].make_context("ci", argv[2:])
     assert ctx.params["mode"] in ("guest", "xen", "xen+domU")
+    # What the fleet runs is what `kpt ci --matrix` runs: a base cell runs no series.
+    assert ctx.params["series"] or ctx.params["base_only"]
 
 
 def test_emitted_gitlab_pipeline_has_one_job_per_cell_with_commands_that_exist(ws, tmp_path):
