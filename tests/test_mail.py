@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,3 +331,26 @@ def test_earlier_versions_come_from_one_tag_listing(make_repo):
         mf.git(repo, "tag", tag)
     assert mail.tagged_versions(repo / ".git", "s1") == [1, 3]
     assert mail.tagged_versions(repo / ".git", "none") == []
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden-s1.mbox"
+
+
+def _golden_text(mbox: str) -> str:
+    # The fixture's base holds scripts/ of the pinned Linux tree: its commit id, and so the
+    # commit ids of the patches on it, follow the pin. Everything else must match exactly.
+    mbox = re.sub(r"(?m)^base-commit: [0-9a-f]{40}$", "base-commit: <the fixture's base>", mbox)
+    return re.sub(r"(?m)^From [0-9a-f]{40} Mon Sep 17", "From <commit> Mon Sep 17", mbox)
+
+
+def test_mail_output_is_byte_for_byte_the_golden_mbox(tmp_path, linux_src, env_out, monkeypatch):
+    """kpt mail is deterministic by design (fixed Message-Ids, no dates of its own): a fixture
+    series with fixed commit dates gives exactly tests/data/golden-s1.mbox.
+    KPT_UPDATE_GOLDEN=1 rewrites the file after an intended change."""
+    for k in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
+        monkeypatch.setenv(k, "2026-01-02T03:04:05+00:00")
+    ws, _, _ = mf.linux_series(tmp_path, linux_src)
+    got = _golden_text(mail.prepare(ws, "s1").trees["linux"].mbox.read_text())
+    if os.environ.get("KPT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(got)
+    assert got == GOLDEN.read_text()
