@@ -20,14 +20,14 @@ from pathlib import Path
 
 
 from kpatch_tool import templating
+from kpatch_tool.modes import IMAGE_MODES
 from kpatch_tool.series import SMOKE_NEEDS, SMOKE_TIMEOUT
 from kpatch_tool.errors import PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
 BUSYBOX = Path("/bin/busybox")
-MODES = ("guest", "xen", "domU")
-# Where each mode's /init runs: a plain guest, or Xen's dom0.
-WHERE = {"guest": "guest", "xen": "dom0", "domU": "domU"}
+MODES = tuple(IMAGE_MODES)
+WHERE = IMAGE_MODES  # where each image mode's /init runs
 # Bump when the layout or /init changes meaning, so old cached images are not reused.
 FORMAT = "kpt-initramfs-1"
 

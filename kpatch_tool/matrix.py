@@ -86,7 +86,7 @@ def _base(ws: Workspace, spec: str, where: str) -> tuple[str, str | None]:
 
 
 def load(ws: Workspace, path: Path) -> list[Cell]:
-    from kpatch_tool.pipeline import MODES
+    from kpatch_tool.modes import MODES
     from kpatch_tool.series import list_series
 
     path = Path(path)

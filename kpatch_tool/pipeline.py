@@ -105,14 +105,11 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 
 from kpatch_tool import __version__  # noqa: E402
 from kpatch_tool import stages as stagesmod  # noqa: E402
-from kpatch_tool.errors import KptError, UsageError  # noqa: E402
+from kpatch_tool.errors import KptError  # noqa: E402
 from kpatch_tool.progress import Reporter  # noqa: E402
 from kpatch_tool.runfolder import STAGES, Manifest, StageRecord, WorkspaceLock, new_run_dir  # noqa: E402,F401
 
-MODES = ("guest", "xen", "xen+domU")
-PROFILE_FOR_MODE = {"guest": "guest", "xen": "xen-dom0", "xen+domU": "xen-dom0"}
-# TCG on 2 shared cores: a nested boot took 113 s alone and over 420 s next to builds.
-TIMEOUT_FOR_MODE = {"guest": 120, "xen": 240, "xen+domU": 720}
+from kpatch_tool.modes import MODES, run_mode  # noqa: E402,F401 (MODES: used by callers)
 
 
 @dataclass
@@ -131,17 +128,16 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
              rep: Reporter, force: bool, rerun_boot: bool) -> stagesmod.RunContext:
     """What the run was asked, settled once: command line over series.toml [ci] over mode defaults."""
-    if mode not in MODES:
-        raise UsageError(f"--mode {mode}: one of {', '.join(MODES)}")
+    m = run_mode(mode)
     declared = series_ci_settings(ws, series) if series else {}
     tree = default_linux_tree(ws, series)
     for t in onto:
         if t in ws.trees and ws.trees[t].kind == "linux":
             tree = t
     ws.tree(tree)
-    profile = profile or declared.get("profile") or PROFILE_FOR_MODE[mode]
+    profile = profile or declared.get("profile") or m.profile
     qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
-    timeout = timeout or declared.get("timeout") or TIMEOUT_FOR_MODE[mode]
+    timeout = timeout or declared.get("timeout") or m.timeout
     run_id, run_dir = new_run_dir(ws, label or f"{series or 'base'}-{tree}-{mode.replace('+', '-')}")
     (run_dir / "logs").mkdir()
     manifest = Manifest(run_dir, {

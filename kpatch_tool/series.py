@@ -31,12 +31,13 @@ import tomlkit.exceptions
 from kpatch_tool import gitutil, safefs
 from kpatch_tool.errors import UsageError
 from kpatch_tool.userfile import read_bytes, read_text
+from kpatch_tool.modes import MODES, PLACES
 from kpatch_tool.workspace import NAME_RE, NAME_RULE, Workspace, valid_name  # noqa: F401 (NAME_RE: re-export)
 
 SERIES_TOML = "series.toml"
 COVER = "cover.md"
 ORDER = "series"
-SMOKE_WHERE = ("guest", "dom0", "domU")
+SMOKE_WHERE = PLACES
 TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
             "domU", "ci"}
 # [domU]: how the nested run's domU is made (nested.domu_settings merges them along the depends chain).
@@ -44,7 +45,7 @@ DOMU_KEYS = {"memory": int, "vcpus": int, "vif_options": str, "extra_config": li
              "device_model_args": list, "device_model_setup": str}
 # [ci]: how `kpt ci SERIES` boots it when the command line does not say.
 CI_KEYS = {"mode": str, "profile": str, "qemu_args": list, "timeout": (int, float)}
-CI_MODES = ("guest", "xen", "xen+domU")
+CI_MODES = MODES
 # The one default of a smoke test's timeout (seconds): image and series used to say 30 and 60.
 SMOKE_TIMEOUT = 30
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
