@@ -27,17 +27,20 @@ print(len(names), "templates")
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     """Build the wheel, install it into a new venv (not editable), run kpt from another folder."""
+    # Nothing of the checkout may leak in: not on PYTHONPATH (a kpatch_tool there would
+    # make pip think the wheel is installed already), not as the workspace.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KPT_WORKSPACE")}
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(PROJECT)],
-                   check=True, capture_output=True, timeout=600)
+                   check=True, capture_output=True, timeout=600, env=env)
     [wheel] = dist.glob("kpatch_tool-*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin/python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600,
+                   env=env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KPT_WORKSPACE")}
     version = subprocess.run([str(env_dir / "bin/kpt"), "--version"], cwd=elsewhere, env=env,
                              capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "kpt" in version.stdout
