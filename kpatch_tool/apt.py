@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatch_tool import proc
+from kpatch_tool import proc, safefs
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 
 DEFAULT_SUITES = ("bookworm", "bookworm-updates", "bookworm-security")
@@ -140,9 +140,7 @@ class Archive:
         current = r / "sources.list"
         changed = not current.exists() or current.read_text() != text
         if changed:
-            tmp = current.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, current)
+            safefs.replace_file(current, text.encode())
             (r / "updated").unlink(missing_ok=True)
         return changed
 

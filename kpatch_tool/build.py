@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kpatch_tool import proc
+from kpatch_tool import proc, safefs
 from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -138,9 +138,7 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
         arts = b.artifacts()
         new = {"identity": ident, "warnings": ran.warnings, "steps": ran.steps, **ran.extra,
                "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
-        tmp = b.build_dir / (STAMP + ".tmp")
-        tmp.write_text(json.dumps(new, indent=1))
-        os.replace(tmp, b.build_dir / STAMP)
+        safefs.replace_file(b.build_dir / STAMP, json.dumps(new, indent=1).encode())
     built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=False,
                   duration=time.monotonic() - t0, log=log, warnings=ran.warnings, artifacts=arts, identity=ident)
     return built, new
@@ -369,9 +367,7 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
         cfg = build_dir / ".config"
         if not cfg.exists() or cfg.read_text() != config_text:
             # Only a changed config is written: its mtime drives kbuild's syncconfig.
-            tmp = cfg.with_suffix(".kpt-new")
-            tmp.write_text(config_text)
-            os.replace(tmp, cfg)
+            safefs.replace_file(cfg, config_text.encode())
         targets = ["bzImage"] + (["modules"] if modules else [])
         expected = (stamp or {}).get("steps") or None
         res, w = run_make(srctree, build_dir, targets, wrapper=wrapper, jobs=jobs, log=log,

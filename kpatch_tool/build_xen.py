@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
-from kpatch_tool import proc
+from kpatch_tool import proc, safefs
 from kpatch_tool.build import Artifact, Built
 from kpatch_tool.errors import ConfigError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
@@ -169,9 +169,7 @@ def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), 
         conf = build_dir / ".config"
         if not conf.exists() or conf.read_text() != cfg.config_text:
             # Only a changed config is written: its mtime drives Xen's syncconfig.
-            tmp = conf.with_suffix(".kpt-new")
-            tmp.write_text(cfg.config_text)
-            os.replace(tmp, conf)
+            safefs.replace_file(conf, cfg.config_text.encode())
         expected = (stamp or {}).get("steps") or None
         extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
         res, w = buildmod.run_make(xen, build_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,

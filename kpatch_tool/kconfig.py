@@ -30,7 +30,7 @@ from pathlib import Path
 import kconfiglib
 from kconfiglib import BOOL, HEX, INT, STRING, TRISTATE, TYPE_TO_STR, expr_str, expr_value, split_expr
 
-from kpatch_tool import kconfig_compat, proc
+from kpatch_tool import kconfig_compat, proc, safefs
 from kpatch_tool.errors import ConfigError, UsageError
 
 BASES = ("tinyconfig", "allnoconfig", "defconfig")
@@ -662,9 +662,7 @@ def _suggest(tree: _Tree, base_text: str, lines: list[str], assignments: list[As
 def write_config(result: ConfigResult, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(result.config_text)
-    os.replace(tmp, path)
+    safefs.replace_file(path, result.config_text.encode())
     return path
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
-from kpatch_tool import trees
+from kpatch_tool import safefs, trees
 from kpatch_tool.workspace import Workspace
 
 
@@ -77,9 +77,7 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
     if key:
         hit = ws.cache_dir / "configs" / f"{key}.config"
         hit.parent.mkdir(parents=True, exist_ok=True)
-        tmp = hit.with_suffix(".tmp")
-        tmp.write_text(res.config_text)
-        os.replace(tmp, hit)
+        safefs.replace_file(hit, res.config_text.encode())
     return res
 
 

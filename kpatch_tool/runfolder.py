@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpatch_tool import safefs
 from kpatch_tool.errors import KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -90,9 +91,7 @@ class Manifest:
         self.write()
 
     def write(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        safefs.replace_file(self.path, json.dumps(self.data, indent=1, default=str).encode())
 
 
 def read_manifest(run_dir: Path) -> dict:

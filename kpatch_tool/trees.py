@@ -27,7 +27,7 @@ from pathlib import Path
 
 import git
 
-from kpatch_tool import apt, proc
+from kpatch_tool import apt, proc, safefs
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 from kpatch_tool.workspace import TreeSpec, Workspace
 
@@ -248,12 +248,7 @@ def _stamp(repo: Path) -> dict | None:
 
 
 def _write_stamp(repo: Path, stamp: dict) -> None:
-    tmp = repo / (STAMP + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(stamp, indent=1))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, repo / STAMP)
+    safefs.replace_file(repo / STAMP, json.dumps(stamp, indent=1).encode())
 
 
 def _fresh_repo(parent: Path, name: str) -> Path:

@@ -9,12 +9,11 @@ this module only orders them and decides per series.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import tomlkit
 
-from kpatch_tool import apt, checkapply, trees
+from kpatch_tool import apt, checkapply, safefs, trees
 from kpatch_tool import series as seriesmod
 from kpatch_tool.errors import UsageError
 from kpatch_tool.workspace import WORKSPACE_FILE, Workspace
@@ -133,10 +132,5 @@ def set_pin(ws: Workspace, name: str, version: str) -> None:
     if table is None:
         raise UsageError(f"{path}: no [trees.{name}] to pin")
     table["version"] = version
-    tmp = path.with_name(f".{path.name}.kpt-tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(tomlkit.dumps(doc))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    safefs.replace_file(path, tomlkit.dumps(doc).encode("utf-8"))
     ws.trees[name].version = version
