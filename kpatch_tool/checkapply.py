@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kpatch_tool import gitutil, trees
+from kpatch_tool import gitutil, proc, trees
 from kpatch_tool.errors import UsageError
 from kpatch_tool.series import Patch, Series, resolve_depends
 from kpatch_tool.workspace import Workspace, tree_ref
@@ -303,3 +303,28 @@ def applicability_all(ws: Workspace, progress=None) -> list[dict]:
                          "bases": {r.base: summarise(r) for r in reports},
                          "reports": [r.to_json() for r in reports]})
     return rows
+
+
+def upstream_probes(ws: Workspace, series, bases: list[str]) -> list[dict]:
+    """Each [[upstream]] probe of the series (a fixed string in a file) on each base tree of its kind:
+    present, absent, or no-file. Bases are tree names, each at its own pinned base."""
+    out = []
+    for u in series.upstream:
+        if "file" not in u or u.get("tree") not in ws.trees:
+            continue
+        kind = ws.trees[u["tree"]].kind
+        row = {"series": series.name, "name": u["name"], "kind": kind, "bases": {}}
+        for b in bases:
+            if b not in ws.trees or ws.trees[b].kind != kind:
+                continue
+            t = open_tree(ws, b)
+            commit = trees.resolve(t, t.ref)
+            res = proc.run(["git", "--git-dir", str(t.repo), "grep", "-q", "-F", "-e", u["contains"], commit, "--",
+                            u["file"]], timeout=120)
+            if res.returncode == 0:
+                row["bases"][b] = "present"
+            else:
+                exists = proc.run(["git", "--git-dir", str(t.repo), "cat-file", "-e", f"{commit}:{u['file']}"])
+                row["bases"][b] = "absent" if exists.ok else "absent (no file)"
+        out.append(row)
+    return out

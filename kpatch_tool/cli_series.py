@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import click
+from rich.table import Table
 
+from kpatch_tool import series as seriesmod
 from kpatch_tool.errors import UsageError
 
 
@@ -24,6 +26,17 @@ def _print_apply(res, say) -> None:
     console.print(f"{res.series}: {what} on {res.base_commit[:12]}, head {res.head_commit[:12]}")
     console.print(f"branch:   {res.branch}")
     console.print(f"worktree: {res.worktree}")
+
+
+def _print_probes(console, probes: list[dict], kind: str) -> None:
+    """[[upstream]] probes: is the change a series relies on in each base?"""
+    if not probes:
+        return
+    cols = list(probes[0]["bases"])
+    table = Table("series", "upstream change", *cols, title=f"[[upstream]] probes on every {kind} tree")
+    for p in probes:
+        table.add_row(p["series"], p["name"], *[p["bases"].get(b, "") for b in cols])
+    console.print(table)
 
 
 def _print_rebase(rr) -> None:
@@ -256,20 +269,21 @@ def check_apply_cmd(obj, name, onto, tree, all_series, as_json):
             raise UsageError("give a series name or --all, not both")
         if not onto and not tree:
             rows = checkapply.applicability_all(obj.ws)
+            probes = [p for s in seriesmod.list_series(obj.ws)
+                      for p in checkapply.upstream_probes(obj.ws, s, list(obj.ws.trees))]
             if as_json:
-                click.echo(json.dumps(rows, indent=1))
+                click.echo(json.dumps({"series": rows, "upstream": probes}, indent=1))
                 return
             for kind in ("linux", "qemu", "xen"):
                 kind_rows = [r for r in rows if r["kind"] == kind]
-                if not kind_rows:
-                    continue
-
-                cols = list(kind_rows[0]["bases"])
-                table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
-                for row in kind_rows:
-                    table.add_row(str(row["series"]), str(row["tree"]), str(row["patches"]),
-                                  *[str(row["bases"].get(b, "")) for b in cols])
-                console.print(table)
+                if kind_rows:
+                    cols = list(kind_rows[0]["bases"])
+                    table = Table("series", "tree", "patches", *cols, title=f"applicability on every {kind} tree")
+                    for row in kind_rows:
+                        table.add_row(str(row["series"]), str(row["tree"]), str(row["patches"]),
+                                      *[str(row["bases"].get(b, "")) for b in cols])
+                    console.print(table)
+                _print_probes(console, [p for p in probes if p["kind"] == kind], kind)
             return
         bases = onto.split(",") if onto else [tree or "linux"]
         rows = checkapply.applicability(obj.ws, bases, tree or "linux")
@@ -282,7 +296,6 @@ def check_apply_cmd(obj, name, onto, tree, all_series, as_json):
         console.print(table)
         return
     if not onto:
-        from kpatch_tool import series as seriesmod
 
         st = seriesmod.load_series(obj.ws, name).tree(tree)
         onto = f"{st.name}={st.base}" if st.base else st.name

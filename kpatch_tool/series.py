@@ -53,7 +53,9 @@ SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip", "needs"}
 # What a check may need beyond its place: a mode without it lists the check as SKIP with the reason.
 SMOKE_NEEDS = {"domU": "a domU (xen+domU mode)", "device-model": "the series' device model (xen+domU mode)"}
 SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
-UPSTREAM_KEYS = {"name", "tree", "ref", "url"}
+# An upstream change the series relies on; with `file` and `contains` it is a probe
+# that check-apply evaluates on every base (a fixed string in a file of the tree).
+UPSTREAM_KEYS = {"name", "tree", "ref", "url", "file", "contains"}
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -557,6 +559,8 @@ def load_series(ws: Workspace, name: str) -> Series:
         for k, v in u.items():
             if not isinstance(v, str):
                 raise _err(path, f"upstream[{i}].{k}", "must be a string")
+        if ("file" in u) != ("contains" in u):
+            raise _err(path, f"upstream[{i}]", "a probe needs both 'file' and 'contains'")
     series.upstream = list(upstream)
     series.domu = _typed_table(path, "domU", data.get("domU", {}), DOMU_KEYS)
     extra = series.domu.get("extra", "")

@@ -142,3 +142,34 @@ def test_all_without_onto_checks_every_series_on_every_tree_of_its_kind(series_w
     r = kpt(ws, "check-apply", "--all")
     assert r.exit_code == 0, r.output
     assert "applicability on every linux tree" in r.output and "linux-next" in r.output
+
+
+def test_upstream_probes_say_present_or_absent_on_every_tree_of_their_kind(series_ws, series_repo, demo_series):
+    from kpatch_tool import series
+
+    toml = demo_series.toml_path
+    toml.write_text(toml.read_text() + '''
+[[upstream]]
+name = "there"
+tree = "linux"
+file = "drivers/net/netfront.c"
+contains = "net line 2"
+
+[[upstream]]
+name = "not there"
+tree = "linux"
+file = "drivers/net/netfront.c"
+contains = "a line nobody wrote"
+
+[[upstream]]
+name = "moved"
+tree = "linux"
+file = "drivers/net/gone.c"
+contains = "x"
+''')
+    s = series.load_series(series_ws, "demo")
+    got = {p["name"]: p["bases"]["linux"] for p in checkapply.upstream_probes(series_ws, s, ["linux"])}
+    assert got == {"there": "present", "not there": "absent", "moved": "absent (no file)"}
+    toml.write_text(toml.read_text() + '\n[[upstream]]\nname = "half"\ntree = "linux"\nfile = "x.c"\n')
+    with pytest.raises(UsageError, match="needs both 'file' and 'contains'"):
+        series.load_series(series_ws, "demo")
