@@ -12,7 +12,6 @@ what lands in the cache is what the archive published.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kpatch_tool import proc, safefs
+from kpatch_tool.safefs import sha256_file
 from kpatch_tool.errors import KptError, PrereqError, UsageError
 
 DEFAULT_SUITES = ("bookworm", "bookworm-updates", "bookworm-security")
@@ -272,14 +272,6 @@ def _download_error(package: str, version: str, res: proc.ProcResult, *, source:
         return UsageError(f"no space left while downloading {package} {version}: {last}")
     cmd = "apt-get source" if source else "apt-get download"
     return PrereqError(f"{cmd} {package}={version} failed: {last}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compare_versions(a: str, b: str) -> int:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kpatch_tool import proc, safefs
+from kpatch_tool.safefs import sha256_file
 from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -161,14 +162,6 @@ class BuildResult(Built):
     @property
     def config(self) -> Path:
         return self.build_dir / ".config"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cores() -> int:

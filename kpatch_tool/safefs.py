@@ -18,6 +18,7 @@ above is checked.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -55,6 +56,15 @@ def os_error(exc: OSError, what: str = "write") -> UsageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return no_space(where)
     return UsageError(f"cannot {what} {where}: {exc.strerror or exc}")
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in 1 MiB pieces (kernels, .debs, images)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
