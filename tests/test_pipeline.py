@@ -25,16 +25,9 @@ def test_unknown_mode_is_a_usage_error(tmp_ws):
         pipeline.run_ci(tmp_ws(), mode="kvm")
 
 
-def test_a_run_that_stops_early_still_gets_complete_red_results(tmp_ws, tmp_path):
+def test_a_run_that_stops_early_still_gets_complete_red_results(tmp_ws, tmp_path, make_repo):
     """A bad base ref stops the trees stage: the report must say so, in JUnit too."""
-    repo = tmp_path / "lin"
-    repo.mkdir()
-    import subprocess
-
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    (repo / "Makefile").write_text("all:\n")
-    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "i"], check=True)
+    repo = make_repo("lin", {"Makefile": "all:\n"})
     ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n')
     res = pipeline.run_ci(ws, None, mode="guest", onto={"linux": "no-such-ref"})
     assert res.exit_code == 2 and res.failed_stage == "trees"
@@ -112,20 +105,13 @@ def test_a_series_that_patches_only_another_linux_tree_runs_on_that_tree(project
     assert pipeline.default_linux_tree(project_ws, None) == "linux"
 
 
-def test_base_only_runs_the_base_even_when_kpt_toml_names_a_default_series(tmp_ws, tmp_path):
+def test_base_only_runs_the_base_even_when_kpt_toml_names_a_default_series(tmp_ws, tmp_path, make_repo):
     """kpt.toml [ci] names a series; --base-only must run no series at all."""
-    import subprocess
-
     from click.testing import CliRunner
 
     from kpatch_tool.cli import main
 
-    repo = tmp_path / "lin"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    (repo / "Makefile").write_text("all:\n")
-    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "i"], check=True)
+    repo = make_repo("lin", {"Makefile": "all:\n"})
     ws = tmp_ws(f'[trees.linux]\nsource = "{repo}"\n[ci]\nseries = ["no-such-series"]\nmode = "guest"\n')
     r = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--base-only", "--onto", "linux=no-such-ref"])
     assert r.exit_code == 2, r.output
