@@ -422,10 +422,16 @@ def import_version(ws: Workspace, name: str, version: str, *, progress=None) -> 
                 return e
         arch = archive(ws)
         pool = ws.cache_dir / "debian" / ("pool" if kind == "debian" else f"src/{package}_{apt.noepoch(version)}")
-        if kind == "debian":
-            fetched = arch.fetch_deb(package, version, pool, progress=say)
-        else:
-            fetched = arch.fetch_source(package, version, pool, progress=say)
+        try:
+            if kind == "debian":
+                fetched = arch.fetch_deb(package, version, pool, progress=say)
+            else:
+                fetched = arch.fetch_source(package, version, pool, progress=say)
+        except apt.VersionGone as gone:
+            if version != spec.version or not gone.offered:
+                raise  # a series' base: resolve() names the series' way out
+            raise PrereqError(f"tree '{name}': {gone.message}; `kpt tree update {name}` moves the pin "
+                              f"to {gone.offered[0].version}") from None
         tag = version_tag(fetched.version)
         parent = _parent_for(repo, imports, fetched.version)
         t0 = time.monotonic()

@@ -112,6 +112,14 @@ def test_missing_debian_package_is_named(tmp_ws, local_archive):
     assert exc.value.exit_code == EXIT_PREREQ
 
 
+def test_a_pinned_version_gone_from_the_archive_names_the_offers_and_the_command(tmp_ws, local_archive):
+    ws = _debian_ws(tmp_ws, local_archive, pin="0.1-0")
+    with pytest.raises(KptError, match=r"0\.1-0 is not in the archive.*offers: 0\.1-2.*"
+                                       r"`kpt tree update linux` moves the pin to 0\.1-2") as exc:
+        trees.import_tree(ws, "linux")
+    assert exc.value.exit_code == EXIT_PREREQ
+
+
 def test_an_unpinned_debian_tree_says_how_to_pin_it(tmp_ws):
     ws = tmp_ws('[trees.linux]\nsource = "debian:linux-source-6.1"\n')
     with pytest.raises(UsageError, match=r"\[trees.linux\] has no version.*kpt tree update linux"):
