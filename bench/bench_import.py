@@ -59,7 +59,7 @@ def main() -> int:
                                          f'version = "{spec.version}"\n')
         ws = workspace.load(tmp / "ws")
         # Both sides start from the downloaded .deb: the download is not what is compared.
-        deb = trees.archive(ws).fetch_deb(package, spec.version, ws.cache_dir / "debian" / "pool").path
+        deb = trees.archive(ws, "linux").fetch_deb(package, spec.version, ws.cache_dir / "debian" / "pool").path
         tarball = trees._tarball_from_deb(deb, package, tmp)
         subprocess.run(["sync"])
         t_kpt = timed(lambda: trees.import_tree(ws, "linux"))

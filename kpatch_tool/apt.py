@@ -79,13 +79,12 @@ class Archive:
     """kpt's own view of Debian's archive (one per workspace cache)."""
 
     def __init__(self, cache_dir: Path, settings: dict | None = None, extra_suites: tuple[str, ...] = ()):
-        self.root = Path(cache_dir) / "apt"
         self.settings = settings or {}
         suites = list(self.settings.get("suites") or DEFAULT_SUITES)
-        for s in extra_suites:
-            if s not in suites:
-                suites.append(s)
-        self.suites = suites
+        extra = [s for s in extra_suites if s not in suites]
+        self.suites = suites + extra
+        # One apt state per set of suites: the default one, and one per extra set (e.g. "+sid").
+        self.root = Path(cache_dir) / "apt" / ("default" if not extra else "+" + "+".join(sorted(extra)))
 
     # -- configuration ------------------------------------------------------
 
@@ -120,6 +119,8 @@ class Archive:
             # Only what the archive says is the file: no host pinning, no extra architectures.
             "APT::Architectures::": "amd64",
         }
+        if self.settings.get("allow_expired"):
+            opts["Acquire::Check-Valid-Until"] = "false"
         if os.geteuid() == 0:
             # Downloads into kpt's cache, which apt's _apt user cannot write.
             opts["APT::Sandbox::User"] = "root"
@@ -176,8 +177,15 @@ class Archive:
                 progress(f"reading Debian's archive ({', '.join(self.suites)}) into {self.root}")
             res = self._run("apt-get", "update", "-q", timeout=900)
             if not res.ok:
-                last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
-                raise PrereqError(f"cannot read Debian's archive with kpt's apt state ({self.root}): {last}")
+                text = res.stderr.strip() or res.stdout.strip() or "no output"
+                errs = [line for line in text.splitlines() if line.startswith("E:")]
+                first = errs[0] if errs else text.splitlines()[-1]
+                hint = ""
+                if "is expired" in first:
+                    hint = ("; the mirror serves an old snapshot of these suites: `[apt] allow_expired = true` in "
+                            "kpt.toml accepts it (files are still checked against the signed Release's hashes)")
+                raise PrereqError(f"cannot read Debian's archive ({', '.join(self.suites)}) with kpt's apt state "
+                                  f"({self.root}): {first}{hint}")
             (self.root / "updated").write_text(str(int(time.time())) + "\n")
 
     def offers(self, package: str, *, source: bool = False) -> list[Offer]:

@@ -92,7 +92,6 @@ def _trees(ws: Workspace, offline: bool = False) -> list[Check]:
     from kpatch_tool.errors import KptError
 
     out = []
-    arch = trees.archive(ws)
     try:
         all_series = seriesmod.list_series(ws)
     except KptError:  # a broken series is the series commands' to report
@@ -108,7 +107,7 @@ def _trees(ws: Workspace, offline: bool = False) -> list[Check]:
         offered = "not asked (--offline)"
         if not offline:
             try:
-                offers = arch.offers(package, source=kind == "debian-src")
+                offers = trees.archive(ws, spec.name).offers(package, source=kind == "debian-src")
                 newest = offers[0].version if offers else None
                 offered = f"{offers[0].version} ({offers[0].suite})" if offers else "none"
             except KptError as exc:

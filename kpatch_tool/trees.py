@@ -285,11 +285,11 @@ def _tree_lock(ws: Workspace, name: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def archive(ws: Workspace) -> apt.Archive:
-    extra: list[str] = []
-    for spec in ws.trees.values():
-        extra += [s for s in spec.suites if s not in extra]
-    return apt.Archive(ws.cache_dir, ws.data.get("apt") or {}, tuple(extra))
+def archive(ws: Workspace, name: str) -> apt.Archive:
+    """kpt's apt view for one tree: [apt] suites plus the tree's own. Each set of suites has
+    an apt state of its own, so a suite that cannot be read (sid's Release expired on a
+    snapshot mirror, say) breaks only the trees that need it."""
+    return apt.Archive(ws.cache_dir, ws.data.get("apt") or {}, tuple(ws.tree(name).suites))
 
 
 def repo_path(ws: Workspace, name: str) -> Path:
@@ -420,7 +420,7 @@ def import_version(ws: Workspace, name: str, version: str, *, progress=None) -> 
             if e and _has_ref(repo, e.get("commit") or "-"):
                 _point_import_branch(ws, spec, repo, imports)
                 return e
-        arch = archive(ws)
+        arch = archive(ws, name)
         pool = ws.cache_dir / "debian" / ("pool" if kind == "debian" else f"src/{package}_{apt.noepoch(version)}")
         try:
             if kind == "debian":

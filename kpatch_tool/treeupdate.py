@@ -67,7 +67,7 @@ def update(ws: Workspace, name: str, *, to: str | None = None, dry_run: bool = F
     if kind not in ("debian", "debian-src"):
         raise UsageError(f"tree '{name}': {spec.source} is not a Debian package; `kpt tree import {name} --update` fetches a git source")
     package = spec.source.split(":", 1)[1]
-    arch = trees.archive(ws)
+    arch = trees.archive(ws, name)
     arch.update(force=True, progress=say)
     offers = arch.offers(package, source=kind == "debian-src")
     if not offers:

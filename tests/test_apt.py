@@ -24,7 +24,7 @@ def test_the_hosts_apt_state_is_not_touched(tmp_path, local_archive):
     line = local_archive({("linux-source-0.1", "0.1-1"): {"a": "1\n"}})
     arch = apt.Archive(tmp_path / "cache", {"sources": [line]})
     arch.update()
-    lists = list((tmp_path / "cache/apt/state/lists").iterdir())
+    lists = list((tmp_path / "cache/apt/default/state/lists").iterdir())
     assert any("Packages" in p.name for p in lists)
     host = subprocess.run(["grep", "-rl", str(tmp_path), "/var/lib/apt/lists", "/etc/apt"], capture_output=True)
     assert host.stdout == b""
@@ -51,3 +51,15 @@ def test_derived_sources_use_the_configured_suites(tmp_path):
     assert "http://m/debian bookworm main" in text
     assert "http://m/debian-security bookworm-security main" in text
     assert "http://m/debian sid main" in text and "deb-src" in text
+
+
+def test_each_set_of_suites_has_an_apt_state_of_its_own(tmp_ws):
+    """A tree on sid must not take the Debian 12 trees down when sid cannot be read."""
+    from kpatch_tool import trees
+
+    ws = tmp_ws('[trees.linux]\nsource = "debian:linux-source-6.1"\nversion = "1"\n'
+                '[trees.new]\nsource = "debian:linux-source-7.2"\nversion = "1"\nsuites = ["sid"]\n')
+    a, b = trees.archive(ws, "linux"), trees.archive(ws, "new")
+    assert a.root.name == "default" and b.root.name == "+sid" and a.root.parent == b.root.parent
+    assert "sid" not in a.sources_text() and " sid main" in b.sources_text()
+    assert apt.Archive(ws.cache_dir, {"allow_expired": True})._options().count("Acquire::Check-Valid-Until=false") == 1
