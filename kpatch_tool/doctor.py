@@ -111,7 +111,7 @@ def _trees(ws: Workspace, offline: bool = False) -> list[Check]:
                 newest = offers[0].version if offers else None
                 offered = f"{offers[0].version} ({offers[0].suite})" if offers else "none"
             except KptError as exc:
-                offered = f"unknown ({exc.message[:100]})"
+                offered = f"unknown ({exc.message})"
         held = {trees.version_tag(v) for v in t.imports}
         behind = [f"{s.name} ({s.trees[spec.name].base})" for s in all_series
                   if spec.name in s.trees and (s.trees[spec.name].base or "").startswith("debian/")
