@@ -221,7 +221,8 @@ def host_tools(stages: tuple[str, ...] = ("build",)) -> dict:
     packages: dict = {}
     for stage in stages:
         packages.update(prereqs.versions(stage))
-    tools = ("gcc", "make", "depmod") if "build" in stages else ("gcc", "make")
+    # gcc's own line is in the identity already (compiler_id); these are the other tools PATH picks.
+    tools = ("make", "depmod") if "build" in stages else ("make",)
     return {"packages": packages, "tools": {t: prereqs.tool_version(t) for t in tools}}
 
 

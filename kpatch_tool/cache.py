@@ -50,13 +50,10 @@ def _busy(wt: Path) -> str | None:
     st = proc.run(["git", "-C", str(wt), "status", "--porcelain", "--untracked-files=no"], timeout=300)
     if st.ok and st.stdout.strip():
         return "uncommitted changes"
-    am = proc.run(["git", "-C", str(wt), "rev-parse", "--git-path", "rebase-apply"], timeout=60)
-    if am.ok:
-        p = Path(am.stdout.strip())
-        if not p.is_absolute():
-            p = wt / p
-        if p.exists():
-            return "a stopped `git am` (kpt apply --continue / --abort)"
+    from kpatch_tool.apply import am_in_progress
+
+    if am_in_progress(wt):
+        return "a stopped `git am` (kpt apply --continue / --abort)"
     return None
 
 

@@ -98,7 +98,7 @@ def _trees(ws: Workspace, offline: bool = False) -> list[Check]:
         all_series = []
     for spec in ws.trees.values():
         t = trees.get(ws, spec.name)
-        kind = trees._source_kind(spec.source)
+        kind = trees.source_kind(spec.source)
         if kind not in ("debian", "debian-src"):
             out.append(Check(f"tree {spec.name}", "ok", f"{spec.source}: {t.state}", required=False))
             continue

@@ -232,15 +232,13 @@ def _keep_boot(c: RunContext, cache: Path, console: Path) -> None:
 
 def boot_stage(c: RunContext) -> tuple[str, str]:
     from kpatch_tool import boot as bootmod
-    from kpatch_tool import qemu
+    from kpatch_tool import qemu, results
 
     prereqs.require("boot")
     if c.mode != "guest":
         prereqs.require("xen")
     xen = qemu.xen_binary(c.ws) if c.mode != "guest" else None
     cache = c.ws.cache_dir / "boots" / boot_cache_key(c, xen)
-    from kpatch_tool import results
-
     if not (c.rerun_boot or c.force) and (cache / results.RESULTS_JSON).exists():
         return _reuse_boot(c, cache)
 

@@ -119,11 +119,7 @@ class FastImport:
             raise KptError(f"git fast-import failed (exit {rc}): {err.strip()[:300]}")
 
     def abort(self) -> None:
-        try:
-            os.killpg(self.proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        _kill(self.proc)
 
 
 def _quote(path: str) -> bytes:
@@ -217,7 +213,7 @@ def tag_version(ref: str) -> str | None:
     return ref[len("debian/"):].replace("%", ":").replace("_", "~")
 
 
-def _source_kind(source: str) -> str:
+def source_kind(source: str) -> str:
     if source.startswith("debian:"):
         return "debian"
     if source.startswith("debian-src:"):
@@ -294,7 +290,7 @@ def archive(ws: Workspace, name: str) -> apt.Archive:
 
 def repo_path(ws: Workspace, name: str) -> Path:
     spec = ws.tree(name)
-    if _source_kind(spec.source) == "path":
+    if source_kind(spec.source) == "path":
         return Path(os.path.expanduser(spec.source)).resolve()
     return ws.trees_dir / name
 
@@ -306,7 +302,7 @@ def _has_ref(repo: Path, ref: str) -> bool:
 def get(ws: Workspace, name: str) -> Tree:
     """The tree as it stands now (no work done)."""
     spec = ws.tree(name)
-    kind = _source_kind(spec.source)
+    kind = source_kind(spec.source)
     repo = repo_path(ws, name)
     if kind == "path":
         if not repo.exists():
@@ -344,7 +340,7 @@ def get(ws: Workspace, name: str) -> Tree:
 def import_tree(ws: Workspace, name: str, *, progress=None, update: bool = False) -> Tree:
     """Make the tree's git repository hold its pinned version; a no-op when it does."""
     spec = ws.tree(name)
-    kind = _source_kind(spec.source)
+    kind = source_kind(spec.source)
     say = progress or (lambda msg: None)
     if kind == "path":
         tree = get(ws, name)
@@ -403,7 +399,7 @@ def import_version(ws: Workspace, name: str, version: str, *, progress=None) -> 
     newest older one, so `git diff debian/A debian/B` is what Debian changed.
     """
     spec = ws.tree(name)
-    kind = _source_kind(spec.source)
+    kind = source_kind(spec.source)
     if kind not in ("debian", "debian-src"):
         raise UsageError(f"tree '{name}': {spec.source} is not a Debian package; it has no versions to fetch")
     package = spec.source.split(":", 1)[1]
@@ -570,7 +566,7 @@ def resolve(tree: Tree, ref: str | None = None) -> str:
     if res.ok:
         return res.stdout.strip()
     version = tag_version(ref)
-    if version and tree.ws is not None and _source_kind(tree.source) in ("debian", "debian-src"):
+    if version and tree.ws is not None and source_kind(tree.source) in ("debian", "debian-src"):
         try:
             entry = import_version(tree.ws, tree.name, version)
         except apt.VersionGone as gone:
@@ -582,7 +578,7 @@ def resolve(tree: Tree, ref: str | None = None) -> str:
         return entry["commit"]
     held = ", ".join(version_tag(v) for v in sorted(tree.imports)) if tree.imports else ""
     hint = f"the tree holds {held}" if held else f"try `git --git-dir {tree.repo} tag -l`"
-    if tree.ws is not None and _source_kind(tree.source) in ("debian", "debian-src") and not version:
+    if tree.ws is not None and source_kind(tree.source) in ("debian", "debian-src") and not version:
         hint += f"; a Debian version is named as debian/VERSION and fetched by `kpt tree import {tree.name} --version VERSION`"
     raise UsageError(f"tree '{tree.name}': no ref '{ref}' ({hint})")
 

@@ -63,7 +63,7 @@ def update(ws: Workspace, name: str, *, to: str | None = None, dry_run: bool = F
 
     say = say or (lambda msg: None)
     spec = ws.tree(name)
-    kind = trees._source_kind(spec.source)
+    kind = trees.source_kind(spec.source)
     if kind not in ("debian", "debian-src"):
         raise UsageError(f"tree '{name}': {spec.source} is not a Debian package; `kpt tree import {name} --update` fetches a git source")
     package = spec.source.split(":", 1)[1]
