@@ -29,6 +29,13 @@ installed kconfiglib stays unmodified.
    come out differently from ``make``. :func:`adapt` switches the choices of a
    tree whose scripts/kconfig has the new rule to :class:`Choice611`.
 
+4. Linux 6.18 added the bare ``transitional`` property (arch/Kconfig's
+   ``CFI_CLANG`` in 7.2): a promptless old name, read by olddefconfig and
+   never written. :class:`Kconfig` parses it and records the symbols.
+
+5. Linux 7.0 added ``depends on X if Y``: X || (Y = n), built the way
+   menu.c's menu_add_dep() does.
+
 Everything else (environment, base configs) is kbuild's behaviour reproduced in
 kconfig.py, checked against ``make olddefconfig`` by ``kconfig.cross_check``.
 """
@@ -50,8 +57,54 @@ _T_MODULES = kconfiglib._T_MODULES
 SHELL_CWD: str | None = None
 
 
+# A token of our own for a bare `transitional` line (Linux >= 6.18), which
+# kconfiglib's tokenizer would take for a macro expansion.
+_T_TRANSITIONAL = object()
+
+
 class Kconfig(kconfiglib.Kconfig):
-    """kconfiglib.Kconfig that also accepts the bare `modules` property."""
+    """kconfiglib.Kconfig that also accepts the bare `modules` and `transitional` properties."""
+
+    def __init__(self, *args, **kwargs):
+        # Symbols declared `transitional`: a promptless pass-through of an old
+        # name, never written to a new .config (kconfiglib does not write a
+        # promptless symbol without defaults either); kconfig.py refuses them
+        # in fragments, naming the symbol.
+        self.transitional: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def _tokenize(self, s):
+        if s.strip() == "transitional":
+            self._line = s
+            return (_T_TRANSITIONAL, None)
+        return super()._tokenize(s)
+
+    def _expect_expr_and_eol(self):
+        # `depends on X if Y` (Linux 7.0): X only applies when Y is not n,
+        # i.e. X || (Y = n), as scripts/kconfig/menu.c:menu_add_dep builds it.
+        expr = self._parse_expr(True)
+        if self._tokens[0] is kconfiglib._T_DEPENDS and self._check_token(kconfiglib._T_IF):
+            expr = self._make_or(expr, self._equals_n(self._parse_expr(True)))
+        if self._tokens[self._tokens_i] is not None:
+            self._trailing_tokens_error()
+        return expr
+
+    def _equals_n(self, e, value=None):
+        """The expression `e = value` (n by default) in kconfiglib's tuples, as
+        expr_trans_compare() rewrites it: comparisons only take symbols."""
+        value = value or self.n
+        if not isinstance(e, tuple):
+            return (kconfiglib.EQUAL, e, value)
+        op = e[0]
+        if op is kconfiglib.NOT:
+            return self._equals_n(e[1], self.y if value is self.n else self.n)
+        if op in (kconfiglib.AND, kconfiglib.OR):
+            # (A || B) = n is (A = n) && (B = n); (A && B) = y likewise.
+            conj = (op is kconfiglib.OR) == (value is self.n)
+            a, b = self._equals_n(e[1], value), self._equals_n(e[2], value)
+            return (kconfiglib.AND, a, b) if conj else (kconfiglib.OR, a, b)
+        # A comparison is n or y, never m.
+        return e if value is self.y else (kconfiglib.NOT, e)
 
     def _parse_props(self, node):
         # The base parser stops at the first line that is not a property and
@@ -60,9 +113,11 @@ class Kconfig(kconfiglib.Kconfig):
         # follow it. The base method restarts node.dep at y, so keep the
         # `depends on` seen before the keyword.
         super()._parse_props(node)
-        while (self._reuse_tokens and self._tokens[0] is _T_MODULES
+        while (self._reuse_tokens and self._tokens[0] in (_T_MODULES, _T_TRANSITIONAL)
                and self._tokens[1] is None):
-            if node.item is not self.modules:
+            if self._tokens[0] is _T_TRANSITIONAL:
+                self.transitional.add(getattr(node.item, "name", ""))
+            elif node.item is not self.modules:
                 self._warn(f"'modules' on {getattr(node.item, 'name', node.item)}: "
                            "only MODULES is treated as the modules switch",
                            self.filename, self.linenr)
@@ -187,7 +242,19 @@ def kbuild_env(srctree: str, arch: str = "x86") -> dict[str, str]:
         "CC_VERSION_TEXT": cc_version_text("gcc"),
         "KCONFIG_FUNCTIONS": FUNCTIONS_MODULE,
     }
+    # Linux >= 6.19's Makefile exports the pahole version (init/Kconfig reads $(PAHOLE_VERSION)).
+    script = os.path.join(srctree, "scripts", "pahole-version.sh")
+    if os.path.isfile(script):
+        env["PAHOLE_VERSION"] = _first_line(["sh", script, "pahole"]) or "0"
     return env
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return ""
+    return (res.stdout.splitlines() or [""])[0].strip()
 
 
 def kernelversion(srctree: str) -> str:

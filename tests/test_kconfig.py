@@ -208,6 +208,68 @@ def test_choice_default_set_to_n_follows_the_trees_kconfig_version(tmp_path, new
     assert f"CONFIG_{expected}=y" in result.config_text
 
 
+CONDDEP_KCONFIG = """\
+config MODULES
+\tbool "modules"
+\tmodules
+\tdefault y
+
+config FOO
+\tbool "foo"
+
+config BAR
+\tbool "bar"
+
+config BAZ
+\ttristate "baz"
+
+config BASIC
+\tbool "basic"
+\tdepends on FOO if BAR
+\tdefault y
+
+config BOTH
+\tbool "both"
+\tdepends on (FOO && BAR) if (FOO || BAR)
+\tdefault y
+
+config OPTIONAL
+\ttristate "optional"
+\tdepends on BAZ if BAZ
+\tdefault y
+
+config OLD_NAME
+\tbool
+\ttransitional
+\thelp
+\t  The old name of BASIC.
+"""
+
+
+@pytest.mark.parametrize("given,expected", [
+    # FOO only matters when BAR is set: X || (Y = n), as Linux 7.0's menu_add_dep() builds it.
+    ("FOO=y BAR=y BAZ=m", "BASIC=y BOTH=y OPTIONAL=m"),
+    ("FOO=n BAR=y BAZ=y", "BASIC=- BOTH=- OPTIONAL=y"),
+    ("FOO=n BAR=n BAZ=n", "BASIC=y BOTH=y OPTIONAL=y"),
+])
+def test_conditional_depends_on_and_transitional_parse_like_linux_7(tmp_path, given, expected):
+    src = tmp_path / "cond"
+    src.mkdir()
+    (src / "Kconfig").write_text(CONDDEP_KCONFIG)
+    base = tmp_path / "base.config"
+    base.write_text("".join(f"CONFIG_{kv}\n" if not kv.endswith("=n") else f"# CONFIG_{kv[:-2]} is not set\n"
+                            for kv in given.split()))
+    text = kconfig.evaluate(src, str(base), []).config_text
+    for kv in expected.split():
+        name, value = kv.split("=")
+        if value == "-":
+            assert f"CONFIG_{name}=" not in text, name
+        else:
+            assert f"CONFIG_{name}={value}" in text, (name, text)
+    # A transitional symbol is read, never written.
+    assert "OLD_NAME" not in text
+
+
 MEMCHOICE_KCONFIG = """\
 config ARCH32
 \tbool "32-bit"
@@ -464,6 +526,28 @@ def test_linux_6_12_bases_and_profiles_match_its_c_tools(project_ws, linux612, t
         assert kconfig.cross_check(linux612, out) == [], profile
 
 
+@pytest.fixture(scope="module")
+def linux72(project_ws):
+    from kpatch_tool import trees
+
+    trees.import_tree(project_ws, "linux-7.2")
+    src = trees.checkout(project_ws, "linux-7.2")
+    kconfig.load_tree(src)
+    return src
+
+
+@pytest.mark.slow
+def test_linux_7_2_bases_and_profiles_match_its_c_tools(project_ws, linux72, tmp_path):
+    """7.2's Kconfig has `transitional` and `depends on X if Y`, which kconfiglib 14.1 does not know."""
+    for base, target in [("tinyconfig", "tinyconfig"), ("defconfig", "x86_64_defconfig")]:
+        ours = kconfig.evaluate(linux72, base, []).config_text
+        assert kconfig.normalise(ours) == kconfig.normalise(kconfig.kbuild_config(linux72, target)), base
+    for profile in PROFILES:
+        out = tmp_path / f"{profile}.config"
+        assert kconfig.config_for_profile(project_ws, linux72, profile, output=out).problems == []
+        assert kconfig.cross_check(linux72, out) == [], profile
+
+
 # ---------------------------------------------------------------- the kernel's own fragments (slow)
 
 
@@ -472,7 +556,7 @@ def _kernel_fragments(src: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tree", ["linux61", "linux612"])
+@pytest.mark.parametrize("tree", ["linux61", "linux612", pytest.param("linux72", marks=pytest.mark.heavy)])
 @pytest.mark.parametrize("base", ["defconfig", "tinyconfig"])
 def test_every_fragment_the_kernel_ships_is_evaluated_like_kbuild(request, tree, base):
     """Each kernel/configs and arch/x86/configs fragment over the base: never a
