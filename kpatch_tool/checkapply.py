@@ -235,10 +235,18 @@ def check_apply(ws: Workspace, name: str, bases: list[str], tree: str | None = N
         t = open_tree(ws, tname)
         commit = trees.resolve(t, ref)
         rep = BaseReport(given, tname, commit)
+        probes = _patch_probes(chain, st.name)
         with TempIndex(t.repo, commit) as idx:
             for i, (sname, p) in enumerate(patches):
                 if progress:
                     progress(f"{given}: {p.file}", i, len(patches))
+                found = [u for u in probes.get((sname, p.file), []) if probe_state(t, commit, u) == "present"]
+                if found:
+                    # The base has the change in upstream's own form, which neither a reverse
+                    # apply nor a patch-id finds when the patch was a backport of it.
+                    rep.results.append(PatchCheck(sname, p.file, p.subject, "merged",
+                                                  f"upstream: {found[0]['name']}"))
+                    continue
                 rep.results.append(try_patch(idx, commit, p, sname))
         rep.seconds = round(time.monotonic() - t0, 2)
         reports.append(rep)
@@ -318,13 +326,27 @@ def upstream_probes(ws: Workspace, series, bases: list[str]) -> list[dict]:
             if b not in ws.trees or ws.trees[b].kind != kind:
                 continue
             t = open_tree(ws, b)
-            commit = trees.resolve(t, t.ref)
-            res = proc.run(["git", "--git-dir", str(t.repo), "grep", "-q", "-F", "-e", u["contains"], commit, "--",
-                            u["file"]], timeout=120)
-            if res.returncode == 0:
-                row["bases"][b] = "present"
-            else:
-                exists = proc.run(["git", "--git-dir", str(t.repo), "cat-file", "-e", f"{commit}:{u['file']}"])
-                row["bases"][b] = "absent" if exists.ok else "absent (no file)"
+            row["bases"][b] = probe_state(t, trees.resolve(t, t.ref), u)
         out.append(row)
+    return out
+
+
+def probe_state(t: trees.Tree, commit: str, u: dict) -> str:
+    """An [[upstream]] probe on one commit: present, absent, or absent (no file)."""
+    res = proc.run(["git", "--git-dir", str(t.repo), "grep", "-q", "-F", "-e", u["contains"], commit, "--",
+                    u["file"]], timeout=120)
+    if res.returncode == 0:
+        return "present"
+    exists = proc.run(["git", "--git-dir", str(t.repo), "cat-file", "-e", f"{commit}:{u['file']}"])
+    return "absent" if exists.ok else "absent (no file)"
+
+
+def _patch_probes(chain: list[Series], tree: str) -> dict[tuple[str, str], list[dict]]:
+    """(series, patch file) -> the probes that say the patch is upstream where they are present."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for s in chain:
+        for u in s.upstream:
+            if u.get("tree") == tree and "file" in u:
+                for f in u.get("patches", []):
+                    out.setdefault((s.name, f), []).append(u)
     return out

@@ -54,8 +54,9 @@ SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip", "needs"}
 SMOKE_NEEDS = {"domU": "a domU (xen+domU mode)", "device-model": "the series' device model (xen+domU mode)"}
 SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
 # An upstream change the series relies on; with `file` and `contains` it is a probe
-# that check-apply evaluates on every base (a fixed string in a file of the tree).
-UPSTREAM_KEYS = {"name", "tree", "ref", "url", "file", "contains"}
+# that check-apply evaluates on every base (a fixed string in a file of the tree); with
+# `patches` too, those patches of the series count as merged on a base where it is present.
+UPSTREAM_KEYS = {"name", "tree", "ref", "url", "file", "contains", "patches"}
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -405,6 +406,20 @@ def series_dir(ws: Workspace, name: str) -> Path:
     return ws.patches_dir / name
 
 
+def _upstream_patches(path: Path, series: Series, i: int, u: dict) -> None:
+    """`patches` of an [[upstream]] probe: files of this series' folder for the probe's tree."""
+    if "patches" not in u:
+        return
+    names = _str_list(path, f"upstream[{i}].patches", u["patches"])
+    if "file" not in u:
+        raise _err(path, f"upstream[{i}].patches", "needs a probe ('file' and 'contains') to decide where")
+    st = series.trees.get(u.get("tree", ""))
+    known = {p.file for p in st.patches} if st else set()
+    for n in names:
+        if n not in known:
+            raise _err(path, f"upstream[{i}].patches", f"'{n}' is not a patch of trees.{u.get('tree')} of this series")
+
+
 def _typed_table(path: Path, key: str, table, types: dict) -> dict:
     """A small table of known keys with their types (lists are lists of strings)."""
     if not isinstance(table, dict):
@@ -557,10 +572,11 @@ def load_series(ws: Workspace, name: str) -> Series:
     for i, u in enumerate(upstream):
         _unknown(path, f"upstream[{i}].", u, UPSTREAM_KEYS)
         for k, v in u.items():
-            if not isinstance(v, str):
+            if k != "patches" and not isinstance(v, str):
                 raise _err(path, f"upstream[{i}].{k}", "must be a string")
         if ("file" in u) != ("contains" in u):
             raise _err(path, f"upstream[{i}]", "a probe needs both 'file' and 'contains'")
+        _upstream_patches(path, series, i, u)
     series.upstream = list(upstream)
     series.domu = _typed_table(path, "domU", data.get("domU", {}), DOMU_KEYS)
     extra = series.domu.get("extra", "")

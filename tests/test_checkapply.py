@@ -173,3 +173,27 @@ contains = "x"
     toml.write_text(toml.read_text() + '\n[[upstream]]\nname = "half"\ntree = "linux"\nfile = "x.c"\n')
     with pytest.raises(UsageError, match="needs both 'file' and 'contains'"):
         series.load_series(series_ws, "demo")
+
+
+def test_a_probe_present_on_a_base_marks_its_patches_merged_there(series_ws, series_repo, demo_series):
+    """A backport that upstream took in its own form: neither reverse apply nor patch-id finds it."""
+    from kpatch_tool import series
+
+    first = demo_series.trees["linux"].patches[0].file
+    toml = demo_series.toml_path
+    toml.write_text(toml.read_text() + f'''
+[[upstream]]
+name = "upstream's own fix"
+tree = "linux"
+file = "drivers/net/netfront.c"
+contains = "net line 5 upstream"
+patches = ["{first}"]
+''')
+    by = {r.base: r for r in checkapply.check_apply(series_ws, "demo", ["v1", "conflict"])}
+    assert verdicts(by["v1"]) == ["clean", "clean", "clean"]
+    # Without the probe this base says "fails" (test_verdicts_on_each_base).
+    assert verdicts(by["conflict"]) == ["merged", "clean", "clean"]
+    assert by["conflict"].results[0].detail == "upstream: upstream's own fix"
+    toml.write_text(toml.read_text().replace(f'patches = ["{first}"]', 'patches = ["0009-nope.patch"]'))
+    with pytest.raises(UsageError, match="'0009-nope.patch' is not a patch of trees.linux"):
+        series.load_series(series_ws, "demo")
