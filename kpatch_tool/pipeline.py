@@ -239,14 +239,20 @@ def series_ci_settings(ws: Workspace, series: str) -> dict:
 def stages_for(ws: Workspace, series: str | None, mode: str) -> list[str]:
     """The stages a run goes through, in order: a series that changes QEMU, booted with a
     domU, gets a qemu stage (its QEMU is the domU's device model)."""
-    if mode == "xen+domU" and series and _needs_device_model(ws, series):
+    if mode == "xen+domU" and series and device_model_tree(ws, series):
         return [*STAGES[:4], "qemu", *STAGES[4:]]
     return list(STAGES)
 
 
-def _needs_device_model(ws: Workspace, series: str) -> bool:
-    """A series (or one it depends on) that changes QEMU boots with that QEMU as the domU's device model."""
-    return any("qemu" in s.trees and s.trees["qemu"].patches for s in _chain(ws, series))
+def device_model_tree(ws: Workspace, series: str) -> str | None:
+    """The QEMU tree whose patched build is the domU's device model: the one the series itself
+    patches, else the nearest one in its depends chain (virtio-xenbus-7.2's qemu-10.2 before
+    virtio-xenbus's qemu); None when no series of the chain changes QEMU."""
+    for s in reversed(_chain(ws, series)):
+        for tname, st in s.trees.items():
+            if st.patches and tname in ws.trees and ws.trees[tname].kind == "qemu":
+                return tname
+    return None
 
 
 def _chain(ws: Workspace, series: str):

@@ -141,15 +141,18 @@ def qemu_stage(c: RunContext) -> tuple[str, str]:
     from kpatch_tool import apply as applymod
     from kpatch_tool import build_qemu
 
-    res = applymod.apply_series(c.ws, c.series, tree="qemu", onto=c.onto.get("qemu"), say=c.detail,
-                                progress=lambda msg, i, n: c.detail(f"qemu: {msg} ({i}/{n})"))
-    q = build_qemu.build_qemu(c.ws, srctree=res.worktree, tree="qemu", progress=c.detail, force=c.force)
+    from kpatch_tool.pipeline import device_model_tree
+
+    tree = device_model_tree(c.ws, c.series) or "qemu"
+    res = applymod.apply_series(c.ws, c.series, tree=tree, onto=c.onto.get(tree), say=c.detail,
+                                progress=lambda msg, i, n: c.detail(f"{tree}: {msg} ({i}/{n})"))
+    q = build_qemu.build_qemu(c.ws, srctree=res.worktree, tree=tree, progress=c.detail, force=c.force)
     if q.log.exists():
         shutil.copyfile(q.log, c.logs / "qemu-build.log")
     c.device_model = q.qemu_system_i386
     c.device_model_sha = sha256(q.qemu_system_i386)
-    c.outputs["qemu"] = {"worktree": str(res.worktree), "head": res.head_commit, "binary": str(q.qemu_system_i386),
-                         "version": q.version, "sha256": c.device_model_sha}
+    c.outputs["qemu"] = {"tree": tree, "worktree": str(res.worktree), "head": res.head_commit,
+                         "binary": str(q.qemu_system_i386), "version": q.version, "sha256": c.device_model_sha}
     how = "cached" if res.noop and q.cached else "ok"
     return how, f"{len(res.applied)} patches on {res.branch}, qemu {q.version}" + (
         " (ninja not started)" if q.cached else f" built in {q.duration:.0f}s")

@@ -90,9 +90,10 @@ def test_series_that_change_qemu_get_a_device_model_stage(project_ws):
     (and has its own), netback-per-vif is Linux only."""
     from kpatch_tool import pipeline
 
-    assert pipeline._needs_device_model(project_ws, "virtio-xenbus")
-    assert pipeline._needs_device_model(project_ws, "vring-dma-api")
-    assert not pipeline._needs_device_model(project_ws, "netback-per-vif")
+    assert pipeline.device_model_tree(project_ws, "virtio-xenbus") == "qemu"
+    assert pipeline.device_model_tree(project_ws, "vring-dma-api") == "qemu"
+    assert pipeline.device_model_tree(project_ws, "virtio-xenbus-6.12") == "qemu"
+    assert pipeline.device_model_tree(project_ws, "netback-per-vif") is None
 
 
 def test_a_series_that_patches_only_another_linux_tree_runs_on_that_tree(project_ws):
