@@ -193,11 +193,26 @@ def gate_identity(mails: list[Mail], sender: str | None = None) -> GateResult:
             cm = CHAIN_RE.match(line.strip())
             if cm and (why := identity.placeholder_reason(cm["who"])):
                 errors.append(f"{m.path.name}:{m.line_of(k)}: {cm['tag']}: {cm['who'].strip()}: {why}")
-    res = _finish("identity", errors, [], "" if errors else "authors, sign-off chains and sender")
+    warnings = [w for m in mails for w in _maintainers_entries(m)]
+    res = _finish("identity", errors, warnings, "" if errors else "authors, sign-off chains and sender")
     res.hard = True
     if errors:
         res.note = "take the series over first: kpt series signoff NAME --author (README, 'Taking over a series')"
     return res
+
+
+def _maintainers_entries(m: Mail) -> list[str]:
+    """Placeholder M:/R: people a patch adds to a MAINTAINERS file (a warning: no list takes them,
+    and `kpt series signoff` does not edit diffs)."""
+    out: list[str] = []
+    current = ""
+    for n, line in enumerate(m.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.startswith("+++ "):
+            current = line[4:].strip()
+        elif current.endswith("MAINTAINERS") and (pm := re.match(r"^\+([MR]):\s*(.+)$", line)):
+            if (why := identity.placeholder_reason(pm[2])):
+                out.append(f"{m.path.name}:{n}: MAINTAINERS {pm[1]}: {pm[2].strip()}: {why}; name a person there")
+    return out
 
 
 def _stable_line(m: Mail) -> tuple[int, str | None]:

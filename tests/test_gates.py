@@ -238,3 +238,16 @@ def test_a_qemu_backport_carries_the_cherry_pick_line(tmp_path):
     mails, bps = _backport_repo(tmp_path / "no", STABLE_BODY)
     r = gates.gate_backport(mails, bps, "qemu")
     assert r.status == "fail" and "cherry picked from commit" in r.errors[0]
+
+
+def test_a_placeholder_added_to_maintainers_is_a_warning_naming_the_line(tmp_path):
+    repo = mf.kernel_like_repo(tmp_path / "linux", None, scripts=False)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    (repo / "MAINTAINERS").write_text(mf.MAINTAINERS + f"\nBAZ DRIVER\nM:\t{PLACEHOLDER}\nR:\t{mf.AUTHOR}\n")
+    mf.git(repo, "commit", "-q", "-a", "-m", f"MAINTAINERS: add baz\n\nBaz.\n\nSigned-off-by: {mf.AUTHOR}\n")
+    files = fmt(repo, f"{base}..HEAD", tmp_path / "p")
+    r = gates.gate_identity(gates.read_mails(files))
+    at = files[0].read_text().splitlines().index(f"+M:\t{PLACEHOLDER}") + 1
+    assert r.status == "warn" and r.warnings == [
+        f"0001-MAINTAINERS-add-baz.patch:{at}: MAINTAINERS M: {PLACEHOLDER}: kpt-dev@example.org is on "
+        "example.org, a domain reserved for examples (RFC 2606); name a person there"]
