@@ -753,8 +753,8 @@ def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
     return load_series(ws, name)
 
 
-def edited_toml(series: Series, *, version: int | None = None,
-                bases: dict[str, str] | None = None, changelog: dict[int, str] | None = None) -> str:
+def edited_toml(series: Series, *, version: int | None = None, bases: dict[str, str] | None = None,
+                changelog: dict[int, str] | None = None, backports: dict[str, str] | None = None) -> str:
     """series.toml with a few keys changed, however the file is laid out (inline tables,
     dotted keys, spaces in headers), its comments and formatting kept (tomlkit)."""
     path = series.toml_path
@@ -771,6 +771,10 @@ def edited_toml(series: Series, *, version: int | None = None,
         for v, entry in (changelog or {}).items():
             log = doc.setdefault("changelog", tomlkit.table())
             log[f"v{v}"] = entry
+        moves = backports or {}
+        for item in doc.get("backport", []) if moves else []:
+            if item.get("patch") in moves:  # a renamed patch: its declaration follows it
+                item["patch"] = moves[item["patch"]]
         text = tomlkit.dumps(doc)
         tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError, tomllib.TOMLDecodeError,
