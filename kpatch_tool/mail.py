@@ -17,7 +17,9 @@ mails are then finished the way a maintainer's tools read them:
   version, and the base information git wrote.
 - To/Cc per patch come from the tree's get_maintainer.pl (maintainers.py); the
   cover letter gets the union.
-- The gates (gates.py) judge the patch mails before anything goes out.
+- The gates (gates.py) judge the patch mails before anything goes out. A
+  placeholder identity (the hard identity gate) makes the whole thread a
+  preview: still written, every mail marked `X-Kpt-Not-Sendable`, never sent.
 
 Output: one file per mail plus mboxrd mboxes per tree (the patches, which
 git am applies, and the whole thread), under
