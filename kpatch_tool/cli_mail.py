@@ -53,7 +53,10 @@ def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, f
     """Format a series as mail threads (one per tree), check it, and optionally send it.
 
     Writes one file per mail and an mbox per tree; the gates (checkpatch,
-    Signed-off-by, Fixes:, subject) must pass before anything is sent.
+    Signed-off-by, Fixes:, subject, backport form) must pass before anything
+    is sent. A placeholder identity (example.org, .invalid, ...) as author,
+    sender or in a sign-off chain makes the mails a preview that is never
+    sent, --force or not: take the series over with `kpt series signoff`.
 
     \b
     Example: kpt mail netback-per-vif --dry-run
@@ -85,6 +88,10 @@ def mail_cmd(obj, name, version, out, tree, do_send, resend, reflect, dry_run, f
         click.echo(json.dumps(res.to_dict(), indent=1))
     else:
         _print_threads(res)
+    if res.unsendable:
+        # A placeholder identity: the files are a preview (marked in every mail), never sent.
+        raise UsageError(f"{mailsend.unsendable_message(res)}; a preview (not sendable) written to "
+                         f"{res.out}, nothing sent (--force does not pass it)")
     if res.blocked and not force:
         names = ", ".join(f"{t}:{g.name}" for t, g in res.failed_gates())
         raise UsageError(f"gates failed ({names}); files written to {res.out}, nothing sent "

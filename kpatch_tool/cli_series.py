@@ -136,6 +136,37 @@ def series_new(obj, name, trees_, base, summary):
     s = sm.new_series(obj.ws, name, list(trees_), summary=summary, base=base)
     console.print(f"created {s.path}")
 
+@series_group.command("signoff")
+@click.argument("name")
+@click.option("--author", is_flag=True,
+              help="Also become the author of the patches a placeholder identity authored (the project's own).")
+@click.pass_obj
+def series_signoff(obj, name, author):
+    """Take series NAME over: your Signed-off-by (git config user.name/user.email) on every patch.
+
+    A placeholder sign-off (kpt-dev@example.org, the shipped series' team
+    alias) is replaced by yours; with --author you also become the author of
+    the patches the placeholder authored. Patches by others keep their
+    author. Running it again changes nothing.
+
+    \b
+    Example: kpt series signoff netback-per-vif --author
+    """
+    from kpatch_tool import signoff
+
+    console, say = _ui()
+    res = signoff.signoff_series(obj.ws, name, author=author)
+    for label in res.authored:
+        console.print(f"  author and sign-off  {label}", markup=False, highlight=False)
+    for label in res.signed:
+        if label not in res.authored:
+            console.print(f"  sign-off             {label}", markup=False, highlight=False)
+    for label in res.placeholder_authors:
+        say(f"{label}: its author is still a placeholder; kpt mail refuses it (--author makes it yours)")
+    what = "nothing to change" if not res.changed else \
+        f"{len(res.signed)} signed, {len(res.authored)} now authored by you"
+    console.print(f"{name}: {what} ({res.who}; {len(res.unchanged)} unchanged)", markup=False, highlight=False)
+
 @series_group.command("import")
 @click.argument("source")
 @click.option("--tree", required=True, help="The tree the patches are for.")

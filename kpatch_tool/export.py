@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,10 +190,25 @@ def refuse_unfinished_apply(ws: Workspace, series: Series, tree: str) -> Path:
     return wt
 
 
+def _backport_moves(series: Series, tree: str, files: list[Path]) -> dict[str, str]:
+    """[[backport]] patches the export renames: old `<tree>/<file>` -> new, found by the
+    upstream commit id the new patch's message names."""
+    names = {f.name for f in files}
+    moves = {}
+    for bp in series.backports:
+        if bp.tree != tree or bp.file in names:
+            continue
+        for f in files:
+            if bp.commit in f.read_text(encoding="utf-8", errors="replace").partition("\n---\n")[0]:
+                moves[f"{tree}/{bp.file}"] = f"{tree}/{f.name}"
+                break
+    return moves
+
+
 def export_series(ws: Workspace, name: str, tree: str | None = None, from_branch: str | None = None,
-                  also: Callable[[safefs.Txn], None] | None = None) -> ExportResult:
-    """Write the branch back as the series' patches; `also` adds more files to the same
-    all-or-nothing change (rebase: series.toml)."""
+                  toml_changes: dict | None = None) -> ExportResult:
+    """Write the branch back as the series' patches; series.toml changes (rebase: base,
+    version) and a renamed backport's declaration go in the same all-or-nothing change."""
     series = load_series(ws, name)
     st = series.tree(tree)
     t = open_tree(ws, st.name)
@@ -206,8 +220,10 @@ def export_series(ws: Workspace, name: str, tree: str | None = None, from_branch
             parse_patch(f, st.name)  # never store what load_series would reject
         txn = safefs.Txn(series.path)
         res = write_tree_folder(st.folder, files, _order_header(st.order_file), txn)
-        if also:
-            also(txn)
+        moves = _backport_moves(series, st.name, files)
+        if toml_changes or moves:
+            changes = dict(toml_changes or {}, **({"backports": moves} if moves else {}))
+            txn.write(series.toml_path, edited_toml(series, **changes).encode("utf-8"))
         txn.commit()
     res.series, res.range = name, f"{start[:12]}..{tip[:12]}"
     if stamp:
@@ -421,8 +437,7 @@ def finish_rebase(ws: Workspace, name: str, tree: str, onto: str, bump: bool,
                 note += f"; dropped {len(dropped)} patch(es) already upstream"
             changes["changelog"] = {version: note}
     # The patches and the new base (and version) go in together: never new patches on the old base.
-    toml = edited_toml(series, **changes).encode("utf-8")
-    exp = export_series(ws, name, tree, also=lambda txn: txn.write(series.toml_path, toml))
+    exp = export_series(ws, name, tree, toml_changes=changes)
     return RebaseResult(result, exp, onto, dropped, exp.changed, version)
 
 

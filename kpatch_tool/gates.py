@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatch_tool import gitutil, proc
+from kpatch_tool import gitutil, identity, proc
 from kpatch_tool.errors import UsageError
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
@@ -35,6 +35,14 @@ SUBJECT_RE = re.compile(r'^(?:Revert "|Reapply ")?[\w.+*{},/-]+(?:: [\w.+*{},/-]
 CHECKPATCH_LINE = re.compile(r"^(?P<file>[^\s:]*):(?P<line>\d*): (?P<kind>ERROR|WARNING|CHECK): (?P<msg>.*)$")
 FIXES_RE = re.compile(r"^Fixes:\s*(?P<sha>\S+)(?:\s+(?P<rest>.*))?$", re.I)
 SOB_RE = re.compile(r"^Signed-off-by:\s*(?P<who>.+)$", re.I)
+# The trailers that speak for a person's certificate of origin (the kernel's submitting-patches).
+CHAIN_RE = re.compile(r"^(?P<tag>Signed-off-by|Co-developed-by):\s*(?P<who>.+)$", re.I)
+# Linux stable's two forms of naming the upstream commit, first in the body
+# (Documentation/process/stable-kernel-rules.rst), and git cherry-pick -x's.
+STABLE_LINE_RE = re.compile(r"^(?:commit (?P<a>[0-9a-f]{40}) upstream\.|\[ Upstream commit (?P<b>[0-9a-f]{40}) \])$")
+CHERRY_RE = re.compile(r"^\(cherry picked from commit (?P<c>[0-9a-f]{40})\)$")
+STABLE_LIST = "stable@vger.kernel.org"
+STABLE_PREFIX_RE = re.compile(r"\b\d+\.\d+(?:\.y)?\b")  # [PATCH 6.1.y], [PATCH 6.1]
 
 
 @dataclass
@@ -44,6 +52,11 @@ class GateResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     note: str = ""
+    hard: bool = False  # a failure --force does not pass
+
+    @property
+    def unsendable(self) -> bool:
+        return self.hard and self.status == FAIL
 
     @property
     def ok(self) -> bool:
@@ -51,7 +64,7 @@ class GateResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "errors": self.errors,
-                "warnings": self.warnings, "note": self.note}
+                "warnings": self.warnings, "note": self.note, "hard": self.hard}
 
 
 def _finish(name: str, errors: list[str], warnings: list[str], note: str = "") -> GateResult:
@@ -68,6 +81,13 @@ class Mail:
     summary: str  # without the bracketed prefixes
     author: str  # From: address (the patch author)
     message: list[str]  # commit message lines (body up to the first ---)
+    from_header: str = ""  # the whole From: ("Name <addr>")
+    from_line: int = 0  # line of From: in the file
+    body_line: int = 0  # line of message[0] in the file
+
+    def line_of(self, k: int) -> int:
+        """The file's line number of message[k]."""
+        return self.body_line + k
 
     @classmethod
     def read(cls, path: Path) -> Mail:
@@ -75,7 +95,10 @@ class Mail:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         subject = " ".join(str(msg.get("Subject", "")).split())
         summary = re.sub(r"^(\[[^\]]*\]\s*)+", "", subject)
-        author = email.utils.parseaddr(str(msg.get("From", "")))[1]
+        from_header = " ".join(str(msg.get("From", "")).split())
+        author = email.utils.parseaddr(from_header)[1]
+        head = raw.partition(b"\n\n")[0].split(b"\n")
+        from_line = next((i for i, line in enumerate(head, 1) if line[:5].lower() == b"from:"), 0)
         try:
             body = msg.get_content() if not msg.is_multipart() else ""
         except (LookupError, KeyError):
@@ -85,7 +108,7 @@ class Mail:
             if line.rstrip() == "---" or line.startswith("diff --git "):
                 break
             lines.append(line)
-        return cls(path, subject, summary, author, lines)
+        return cls(path, subject, summary, author, lines, from_header, from_line, len(head) + 2)
 
 
 def read_mails(patches: list[Path]) -> list[Mail]:
@@ -154,6 +177,105 @@ def gate_signoff(mails: list[Mail]) -> GateResult:
             errors.append(f"{m.path.name}: no Signed-off-by from the author <{m.author}> "
                           f"(signed off by: {', '.join(sobs)})")
     return _finish("signoff", errors, [])
+
+
+def gate_identity(mails: list[Mail], sender: str | None = None) -> GateResult:
+    """No placeholder identity (identity.py) as an author, in a sign-off chain, or as the sender.
+
+    Hard: --force does not pass it."""
+    errors = []
+    if sender and (why := identity.placeholder_reason(sender)):
+        errors.append(f"sender {sender} (git config user.email, the From of every mail): {why}")
+    for m in mails:
+        if (why := identity.placeholder_reason(m.from_header or m.author)):
+            errors.append(f"{m.path.name}:{m.from_line}: From: {m.from_header}: {why}")
+        for k, line in enumerate(m.message):
+            cm = CHAIN_RE.match(line.strip())
+            if cm and (why := identity.placeholder_reason(cm["who"])):
+                errors.append(f"{m.path.name}:{m.line_of(k)}: {cm['tag']}: {cm['who'].strip()}: {why}")
+    warnings = [w for m in mails for w in _maintainers_entries(m)]
+    res = _finish("identity", errors, warnings, "" if errors else "authors, sign-off chains and sender")
+    res.hard = True
+    if errors:
+        res.note = "take the series over first: kpt series signoff NAME --author (README, 'Taking over a series')"
+    return res
+
+
+def _maintainers_entries(m: Mail) -> list[str]:
+    """Placeholder M:/R: people a patch adds to a MAINTAINERS file (a warning: no list takes them,
+    and `kpt series signoff` does not edit diffs)."""
+    out: list[str] = []
+    current = ""
+    for n, line in enumerate(m.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.startswith("+++ "):
+            current = line[4:].strip()
+        elif current.endswith("MAINTAINERS") and (pm := re.match(r"^\+([MR]):\s*(.+)$", line)):
+            if (why := identity.placeholder_reason(pm[2])):
+                out.append(f"{m.path.name}:{n}: MAINTAINERS {pm[1]}: {pm[2].strip()}: {why}; name a person there")
+    return out
+
+
+def _stable_line(m: Mail) -> tuple[int, str | None]:
+    """(index in message, upstream id) of the first non-empty body line, an in-body From: skipped."""
+    for k, line in enumerate(m.message):
+        text = line.strip()
+        if not text or text.lower().startswith("from:"):
+            continue
+        sm = STABLE_LINE_RE.match(text)
+        return k, (sm["a"] or sm["b"]) if sm else None
+    return 0, None
+
+
+def _check_backport(m: Mail, bp, kind: str, sender: str | None) -> list[str]:
+    errors = []
+    tag = f"{m.path.name}"
+    if kind == "linux":
+        k, sha = _stable_line(m)
+        if sha is None:
+            errors.append(f"{tag}:{m.line_of(k)}: a backport of {bp.commit[:12]} starts its message with "
+                          f"'commit {bp.commit} upstream.' (stable-kernel-rules)")
+        elif sha != bp.commit:
+            errors.append(f"{tag}:{m.line_of(k)}: names upstream commit {sha}, series.toml "
+                          f"(line {bp.line}) declares {bp.commit}")
+    else:
+        found = [cm["c"] for line in m.message if (cm := CHERRY_RE.match(line.strip()))]
+        if bp.commit not in found:
+            errors.append(f"{tag}: a backport of {bp.commit[:12]} carries '(cherry picked from commit "
+                          f"{bp.commit})' (git cherry-pick -x)")
+    if bp.subject and m.summary != bp.subject:
+        errors.append(f"{tag}: subject '{m.summary}' is not the upstream one '{bp.subject}'")
+    if bp.author and _addr(bp.author) != m.author.lower():
+        errors.append(f"{tag}:{m.from_line}: From: {m.from_header}: a backport keeps the upstream "
+                      f"author {bp.author}")
+    chain = [(k, _addr(mm["who"])) for k, line in enumerate(m.message) if (mm := SOB_RE.match(line.strip()))]
+    if len(chain) < 2:
+        errors.append(f"{tag}: a backport keeps the upstream sign-off chain and adds the sign-off of "
+                      f"who carries it (found {len(chain)} Signed-off-by)")
+    elif sender and chain[-1][1] != _addr(sender):
+        k = chain[-1][0]
+        errors.append(f"{tag}:{m.line_of(k)}: the last Signed-off-by is {chain[-1][1]}, not the sender's "
+                      f"{_addr(sender)}: who sends a backport signs it last (kpt series signoff)")
+    return errors
+
+
+def gate_backport(mails: list[Mail], backports: dict[str, object], kind: str, *, sender: str | None = None,
+                  subject_prefix: str = "", to: list[str] | None = None) -> GateResult:
+    """Declared backports (series.toml [[backport]], keyed here by mail file name) in the stable form,
+    and for Linux the thread goes to the stable list with the stable branch in its prefix."""
+    if not backports:
+        return GateResult("backport", SKIP, note="no declared backports")
+    errors: list[str] = []
+    for m in mails:
+        bp = backports.get(m.path.name)
+        if bp is not None:
+            errors += _check_backport(m, bp, kind, sender)
+    if kind == "linux":
+        if to is not None and STABLE_LIST not in [_addr(a) for a in to]:
+            errors.append(f"a backport goes To: {STABLE_LIST} (series.toml [trees.T] to)")
+        if not STABLE_PREFIX_RE.search(subject_prefix):
+            errors.append(f"subject prefix '{subject_prefix}' names no stable branch "
+                          f"(subject_prefix = \"PATCH 6.1.y\")")
+    return _finish("backport", errors, [], f"{len(backports)} declared")
 
 
 def _snapshot(worktree: Path, base: str) -> bool:
@@ -227,12 +349,16 @@ def _format_range(worktree: Path, base: str, outdir: Path) -> list[Path]:
 
 
 def run_gates(ws, series, worktree: Path, base: str, tree_kind: str, *,
-              patches: list[Path] | None = None, log: Path | None = None) -> list[GateResult]:
+              patches: list[Path] | None = None, log: Path | None = None, sender: str | None = None,
+              backports: dict | None = None, subject_prefix: str = "",
+              to: list[str] | None = None) -> list[GateResult]:
     """Run every gate on the series' patches in worktree; base is the commit
     under the series' own patches (its depends included).
 
     patches: the mail files to judge (without the cover letter); by default
-    the commits base..HEAD of the worktree, formatted afresh.
+    the commits base..HEAD of the worktree, formatted afresh. sender: who
+    sends them ("Name <addr>"). backports: mail file name -> series.Backport;
+    subject_prefix and to: the thread's, for the stable form.
     """
     worktree = Path(worktree)
     with tempfile.TemporaryDirectory(prefix="kpt-gates-") as tmp:
@@ -245,8 +371,16 @@ def run_gates(ws, series, worktree: Path, base: str, tree_kind: str, *,
             gate_signoff(mails),
             gate_fixes(mails, worktree, base),
             gate_subject(mails, tree_kind),
+            gate_identity(mails, sender),
+            gate_backport(mails, backports or {}, tree_kind, sender=sender,
+                          subject_prefix=subject_prefix, to=to),
         ]
 
 
 def failed(results: list[GateResult]) -> list[GateResult]:
     return [r for r in results if not r.ok]
+
+
+def unsendable(results: list[GateResult]) -> list[GateResult]:
+    """The failed gates --force does not pass."""
+    return [r for r in results if r.unsendable]

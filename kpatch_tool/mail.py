@@ -17,7 +17,9 @@ mails are then finished the way a maintainer's tools read them:
   version, and the base information git wrote.
 - To/Cc per patch come from the tree's get_maintainer.pl (maintainers.py); the
   cover letter gets the union.
-- The gates (gates.py) judge the patch mails before anything goes out.
+- The gates (gates.py) judge the patch mails before anything goes out. A
+  placeholder identity (the hard identity gate) makes the whole thread a
+  preview: still written, every mail marked `X-Kpt-Not-Sendable`, never sent.
 
 Output: one file per mail plus mboxrd mboxes per tree (the patches, which
 git am applies, and the whole thread), under
@@ -51,6 +53,9 @@ TEMPLATE = "cover-letter.j2"
 PLACEHOLDER_BODY = "What this series does and why."  # what `kpt series new` writes
 LORE = "https://lore.kernel.org/r/{}"
 MAIL_HEADERS_FIRST = ("Message-Id", "In-Reply-To", "References")
+# The mark of a preview: mails whose identities no list accepts (gates.gate_identity).
+NOT_SENDABLE = "X-Kpt-Not-Sendable"
+NOT_SENDABLE_VALUE = "a preview: a placeholder identity signs or sends it (kpt series signoff NAME --author)"
 
 
 # --------------------------------------------------------------------------
@@ -86,6 +91,11 @@ class TreeMail:
     def blocked(self) -> bool:
         return any(not g.ok for g in self.gates)
 
+    @property
+    def unsendable(self) -> bool:
+        """A hard gate failed (a placeholder identity): written as a preview, never sent."""
+        return any(g.unsendable for g in self.gates)
+
 
 @dataclass
 class MailResult:
@@ -100,11 +110,19 @@ class MailResult:
     def blocked(self) -> bool:
         return any(t.blocked for t in self.trees.values())
 
+    @property
+    def unsendable(self) -> bool:
+        return any(t.unsendable for t in self.trees.values())
+
+    def unsendable_gates(self) -> list[tuple[str, gatesmod.GateResult]]:
+        return [(t.tree, g) for t in self.trees.values() for g in t.gates if g.unsendable]
+
     def failed_gates(self) -> list[tuple[str, gatesmod.GateResult]]:
         return [(t.tree, g) for t in self.trees.values() for g in t.gates if not g.ok]
 
     def to_dict(self) -> dict:
         return {"series": self.series, "version": self.version, "out": str(self.out),
+                "sendable": not self.unsendable,
                 "trees": {n: {"files": [str(f) for f in t.files], "mbox": str(t.mbox),
                               "thread_mbox": str(t.thread_mbox),
                               "cover": str(t.cover), "subject": t.subject,
@@ -274,6 +292,9 @@ class _Part:
     gates: list = field(default_factory=list)
     subject: str = ""
     range_diff: str | None = None
+    files: list[Path] = field(default_factory=list)  # as formatted (cover first), for the gates
+    backports: dict = field(default_factory=dict)  # mail file name -> series.Backport
+    log: Path | None = None
 
 
 def _format(wt: Path, series: Series, st, version: int, base: str, series_base: str,
@@ -369,6 +390,8 @@ def prepare(ws: Workspace, name: str, *, version: int | None = None, out: Path |
         fallback = header(first_author, "From") or "kpt <kpt@localhost>"
         me = sender(next(iter(parts.values())).ar.worktree, fallback)
         result.sender = me
+        for part in parts.values():
+            _gate(ws, series, part, me, say)
         domain = _domain(me)
         others = _companions(ws, series, parts, skipped, version)
         for t, part in parts.items():
@@ -418,15 +441,20 @@ def _prepare_tree(ws: Workspace, series: Series, t: str, version: int, tmp: Path
                           if l.startswith("prerequisite-patch-id:")]
     part.subject = " ".join((header(cover_text, "Subject") or "").split()).replace(
         "*** SUBJECT HERE ***", series.cover_title.strip())
-    # Gates read the patch mails as they will go out.
+    # Gates read the patch mails as they will go out (run once the sender is known: _gate).
     for i in range(1, len(files)):
         files[i].write_text(part.texts[i], encoding="utf-8")
-    say(f"{t}: gates (checkpatch, signoff, fixes, subject)")
+    part.files = files
+    if len(own) == count:
+        part.backports = {files[i].name: bp for i, p in enumerate(own, 1)
+                          if (bp := series.backport(t, p.file))}
+    elif any(b.tree == t for b in series.backports):
+        raise UsageError(f"series '{name}': tree '{t}' formats {count} patches but its order file lists "
+                         f"{len(own)}: the [[backport]] declarations cannot be matched to the mails")
     log = out / t / "mail.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    part.gates = gatesmod.run_gates(ws, series, wt, ar.series_base, kind,
-                                    patches=files[1:], log=log)
+    part.log = log
     say(f"{t}: recipients (get_maintainer.pl)")
     part.per_patch, part.cover_rec = maintainers.for_series(
         wt, files[1:], kind, to=st.to, cc=st.cc, mlist=st.list, log=log, say=say)
@@ -439,6 +467,15 @@ def _prepare_tree(ws: Workspace, series: Series, t: str, version: int, tmp: Path
                 f"was sent; or mail with --no-range-diff)")
         part.range_diff = range_diff(wt, prev, ar.series_base, ar.head_commit)
     return part
+
+
+def _gate(ws: Workspace, series: Series, part: _Part, me: str, say: Callable[[str], None]) -> None:
+    say(f"{part.tree}: gates (checkpatch, signoff, fixes, subject, identity, backport)")
+    rec = part.cover_rec
+    part.gates = gatesmod.run_gates(ws, series, part.ar.worktree, part.ar.series_base, part.kind,
+                                    patches=part.files[1:], log=part.log, sender=me,
+                                    backports=part.backports, subject_prefix=part.st.subject_prefix,
+                                    to=list(rec.to) if rec else [])
 
 
 def _companions(ws: Workspace, series: Series, parts: dict, skipped: list[str], version: int) -> dict:
@@ -464,6 +501,20 @@ def _repo_of(wt: Path) -> Path:
 def _lists_of(part: _Part) -> list[str]:
     lists = list(part.cover_rec.lists) if part.cover_rec else []
     return lists or (part.cover_rec.to[:1] if part.cover_rec else [])
+
+
+def _addressed(texts: list[str], recs: list, ids: list[str], preview: str | None) -> list[str]:
+    """The mails with their ids, threading, To/Cc and (a preview) the not-sendable mark."""
+    final = []
+    for k, (text, rec) in enumerate(zip(texts, recs)):
+        vals: dict[str, str | None] = {"Message-Id": ids[k],
+                                       "In-Reply-To": ids[0] if k else None,
+                                       "References": ids[0] if k else None}
+        vals[NOT_SENDABLE] = preview
+        vals["To"] = _fold_addrs("To", rec.to) if rec.to else None
+        vals["Cc"] = _fold_addrs("Cc", rec.cc) if rec.cc else None
+        final.append(set_headers(text, vals))
+    return final
 
 
 def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _Part], version: int,
@@ -508,14 +559,10 @@ def _finish_tree(ws: Workspace, series: Series, part: _Part, parts: dict[str, _P
                                     "Content-Transfer-Encoding": "8bit"})
     texts = [cover] + part.texts[1:]
     recs = [part.cover_rec] + [part.per_patch[n] for n in part.names[1:]]
-    final = []
-    for k, (text, rec) in enumerate(zip(texts, recs)):
-        vals: dict[str, str | None] = {"Message-Id": ids[k],
-                                       "In-Reply-To": ids[0] if k else None,
-                                       "References": ids[0] if k else None}
-        vals["To"] = _fold_addrs("To", rec.to) if rec.to else None
-        vals["Cc"] = _fold_addrs("Cc", rec.cc) if rec.cc else None
-        final.append(set_headers(text, vals))
+    # A placeholder identity (the hard identity gate): the files are a preview, marked in every
+    # mail; mailsend refuses a mail that carries the mark.
+    preview = NOT_SENDABLE_VALUE if any(g.unsendable for g in part.gates) else None
+    final = _addressed(texts, recs, ids, preview)
 
     # Replace what an earlier run wrote here, and nothing else: `--out` may name a folder
     # of the user's, so only the files kpt's own list (MAIL_MANIFEST) names are removed.

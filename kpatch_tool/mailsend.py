@@ -40,7 +40,7 @@ from pathlib import Path
 
 from kpatch_tool import proc
 from kpatch_tool.errors import EXIT_USAGE, KptError, UsageError
-from kpatch_tool.mail import MailResult, TreeMail, header, split_mail, join_mail
+from kpatch_tool.mail import NOT_SENDABLE, MailResult, TreeMail, header, join_mail, split_mail
 
 JOURNAL = "send-journal.json"
 LOCK = ".send.lock"
@@ -275,6 +275,9 @@ def outgoing(result: MailResult) -> list[Outgoing]:
             text = f.read_text(encoding="utf-8")
             if not text.startswith("From "):
                 text = "From kpt Mon Sep 17 00:00:00 2001\n" + text  # header() expects the From_ line
+            if header(text, NOT_SENDABLE):
+                raise UsageError(f"{f}: marked {NOT_SENDABLE} (a preview with a placeholder identity); "
+                                 f"nothing sent: take the series over (kpt series signoff) and run kpt mail again")
             mails.append(Outgoing(t, k, f, header(text, "Message-Id") or "", " ".join(
                 (header(text, "Subject") or "").split()), _addrs(text, "To", "Cc"), text,
                 hashlib.sha256(text.encode("utf-8")).hexdigest()))
@@ -476,6 +479,8 @@ def send(result: MailResult, *, settings_for: Callable[[TreeMail], SmtpSettings]
     is; dry_run decides and reports, connecting to nothing.
     """
     say = say or (lambda m: None)
+    if result.unsendable:
+        raise UsageError(f"{unsendable_message(result)}; nothing sent (--force does not pass it)")
     if result.blocked and not (force or result.forced):
         names = ", ".join(f"{t}:{g.name}" for t, g in result.failed_gates())
         raise UsageError(f"gates failed ({names}); nothing sent (fix the patches, or --force)")
@@ -533,6 +538,16 @@ def send(result: MailResult, *, settings_for: Callable[[TreeMail], SmtpSettings]
             for c in transports.values():
                 c.close()
     return report
+
+
+def unsendable_message(result: MailResult) -> str:
+    """One line: which hard gate failed where, first error named."""
+    bad = result.unsendable_gates()
+    first = next((e for _, g in bad for e in g.errors), "")
+    more = sum(len(g.errors) for _, g in bad) - 1
+    where = ", ".join(f"{t}:{g.name}" for t, g in bad)
+    return (f"not sendable ({where}): {first}" + (f" (and {more} more)" if more > 0 else "")
+            + "; take the series over with `kpt series signoff NAME --author`")
 
 
 def _address(report: SendReport, me: str, reflect: bool) -> None:

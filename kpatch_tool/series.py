@@ -39,7 +39,7 @@ COVER = "cover.md"
 ORDER = "series"
 SMOKE_WHERE = PLACES
 TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smoke", "fragments", "upstream",
-            "domU", "ci"}
+            "domU", "ci", "backport"}
 # [domU]: how the nested run's domU is made (nested.domu_settings merges them along the depends chain).
 DOMU_KEYS = {"memory": int, "vcpus": int, "vif_options": str, "extra_config": list, "extra": str,
              "device_model_args": list, "device_model_setup": str}
@@ -57,6 +57,9 @@ SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as READM
 # that check-apply evaluates on every base (a fixed string in a file of the tree); with
 # `patches` too, those patches of the series count as merged on a base where it is present.
 UPSTREAM_KEYS = {"name", "tree", "ref", "url", "file", "contains", "patches"}
+# [[backport]]: a patch of the series that carries an upstream commit (stable form).
+BACKPORT_KEYS = {"patch", "commit", "subject", "author"}
+FULL_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 MBOX_FROM_RE = re.compile(rb"^From [0-9a-f]{40} ", re.M)
 CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -97,6 +100,22 @@ class SmokeTest:
 
 
 @dataclass
+class Backport:
+    """A patch declared (series.toml [[backport]]) to carry upstream commit `commit`.
+
+    Its mail must have the stable form: the original author and message, the
+    line `commit <full id> upstream.` on top of the body, the sign-off of who
+    carries it last (gates.gate_backport checks it)."""
+
+    tree: str
+    file: str  # the patch file, as the tree's order file names it
+    commit: str  # the full upstream commit id
+    subject: str | None = None  # the upstream subject, when declared
+    author: str | None = None  # the upstream author ("Name <addr>"), when declared
+    line: int = 0  # of its [[backport]] header in series.toml
+
+
+@dataclass
 class SeriesTree:
     name: str
     base: str | None
@@ -124,6 +143,7 @@ class Series:
     smoke: list[SmokeTest] = field(default_factory=list)
     fragments: list[Path] = field(default_factory=list)
     upstream: list[dict] = field(default_factory=list)
+    backports: list[Backport] = field(default_factory=list)
     domu: dict = field(default_factory=dict)  # the [domU] keys the file gives
     ci: dict = field(default_factory=dict)  # the [ci] keys the file gives
     cover_title: str = ""
@@ -136,6 +156,10 @@ class Series:
     @property
     def branch(self) -> str:
         return branch_name(self.name, self.version)
+
+    def backport(self, tree: str, file: str) -> Backport | None:
+        """The [[backport]] declaration of one patch, if it has one."""
+        return next((b for b in self.backports if b.tree == tree and b.file == file), None)
 
     def tree(self, name: str | None) -> SeriesTree:
         """The series' part for tree `name` (None: its only tree)."""
@@ -526,6 +550,66 @@ def _load_smoke(path: Path, data: dict, series: Series) -> None:
 
 
 
+def toml_line(text: str, table: str, index: int, key: str | None = None) -> int:
+    """The line of the index-th [[table]] header in a TOML text, or of `key` inside it (0: not found).
+
+    tomllib keeps no positions; errors about an array of tables still name the line."""
+    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+    seen, start = -1, 0
+    lines = text.splitlines()
+    for i, line in enumerate(lines, 1):
+        if header.match(line):
+            seen += 1
+            if seen == index:
+                start = i
+                break
+    if not start or key is None:
+        return start
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if re.match(r"^\s*\[", line):
+            break
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return i + 1
+    return start
+
+
+def _load_backports(path: Path, text: str, data: dict, series: Series) -> None:
+    items = data.get("backport", [])
+    if not isinstance(items, list) or not all(isinstance(b, dict) for b in items):
+        raise _err(path, "backport", "must be [[backport]] tables")
+    for i, b in enumerate(items):
+        def fail(key: str | None, what: str, i: int = i) -> UsageError:
+            where = _where(path, toml_line(text, "backport", i, key))
+            return UsageError(f"{where}: [[backport]] {f'{key!r} ' if key else ''}{what}")
+
+        extra = sorted(set(b) - BACKPORT_KEYS)
+        if extra:
+            raise fail(extra[0], f"is not a known key (known: {', '.join(sorted(BACKPORT_KEYS))})")
+        for k, v in b.items():
+            if not isinstance(v, str):
+                raise fail(k, "must be a string")
+        for req in ("patch", "commit"):
+            if not b.get(req):
+                raise fail(None, f"needs '{req}'")
+        if not FULL_ID_RE.match(b["commit"]):
+            raise fail("commit", f"is '{b['commit']}'; the stable form names the full 40-digit "
+                                 f"lower-case commit id (git rev-parse)")
+        tree, _, file = b["patch"].partition("/")
+        st = series.trees.get(tree)
+        if st is None or not any(p.file == file for p in st.patches):
+            listed = ", ".join(f"{t}/{p.file}" for t, s in series.trees.items() for p in s.patches) or "none"
+            raise fail("patch", f"names '{b['patch']}', not a patch of the series (<tree>/<file> "
+                                f"as the order file lists it; the series has: {listed})")
+        if series.backport(tree, file):
+            raise fail("patch", f"declares '{b['patch']}' a second time")
+        author = b.get("author")
+        if author is not None and "@" not in email.utils.parseaddr(author)[1]:
+            raise fail("author", f"is '{author}'; write it as Name <mail@host>")
+        series.backports.append(Backport(tree, file, b["commit"], b.get("subject"), author,
+                                         toml_line(text, "backport", i)))
+
+
 def load_series(ws: Workspace, name: str) -> Series:
     folder = series_dir(ws, name)
     # An export or rebase killed half-way left a journal: finish or undo it first.
@@ -535,7 +619,8 @@ def load_series(ws: Workspace, name: str) -> Series:
         known = ", ".join(s for s in _names(ws)) or "none"
         raise UsageError(f"series '{name}': no {path} (known series: {known})")
     try:
-        data = tomllib.loads(read_text(path, "series file"))
+        text = read_text(path, "series file")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -578,6 +663,7 @@ def load_series(ws: Workspace, name: str) -> Series:
             raise _err(path, f"upstream[{i}]", "a probe needs both 'file' and 'contains'")
         _upstream_patches(path, series, i, u)
     series.upstream = list(upstream)
+    _load_backports(path, text, data, series)
     series.domu = _typed_table(path, "domU", data.get("domU", {}), DOMU_KEYS)
     extra = series.domu.get("extra", "")
     if any(c in extra for c in "\"\n"):
@@ -683,8 +769,8 @@ def new_series(ws: Workspace, name: str, trees: list[str], *, summary: str = "",
     return load_series(ws, name)
 
 
-def edited_toml(series: Series, *, version: int | None = None,
-                bases: dict[str, str] | None = None, changelog: dict[int, str] | None = None) -> str:
+def edited_toml(series: Series, *, version: int | None = None, bases: dict[str, str] | None = None,
+                changelog: dict[int, str] | None = None, backports: dict[str, str] | None = None) -> str:
     """series.toml with a few keys changed, however the file is laid out (inline tables,
     dotted keys, spaces in headers), its comments and formatting kept (tomlkit)."""
     path = series.toml_path
@@ -701,6 +787,10 @@ def edited_toml(series: Series, *, version: int | None = None,
         for v, entry in (changelog or {}).items():
             log = doc.setdefault("changelog", tomlkit.table())
             log[f"v{v}"] = entry
+        moves = backports or {}
+        for item in doc.get("backport", []) if moves else []:
+            if item.get("patch") in moves:  # a renamed patch: its declaration follows it
+                item["patch"] = moves[item["patch"]]
         text = tomlkit.dumps(doc)
         tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomlkit.exceptions.TOMLKitError, tomllib.TOMLDecodeError,

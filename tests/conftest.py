@@ -17,8 +17,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def git_identity(monkeypatch):
     """Commits in fixtures need an identity; the user's git config is not read."""
-    for k, v in {"GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.org",
-                 "GIT_COMMITTER_NAME": "Test Committer", "GIT_COMMITTER_EMAIL": "committer@example.org",
+    for k, v in {"GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@kpt-tests.org",
+                 "GIT_COMMITTER_NAME": "Test Committer", "GIT_COMMITTER_EMAIL": "committer@kpt-tests.org",
                  "GIT_CONFIG_NOSYSTEM": "1"}.items():
         monkeypatch.setenv(k, v)
 

@@ -398,3 +398,26 @@ def test_rebase_killed_at_every_step_leaves_the_old_or_the_new_series(series_ws,
             assert r.returncode == 0, f"step {step}: {r.stderr}"
             assert tree_state(folder) == new
     assert killed >= 8  # apply's steps, then the export's
+
+
+def test_a_backport_renamed_by_export_keeps_its_declaration(series_ws, series_repo):
+    """export names patch files after their subjects: a [[backport]] names the new file after it."""
+    upstream = "21a235bce12361e64adfc2ef97e4ae2e51ad63d4"
+    r = series_repo
+    git(r, "checkout", "-q", "-b", "bp", "v1")
+    (series_repo / "README").write_text("readme fixed\n")
+    git(r, "commit", "-q", "-a", "-m", f"readme: fix it\n\ncommit {upstream} upstream.\n\nFix.\n")
+    git(r, "checkout", "-q", "-b", "bp2", "v1")
+    (series_repo / "README").write_text("readme fixed\n")
+    git(r, "commit", "-q", "-a", "-m", f"readme: fix it as upstream does\n\ncommit {upstream} upstream.\n\nFix.\n")
+    git(r, "checkout", "-q", "main")
+    series, _ = export.import_stack(series_ws, "v1..bp", "linux", name="bp")
+    old = series.trees["linux"].patches[0].file
+    with open(series.toml_path, "a") as fh:
+        fh.write(f'\n# carried from upstream\n[[backport]]\npatch = "linux/{old}"\ncommit = "{upstream}"\n')
+    res = export.export_series(series_ws, "bp", from_branch="v1..bp2")
+    new = res.files[0]
+    assert new != old and new.startswith("0001-readme-fix-it-as-upstream")
+    s = sm.load_series(series_ws, "bp")
+    assert s.backport("linux", new).commit == upstream and s.backport("linux", old) is None
+    assert "# carried from upstream" in s.toml_path.read_text()

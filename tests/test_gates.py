@@ -10,6 +10,7 @@ import pytest
 
 import mailfixtures as mf
 from kpatch_tool import gates
+from kpatch_tool.series import Backport
 
 
 @pytest.fixture
@@ -32,8 +33,9 @@ def test_clean_series_passes_every_gate(krepo, tmp_path):
     repo, base = krepo
     mf.commit(repo, "drivers/foo/foo.c", mf.FOO_C.replace("return 0", "return 7"), "foo: return seven")
     res = by_name(gates.run_gates(None, None, repo, base, "linux"))
-    assert [r.status for r in res.values()] == ["pass"] * 4, res
+    assert [r.status for r in res.values()] == ["pass"] * 5 + ["skip"], res
     assert res["fixes"].note == "no Fixes: tags"
+    assert res["backport"].note == "no declared backports"
 
 
 def test_checkpatch_errors_fail_and_warnings_are_listed(krepo, tmp_path):
@@ -78,7 +80,7 @@ def test_signoff_missing_or_not_from_the_author_fails(krepo, tmp_path):
     r = gates.gate_signoff(gates.read_mails(fmt(repo, f"{base}..HEAD", tmp_path / "p")))
     assert r.status == "fail" and len(r.errors) == 2
     assert "0001-bar-two.patch: no Signed-off-by" in r.errors[0]
-    assert "no Signed-off-by from the author <author@example.org>" in r.errors[1]
+    assert "no Signed-off-by from the author <author@kpt-tests.org>" in r.errors[1]
     assert "other@example.org" in r.errors[1]
 
 
@@ -143,3 +145,109 @@ def test_fixes_on_a_snapshot_base_is_a_warning_not_a_failure(tmp_path):
     r = gates.gate_fixes(gates.read_mails(files), repo, base)
     assert any("snapshot without history" in w for w in r.warnings)
     assert len(r.errors) == 1 and "bar-fix-it" in r.errors[0] and "write the subject" in r.errors[0]
+
+
+PLACEHOLDER = "Kpatch Developers <kpt-dev@example.org>"
+UPSTREAM = "21a235bce12361e64adfc2ef97e4ae2e51ad63d4"
+
+
+def _commit_as(repo: Path, author: str, subject: str, body: str, n: int) -> None:
+    (repo / "lib/bar.c").write_text(mf.BAR_C.replace("return 1", f"return {n}"))
+    mf.git(repo, "commit", "-q", "-a", f"--author={author}", "-m", f"{subject}\n\n{body}\n")
+
+
+def test_identity_gate_names_the_patch_and_line_of_every_placeholder(tmp_path):
+    repo = mf.kernel_like_repo(tmp_path / "linux", None, scripts=False)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    _commit_as(repo, PLACEHOLDER, "bar: two", f"Two.\n\nSigned-off-by: {PLACEHOLDER}", 2)
+    _commit_as(repo, mf.AUTHOR, "bar: three", f"Three.\n\nCo-developed-by: Team <team@lab.invalid>\n"
+               f"Signed-off-by: Team <team@lab.invalid>\nSigned-off-by: {mf.AUTHOR}", 3)
+    files = fmt(repo, f"{base}..HEAD", tmp_path / "p")
+    r = gates.gate_identity(gates.read_mails(files))
+    assert r.status == "fail" and r.hard and r.unsendable and "kpt series signoff" in r.note
+    lines = files[0].read_text().splitlines()
+    sob_at = lines.index(f"Signed-off-by: {PLACEHOLDER}") + 1
+    from_at = next(i for i, l in enumerate(lines, 1) if l.startswith("From: "))
+    assert r.errors[0].startswith(f"0001-bar-two.patch:{from_at}: From: {PLACEHOLDER}: ")
+    assert r.errors[1].startswith(f"0001-bar-two.patch:{sob_at}: Signed-off-by: {PLACEHOLDER}: ")
+    three = files[1].read_text().splitlines()
+    assert r.errors[2].startswith(f"0002-bar-three.patch:{three.index('Co-developed-by: Team <team@lab.invalid>') + 1}: "
+                                  "Co-developed-by: Team <team@lab.invalid>: team@lab.invalid is on .invalid")
+    assert len(r.errors) == 4, r.errors
+
+
+def test_identity_gate_checks_the_sender_and_passes_real_addresses(krepo, tmp_path):
+    repo, base = krepo
+    mf.commit(repo, "lib/bar.c", mf.BAR_C.replace("return 1", "return 2"), "bar: two")
+    mails = gates.read_mails(fmt(repo, f"{base}..HEAD", tmp_path / "p"))
+    assert gates.gate_identity(mails, mf.AUTHOR).status == "pass"
+    r = gates.gate_identity(mails, "Me <me@box.localdomain>")
+    assert r.status == "fail" and r.errors[0].startswith("sender Me <me@box.localdomain>")
+
+
+def _backport_repo(tmp_path, body: str, author: str = "Petr Pavlu <petr.pavlu@suse.com>"):
+    repo = mf.kernel_like_repo(tmp_path / "linux", None, scripts=False)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    _commit_as(repo, author, "xen/virtio: Fix NULL deref when a bridge of PCI root bus has no parent", body, 2)
+    files = fmt(repo, f"{base}..HEAD", tmp_path / "p")
+    bp = Backport("linux", "0001.patch", UPSTREAM, "xen/virtio: Fix NULL deref when a bridge of PCI root bus has no parent",
+                  "Petr Pavlu <petr.pavlu@suse.com>", 7)
+    return gates.read_mails(files), {files[0].name: bp}
+
+
+STABLE_BODY = (f"commit {UPSTREAM} upstream.\n\nThe message.\n\n"
+               "Signed-off-by: Petr Pavlu <petr.pavlu@suse.com>\nSigned-off-by: Juergen Gross <jgross@suse.com>\n"
+               f"Signed-off-by: {mf.AUTHOR}")
+
+
+def test_a_declared_backport_in_the_stable_form_to_the_stable_list_passes(tmp_path):
+    mails, bps = _backport_repo(tmp_path, STABLE_BODY)
+    r = gates.gate_backport(mails, bps, "linux", sender=mf.AUTHOR, subject_prefix="PATCH 6.1.y",
+                            to=["stable@vger.kernel.org"])
+    assert r.status == "pass", r.errors
+    alt = STABLE_BODY.replace(f"commit {UPSTREAM} upstream.", f"[ Upstream commit {UPSTREAM} ]")
+    mails, bps = _backport_repo(tmp_path / "alt", alt)
+    assert gates.gate_backport(mails, bps, "linux", sender=mf.AUTHOR, subject_prefix="PATCH 6.1",
+                               to=["Stable <stable@vger.kernel.org>"]).status == "pass"
+
+
+def test_a_backport_without_the_upstream_line_or_its_author_or_the_stable_list_fails(tmp_path):
+    body = STABLE_BODY.replace(f"commit {UPSTREAM} upstream.\n\n", "")
+    mails, bps = _backport_repo(tmp_path, body, author=PLACEHOLDER)
+    r = gates.gate_backport(mails, bps, "linux", sender="Someone Else <else@kpt-tests.org>",
+                            subject_prefix="PATCH", to=["debian-kernel@lists.debian.org"])
+    errs = "\n".join(r.errors)
+    assert r.status == "fail"
+    assert f"starts its message with 'commit {UPSTREAM} upstream.'" in errs
+    assert "keeps the upstream author Petr Pavlu <petr.pavlu@suse.com>" in errs
+    assert "not the sender's else@kpt-tests.org" in errs
+    assert "goes To: stable@vger.kernel.org" in errs and "names no stable branch" in errs
+
+
+def test_a_backport_naming_another_commit_points_at_the_declaration(tmp_path):
+    other = "0" * 40
+    mails, bps = _backport_repo(tmp_path, STABLE_BODY.replace(UPSTREAM, other, 1))
+    r = gates.gate_backport(mails, bps, "linux", subject_prefix="PATCH 6.1.y", to=["stable@vger.kernel.org"])
+    assert len(r.errors) == 1 and f"names upstream commit {other}, series.toml (line 7) declares {UPSTREAM}" in r.errors[0]
+
+
+def test_a_qemu_backport_carries_the_cherry_pick_line(tmp_path):
+    mails, bps = _backport_repo(tmp_path, STABLE_BODY.replace(f"commit {UPSTREAM} upstream.\n\n", "")
+                                + f"\n(cherry picked from commit {UPSTREAM})")
+    assert gates.gate_backport(mails, bps, "qemu").status == "pass"
+    mails, bps = _backport_repo(tmp_path / "no", STABLE_BODY)
+    r = gates.gate_backport(mails, bps, "qemu")
+    assert r.status == "fail" and "cherry picked from commit" in r.errors[0]
+
+
+def test_a_placeholder_added_to_maintainers_is_a_warning_naming_the_line(tmp_path):
+    repo = mf.kernel_like_repo(tmp_path / "linux", None, scripts=False)
+    base = mf.git(repo, "rev-parse", "HEAD").strip()
+    (repo / "MAINTAINERS").write_text(mf.MAINTAINERS + f"\nBAZ DRIVER\nM:\t{PLACEHOLDER}\nR:\t{mf.AUTHOR}\n")
+    mf.git(repo, "commit", "-q", "-a", "-m", f"MAINTAINERS: add baz\n\nBaz.\n\nSigned-off-by: {mf.AUTHOR}\n")
+    files = fmt(repo, f"{base}..HEAD", tmp_path / "p")
+    r = gates.gate_identity(gates.read_mails(files))
+    at = files[0].read_text().splitlines().index(f"+M:\t{PLACEHOLDER}") + 1
+    assert r.status == "warn" and r.warnings == [
+        f"0001-MAINTAINERS-add-baz.patch:{at}: MAINTAINERS M: {PLACEHOLDER}: kpt-dev@example.org is on "
+        "example.org, a domain reserved for examples (RFC 2606); name a person there"]

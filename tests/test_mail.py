@@ -53,8 +53,8 @@ def test_mail_writes_one_shallow_thread_under_the_cover(s1):
     assert subjects(tm) == ["[PATCH 0/2] foo: make foo better", "[PATCH 1/2] foo: return the answer",
                             "[PATCH 2/2] bar: return two"]
     ids = [str(msg(f)["Message-Id"]) for f in tm.files]
-    assert ids[0] == "<kpt.s1.v1.linux.0@example.org>"
-    assert ids[1] == "<kpt.s1.v1.linux.1@example.org>"
+    assert ids[0] == "<kpt.s1.v1.linux.0@kpt-tests.org>"
+    assert ids[1] == "<kpt.s1.v1.linux.1@kpt-tests.org>"
     for f in tm.files[1:]:
         assert str(msg(f)["In-Reply-To"]) == ids[0]
         assert str(msg(f)["References"]) == ids[0]
@@ -155,7 +155,7 @@ def test_qemu_thread_has_project_list_and_based_on_its_dependency(tmp_path, linu
     tm = mail.prepare(ws, "top").trees["qemu"]
     assert "qemu-devel@nongnu.org" in tm.recipients.to
     cover = msg(tm.cover)
-    assert "Based-on: <kpt.dep.v1.qemu.0@example.org>" in cover.get_content()
+    assert "Based-on: <kpt.dep.v1.qemu.0@kpt-tests.org>" in cover.get_content()
     assert "qemu-devel@nongnu.org" in str(cover["To"])
 
 
@@ -181,7 +181,7 @@ def test_series_spanning_trees_names_the_companion_threads(tmp_path, linux_src, 
     lbody = msg(res.trees["linux"].cover).get_content()
     qbody = msg(res.trees["qemu"].cover).get_content()
     assert "[PATCH 0/1] foo: make foo better" in lbody and "qemu-devel@nongnu.org" in lbody
-    assert "https://lore.kernel.org/r/kpt.s1.v1.qemu.0@example.org" in lbody
+    assert "https://lore.kernel.org/r/kpt.s1.v1.qemu.0@kpt-tests.org" in lbody
     assert "[PATCH 0/2] foo: make foo better" in qbody and "foo-list@vger.kernel.org" in qbody
     # One tree alone still names the other thread.
     only = mail.prepare(ws, "s1", tree="linux")
@@ -219,12 +219,12 @@ def test_reroll_tags_bumps_and_the_next_cover_has_range_diff_and_link(s1):
     assert subjects(tm)[0] == "[PATCH v2 0/2] foo: make foo better"
     assert tm.files[1].name.startswith("v2-0001-")
     body = msg(tm.cover).get_content()
-    assert "Changes in v2:\n- bar: return three\n- Link to v1: https://lore.kernel.org/r/kpt.s1.v1.linux.0@example.org" in body
+    assert "Changes in v2:\n- bar: return three\n- Link to v1: https://lore.kernel.org/r/kpt.s1.v1.linux.0@kpt-tests.org" in body
     assert "Range-diff against v1:" in body
     rd = body.split("Range-diff against v1:")[1]
     assert "1:  " in rd and "= 1:" in rd and "2:  " in rd
     assert "-+\treturn 2;" in rd and "++\treturn 3;" in rd
-    assert str(msg(tm.files[1])["Message-Id"]) == "<kpt.s1.v2.linux.1@example.org>"
+    assert str(msg(tm.files[1])["Message-Id"]) == "<kpt.s1.v2.linux.1@kpt-tests.org>"
 
 
 def test_v2_without_the_v1_tag_is_refused_naming_the_tag(s1):
@@ -258,7 +258,7 @@ def test_dry_run_shows_what_send_would_send(s1):
     ws, _, _ = s1
     r = run_cli(ws, "s1", "--dry-run")
     assert r.exit_code == 0, r.output
-    assert "would send   linux 2   <kpt.s1.v1.linux.2@example.org>  [PATCH 2/2] bar: return two" in r.output
+    assert "would send   linux 2   <kpt.s1.v1.linux.2@kpt-tests.org>  [PATCH 2/2] bar: return two" in r.output
     to = [l for l in r.output.splitlines() if l.strip().startswith("to: ")]
     assert len(to) == 3 and "foo@example.org" in to[1] and "linux-kernel@vger.kernel.org" in to[1]
     assert "dry run: 3 to send, 0 already sent; nothing sent" in r.output
@@ -354,3 +354,57 @@ def test_mail_output_is_byte_for_byte_the_golden_mbox(tmp_path, linux_src, env_o
     if os.environ.get("KPT_UPDATE_GOLDEN"):
         GOLDEN.write_text(got)
     assert got == GOLDEN.read_text()
+
+
+def _placeholder_series(tmp_path, linux_src, monkeypatch):
+    """s1 committed and signed by the project's team alias, as the shipped series are."""
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Kpatch Developers")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "kpt-dev@example.org")
+    monkeypatch.setattr(mf, "AUTHOR", "Kpatch Developers <kpt-dev@example.org>")
+    ws, repo, base = mf.linux_series(tmp_path, linux_src)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Author")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "author@kpt-tests.org")
+    return ws, repo, base
+
+
+def test_a_placeholder_identity_writes_a_marked_preview_and_exits_2_even_forced(
+        tmp_path, linux_src, env_out, monkeypatch):
+    ws, _, _ = _placeholder_series(tmp_path, linux_src, monkeypatch)
+    res = mail.prepare(ws, "s1", force=True)
+    assert res.unsendable and not res.to_dict()["sendable"]
+    ident = next(g for g in res.trees["linux"].gates if g.name == "identity")
+    assert ident.hard and any(e.startswith("0001-foo-return-the-answer.patch:") and "Signed-off-by: Kpatch "
+                              "Developers <kpt-dev@example.org>" in e for e in ident.errors), ident.errors
+    tm = res.trees["linux"]
+    for f in tm.files:  # the preview is written, every mail marked
+        assert msg(f)[mail.NOT_SENDABLE].startswith("a preview"), f
+    assert tm.mbox.read_text().count(f"{mail.NOT_SENDABLE}: ") == 2
+    for args in ([], ["--force"], ["--dry-run", "--force"]):
+        r = run_cli(ws, "s1", *args)
+        assert r.exit_code == 2, r.output
+        assert "not sendable (linux:identity)" in r.output and "--force does not pass it" in r.output
+        assert "would send" not in r.output
+
+
+def test_send_refuses_a_placeholder_identity_and_a_marked_file(tmp_path, linux_src, env_out, monkeypatch):
+    from kpatch_tool import mailsend
+
+    ws, _, _ = _placeholder_series(tmp_path, linux_src, monkeypatch)
+    res = mail.prepare(ws, "s1")
+    with pytest.raises(UsageError, match="not sendable .*nothing sent"):
+        mailsend.send(res, settings_for=lambda tm: mailsend.SmtpSettings(server="localhost"), force=True)
+    # A result whose gates were dropped still cannot send the marked files.
+    for tm in res.trees.values():
+        tm.gates = []
+    with pytest.raises(UsageError, match="marked X-Kpt-Not-Sendable"):
+        mailsend.send(res, settings_for=lambda tm: mailsend.SmtpSettings(server="localhost"), dry_run=True)
+
+
+def test_a_placeholder_sender_alone_makes_the_mails_a_preview(s1, monkeypatch):
+    ws, _, _ = s1
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "me@box.localdomain")
+    res = mail.prepare(ws, "s1")
+    ident = next(g for g in res.trees["linux"].gates if g.name == "identity")
+    assert res.unsendable and ident.errors == [
+        "sender Test Author <me@box.localdomain> (git config user.email, the From of every mail): "
+        "me@box.localdomain is on .localdomain, a name that reaches nobody outside this machine or test"]

@@ -29,7 +29,7 @@ from kpatch_tool import mailsend
 from kpatch_tool.cli import main
 
 PASSWORD = "s3cret-Pa55-wt27"
-OTHER = "Other Author <other@example.org>"
+OTHER = "Other Author <other@kpt-tests.org>"
 TO = "Foo Maintainer <foo@example.org>"
 
 
@@ -72,7 +72,7 @@ class Box:
     def mbox(self, path: Path, *, skip_cover: bool = False) -> Path:
         out = []
         for m, (_, _, raw) in zip(self.messages(), self.mails):
-            if skip_cover and str(m["Message-Id"]).endswith(f".0@example.org>"):
+            if skip_cover and str(m["Message-Id"]).endswith(f".0@kpt-tests.org>"):
                 continue
             text = raw.decode("utf-8").replace("\r\n", "\n")
             out.append("From mboxrd@z Thu Jan  1 00:00:00 1970\n" + text)
@@ -179,7 +179,7 @@ def journal(ws) -> list[dict]:
     return json.loads(p.read_text())["sent"] if p.exists() else []
 
 
-IDS = [f"<kpt.s1.v1.linux.{k}@example.org>" for k in range(4)]
+IDS = [f"<kpt.s1.v1.linux.{k}@kpt-tests.org>" for k in range(4)]
 
 
 # --------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_send_delivers_every_mail_once_with_the_headers_kpt_wrote(s1, smtpd):
         assert str(got["From"]) == mf.AUTHOR  # the sender's From on every mail
     # The envelope: To and Cc as the headers say, less the sender (--suppress-cc=self).
     for mail_from, rcpts, _ in box.mails:
-        assert mail_from == "author@example.org"
+        assert mail_from == "author@kpt-tests.org"
         assert rcpts == ["foo@example.org", "foo-list@vger.kernel.org"]
     # Dates a second apart, in thread order.
     dates = [email.utils.parsedate_to_datetime(str(m["Date"])) for m in box.messages()]
@@ -308,9 +308,9 @@ def test_reflect_sends_to_the_sender_only_and_leaves_the_journal_alone(s1, smtpd
     use_server(repo, port)
     r = kpt(ws, "--reflect")
     assert r.exit_code == 0, r.output
-    assert "reflected 4 mails to Test Author <author@example.org> only" in r.output
+    assert "reflected 4 mails to Test Author <author@kpt-tests.org> only" in r.output
     assert box.ids() == IDS
-    assert all(rcpts == ["author@example.org"] for _, rcpts, _ in box.mails)
+    assert all(rcpts == ["author@kpt-tests.org"] for _, rcpts, _ in box.mails)
     assert str(box.messages()[1]["To"]) == TO  # the headers as the list will see them
     assert journal(ws) == []
     assert kpt(ws, "--send").exit_code == 0

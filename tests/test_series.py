@@ -246,3 +246,56 @@ def test_diffstat_counts_files_of_a_patch_stored_inside_a_git_repository(demo_se
     subprocess.run(["git", "init", "-q", str(demo_series.path.parent.parent)], check=True)
     rows = diffstat(patch)
     assert rows and all(int(a) + int(d) > 0 for a, d, _ in rows)
+
+
+UPSTREAM = "21a235bce12361e64adfc2ef97e4ae2e51ad63d4"
+
+
+def test_a_backport_declaration_is_read_onto_its_patch(series_ws, demo_series):
+    f = demo_series.trees["linux"].patches[1].file
+    write_toml(demo_series, f'''
+# a patch carried from upstream
+[[backport]]
+patch = "linux/{f}"
+commit = "{UPSTREAM}"
+subject = "blkfront: fix line 10"
+author = "Alice Example <alice@example.org>"
+''')
+    s = sm.load_series(series_ws, "demo")
+    text = s.toml_path.read_text().splitlines()
+    bp = s.backport("linux", f)
+    assert bp == sm.Backport("linux", f, UPSTREAM, "blkfront: fix line 10", "Alice Example <alice@example.org>",
+                             text.index("[[backport]]") + 1)
+    assert s.backport("linux", demo_series.trees["linux"].patches[0].file) is None
+
+
+@pytest.mark.parametrize("body, key, what", [
+    ('patch = "linux/{f}"\ncommit = "21a235bce123"', "commit", "full 40-digit"),
+    ('patch = "linux/nope.patch"\ncommit = "{c}"', "patch", "not a patch of the series"),
+    ('patch = "qemu/{f}"\ncommit = "{c}"', "patch", "not a patch of the series"),
+    ('commit = "{c}"', None, "needs 'patch'"),
+    ('patch = "linux/{f}"\ncommit = "{c}"\nfixes = "x"', "fixes", "not a known key"),
+    ('patch = "linux/{f}"\ncommit = "{c}"\nauthor = "Petr Pavlu"', "author", "Name <mail@host>"),
+    ('patch = "linux/{f}"\ncommit = 7', "commit", "must be a string"),
+])
+def test_a_bad_backport_declaration_exits_2_naming_file_and_line(series_ws, demo_series, body, key, what):
+    f = demo_series.trees["linux"].patches[0].file
+    write_toml(demo_series, "\n[[backport]]\n" + body.format(f=f, c=UPSTREAM) + "\n")
+    lines = demo_series.toml_path.read_text().splitlines()
+    want = next(i for i, l in enumerate(lines, 1) if l.startswith(key + " =")) if key else \
+        lines.index("[[backport]]") + 1
+    with pytest.raises(UsageError) as exc:
+        sm.load_series(series_ws, "demo")
+    assert exc.value.exit_code == 2
+    assert exc.value.message.startswith(f"{demo_series.toml_path}:{want}: [[backport]]"), exc.value.message
+    assert what in exc.value.message
+
+
+def test_the_same_patch_declared_twice_names_the_second(series_ws, demo_series):
+    f = demo_series.trees["linux"].patches[0].file
+    one = f'\n[[backport]]\npatch = "linux/{f}"\ncommit = "{UPSTREAM}"\n'
+    write_toml(demo_series, one + one)
+    lines = demo_series.toml_path.read_text().splitlines()
+    second = [i for i, l in enumerate(lines, 1) if l.startswith("patch =")][1]
+    with pytest.raises(UsageError, match=rf":{second}: \[\[backport\]\] 'patch' declares"):
+        sm.load_series(series_ws, "demo")
