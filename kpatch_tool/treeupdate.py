@@ -134,3 +134,21 @@ def set_pin(ws: Workspace, name: str, version: str) -> None:
     table["version"] = version
     safefs.replace_file(path, tomlkit.dumps(doc).encode("utf-8"))
     ws.trees[name].version = version
+
+
+def add_tree(ws: Workspace, spec) -> None:
+    """Add [trees.<name>] (source, kind, version) to kpt.toml, keeping the file's comments and layout."""
+    path = ws.root / WORKSPACE_FILE
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    if "trees" not in doc:
+        doc["trees"] = tomlkit.table(is_super_table=True)
+    if spec.name in doc["trees"]:
+        raise UsageError(f"{path}: [trees.{spec.name}] exists already")
+    table = tomlkit.table()
+    table["source"] = spec.source
+    table["kind"] = spec.kind
+    if spec.version:
+        table["version"] = spec.version
+    doc["trees"][spec.name] = table
+    safefs.replace_file(path, tomlkit.dumps(doc).encode("utf-8"))
+    ws.trees[spec.name] = spec
