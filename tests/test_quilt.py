@@ -179,3 +179,25 @@ def test_export_quilt_refuses_a_folder_of_other_files(series_ws, demo_series, tm
     r = kpt(series_ws, "export", "demo", "--quilt", str(tmp_path / "busy"))
     assert r.exit_code == 2 and "no quilt order file" in r.output
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_binary_files_differ_note_is_dropped_with_its_git_header():
+    """diff's note on a binary file it left out changes nothing (GNU patch skips it)."""
+    text = (b"--- a/README\n+++ b/README\n@@ -1 +1 @@\n-a\n+b\n"
+            b"diff --git a/x.bin b/x.bin\nindex 1111111..2222222 100644\n"
+            b"Binary files a/x.bin and b/x.bin differ\n"
+            b"diff --git a/y b/y\n--- a/y\n+++ b/y\n@@ -1 +1 @@\n-c\n+d\n")
+    out = quilt.normalise_diff("p", text, 1, 1)
+    assert b"x.bin" not in out and b"Binary" not in out
+    assert out.count(b"@@ -1 +1 @@") == 2 and b"diff --git a/y b/y" in out
+
+
+def test_rename_lines_of_a_spliced_submodule_diff_take_the_sections_names():
+    """QEMU's stable diffs name a renamed file relative to the submodule it came from."""
+    text = (b"diff --git a/sub/dir/old.yml b/sub/dir/new.yml\nsimilarity index 82%\n"
+            b"rename from dir/old.yml\nrename to dir/new.yml\nindex 1..2 100644\n"
+            b"--- a/sub/dir/old.yml\n+++ b/sub/dir/new.yml\n@@ -1 +1 @@\n-a\n+b\n"
+            b"diff --git a/p b/q\nsimilarity index 100%\nrename from x/p\nrename to x/q\n")
+    out = quilt.normalise_diff("p", text, 1, 1).split(b"\n")
+    assert b"rename from sub/dir/old.yml" in out and b"rename to sub/dir/new.yml" in out
+    assert b"rename from p" in out and b"rename to q" in out
