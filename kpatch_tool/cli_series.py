@@ -139,7 +139,7 @@ def series_new(obj, name, trees_, base, summary):
 @series_group.command("import")
 @click.argument("source", required=False)
 @click.option("--tree", default=None, help="The tree the patches are for (with --debian-src: the package's tree).")
-@click.option("--name", default=None, help="Series name (default: from the source's name; debian-PKG).")
+@click.option("--name", default=None, help="Series name (default: from the source's name; debian-TREE).")
 @click.option("--base", default=None, help="Apply them on this ref (default: the tree's base).")
 @click.option("--author", default=None, help="'Name <email>' for patches without a From:/Author: header (quilt).")
 @click.option("--debian-src", "debian_src", default=None, metavar="PKG[=VERSION]",

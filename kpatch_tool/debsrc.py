@@ -188,7 +188,7 @@ def prepare(ws: Workspace, spec: str, tree: str | None, *, progress=None) -> Deb
 
 def import_series(ws: Workspace, spec: str, tree: str | None = None, name: str | None = None,
                   author: str | None = None, *, progress=None):
-    """The package's debian/patches as series NAME (default debian-PKG) over its orig tree.
+    """The package's debian/patches as series NAME (default debian-TREE: one per tree) over its orig tree.
 
     Patches without an Author:/From: are attributed to --author, else to the
     package's Maintainer (the .dsc's field): who ships them, not an invented person.
@@ -209,7 +209,7 @@ def import_series(ws: Workspace, spec: str, tree: str | None = None, name: str |
     summary = (f"Debian's own patches of {src.package} {src.version} ({src.order_file}) "
                f"over upstream {trees.upstream_version(src.version)}")
     try:
-        series, res = export.import_stack(ws, str(folder), src.tree, name or f"debian-{src.package}",
+        series, res = export.import_stack(ws, str(folder), src.tree, name or f"debian-{src.tree}",
                                           src.orig["tag"], who, summary=summary)
     except KptError:
         if src.new_tree:
