@@ -87,6 +87,13 @@ def update(ws: Workspace, name: str, *, to: str | None = None, dry_run: bool = F
     moves: list[SeriesMove] = []
     for s in _series_on(ws, name):
         st = s.trees[name]
+        if (st.base or "").startswith("upstream/"):
+            # A package's own series over its orig tree (--debian-src): the new version's
+            # patches are Debian's to give, not this series' to be rebased onto (they'd all be "merged").
+            moves.append(SeriesMove(s.name, len(st.patches), st.base or "", "-", "-",
+                                    f"kept on {st.base} (`kpt series import --debian-src {package}={target} "
+                                    f"--name NEW` makes the new version's series)"))
+            continue
         old_base = st.base or old_tag or trees.IMPORT_BRANCH
         bases = [f"{name}={old_base}", f"{name}={new_tag}"]
         say(f"check-apply {s.name} on {old_base} and {new_tag}")

@@ -61,8 +61,8 @@ def _run(*cmd, cwd):
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
 
 
-def build_source_package(repo: Path, version: str = "1:1.0-2") -> Path:
-    """A 3.0 (quilt) source package tinypkg in a flat apt repository at repo."""
+def build_source_package(repo: Path, versions: tuple[str, ...] = ("1:1.0-2",)) -> Path:
+    """A 3.0 (quilt) source package tinypkg (each version) in a flat apt repository at repo."""
     top = repo / "tinypkg-1.0"
     (top / "src").mkdir(parents=True)
     (top / "README").write_text("hello\n")
@@ -76,14 +76,15 @@ def build_source_package(repo: Path, version: str = "1:1.0-2") -> Path:
     (deb / "source/format").write_text("3.0 (quilt)\n")
     (deb / "control").write_text(f"Source: tinypkg\nMaintainer: {MAINTAINER}\n\n"
                                  "Package: tinypkg\nArchitecture: all\nDescription: tiny\n tiny\n")
-    (deb / "changelog").write_text(f"tinypkg ({version}) unstable; urgency=medium\n\n  * Test.\n\n"
-                                   f" -- {MAINTAINER}  Thu, 03 Dec 2026 12:00:00 +0000\n")
     for rel, text in PATCHES.items():
         p = deb / "patches" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     (deb / "patches/series").write_text(ORDER)
-    _run("dpkg-source", "-b", "tinypkg-1.0", cwd=repo)
+    for version in versions:
+        (deb / "changelog").write_text(f"tinypkg ({version}) unstable; urgency=medium\n\n  * Test.\n\n"
+                                       f" -- {MAINTAINER}  Thu, 03 Dec 2026 12:00:00 +0000\n")
+        _run("dpkg-source", "-b", "tinypkg-1.0", cwd=repo)
     shutil.rmtree(top)
     sources = subprocess.run(["dpkg-scansources", "."], cwd=repo, check=True, capture_output=True).stdout
     (repo / "Sources").write_bytes(sources)
@@ -95,7 +96,7 @@ def tiny_ws(tmp_path, monkeypatch):
     """A workspace whose apt reads only the flat repository with tinypkg (no network)."""
     if not shutil.which("dpkg-scansources") or not shutil.which("dpkg-source"):
         pytest.skip("dpkg-dev is not installed")
-    repo = build_source_package(tmp_path / "repo")
+    repo = build_source_package(tmp_path / "repo", ("1:1.0-2", "1:1.0-3"))
     root = tmp_path / "ws"
     (root / "patches").mkdir(parents=True)
     (root / "kpt.toml").write_text(
@@ -145,14 +146,15 @@ def test_pick_tree_asks_for_tree_when_several_trees_fit(tmp_ws):
 def test_debian_src_series_applied_by_kpt_equals_dpkg_source_x(tiny_ws, tmp_path):
     ws = tiny_ws
     series, res, src = debsrc.import_series(ws, "tinypkg")
-    assert (src.tree, src.new_tree, src.version, src.patches) == ("tinypkg", True, "1:1.0-2", 5)
+    # No tree of the package, no version given: the archive's newest of its two.
+    assert (src.tree, src.new_tree, src.version, src.patches) == ("tinypkg", True, "1:1.0-3", 5)
     assert src.orig["tag"] == "upstream/1.0" and src.order_file == "debian/patches/series"
     assert series.trees["tinypkg"].base == "upstream/1.0"
     # The tree is in kpt.toml now, pinned, the file's comments kept.
     text = (ws.root / "kpt.toml").read_text()
     assert "# my trees" in text
     assert tomllib.loads(text)["trees"]["tinypkg"] == {"source": "debian-src:tinypkg", "kind": "linux",
-                                                      "version": "1:1.0-2"}
+                                                      "version": "1:1.0-3"}
     again = wsmod.load(ws.root)
     assert trees.get(again, "tinypkg").state == "imported"
     applied = applymod.apply_series(again, series.name, force=True)
@@ -225,6 +227,21 @@ def test_upstream_ref_of_a_known_version_is_made_on_first_use(tiny_ws):
     assert trees.origin_of(trees.get(ws, "tinypkg"), commit)["orig"] is True
     with pytest.raises(UsageError, match="--debian-src"):
         trees.resolve(trees.get(ws, "tinypkg"), "upstream/2.0")
+
+
+def test_tree_update_keeps_a_debian_src_series_on_its_orig_tree(tiny_ws):
+    """Rebasing Debian's own series onto the next Debian version would drop every patch as merged."""
+    from kpatch_tool import series as seriesmod
+    from kpatch_tool import treeupdate
+
+    debsrc.import_series(tiny_ws, "tinypkg=1:1.0-2")
+    ws = wsmod.load(tiny_ws.root)
+    res = treeupdate.update(ws, "tinypkg", to="1:1.0-3")
+    (move,) = res.moves
+    assert move.action.startswith("kept on upstream/1.0") and "--debian-src tinypkg=1:1.0-3" in move.action
+    s = seriesmod.load_series(wsmod.load(ws.root), "debian-tinypkg")
+    assert s.trees["tinypkg"].base == "upstream/1.0" and len(s.trees["tinypkg"].patches) == 5
+    assert res.pin_moved and wsmod.load(ws.root).trees["tinypkg"].version == "1:1.0-3"
 
 
 def test_a_package_in_source_format_1_0_has_no_series(tmp_path):
