@@ -103,7 +103,10 @@ def default_version(ws: Workspace, package: str, tree: str) -> str:
     for name, s in ws.trees.items():
         if trees.source_kind(s.source) != "debian" or not s.version:
             continue
-        src = trees.archive(ws, name).source_of(s.source.split(":", 1)[1], s.version)
+        try:
+            src = trees.archive(ws, name).source_of(s.source.split(":", 1)[1], s.version)
+        except KptError:
+            continue  # that tree's suites cannot be read (an expired sid, say): not this package's business
         if src and src[0] == package:
             return src[1]
     offers = _archive(ws, tree).offers(package, source=True)
