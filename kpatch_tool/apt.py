@@ -210,8 +210,8 @@ class Archive:
         """(source package, source version) a binary package's version was built from; None if unknown."""
         self.update()
         res = self._run("apt-cache", "show", f"{package}={version}", timeout=120)
-        if not res.ok:
-            return None
+        if not res.ok or not re.search(rf"(?m)^Package:[ \t]*{re.escape(package)}[ \t]*$", res.stdout):
+            return None  # apt-cache says so on stderr only, and may exit 0
         m = re.search(r"(?m)^Source:[ \t]*(\S+)(?:[ \t]+\((\S+)\))?", res.stdout)
         if not m:
             return package, version

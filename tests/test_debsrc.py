@@ -88,6 +88,13 @@ def build_source_package(repo: Path, versions: tuple[str, ...] = ("1:1.0-2",)) -
     shutil.rmtree(top)
     sources = subprocess.run(["dpkg-scansources", "."], cwd=repo, check=True, capture_output=True).stdout
     (repo / "Sources").write_bytes(sources)
+    # Binary packages built from it (apt-cache show reads only this index): Source: with and
+    # without its own version, as Debian writes them.
+    (repo / "Packages").write_text(
+        "Package: tinypkg-source\nVersion: 1:1.0-2\nArchitecture: all\nSource: tinypkg\n"
+        "Maintainer: Tiny Maintainer <tiny@example.org>\nDescription: x\nFilename: ./none.deb\nSize: 1\n\n"
+        "Package: tinypkg-doc\nVersion: 7.0\nArchitecture: all\nSource: tinypkg (1:1.0-2)\n"
+        "Maintainer: Tiny Maintainer <tiny@example.org>\nDescription: x\nFilename: ./none2.deb\nSize: 1\n")
     return repo
 
 
@@ -101,7 +108,8 @@ def tiny_ws(tmp_path, monkeypatch):
     (root / "patches").mkdir(parents=True)
     (root / "kpt.toml").write_text(
         f'cache_dir = "{tmp_path / "cache"}"\n\n# my trees\n[apt]\n'
-        f'sources = ["deb-src [trusted=yes] file:{repo} ./"]\n\n[trees.other]\nsource = "{tmp_path}"\n')
+        f'sources = ["deb-src [trusted=yes] file:{repo} ./", "deb [trusted=yes] file:{repo} ./"]\n\n'
+        f'[trees.other]\nsource = "{tmp_path}"\n')
     monkeypatch.setenv("KPT_OUT", str(tmp_path / "out"))
     monkeypatch.chdir(root)
     return wsmod.load(root)
@@ -227,6 +235,17 @@ def test_upstream_ref_of_a_known_version_is_made_on_first_use(tiny_ws):
     assert trees.origin_of(trees.get(ws, "tinypkg"), commit)["orig"] is True
     with pytest.raises(UsageError, match="--debian-src"):
         trees.resolve(trees.get(ws, "tinypkg"), "upstream/2.0")
+
+
+def test_default_version_is_the_source_of_a_pinned_binary_tree_else_the_newest(tiny_ws):
+    ws = tiny_ws
+    arch = debsrc._archive(ws, "x")
+    assert arch.source_of("tinypkg-source", "1:1.0-2") == ("tinypkg", "1:1.0-2")
+    assert arch.source_of("tinypkg-doc", "7.0") == ("tinypkg", "1:1.0-2")
+    assert arch.source_of("tinypkg-doc", "9.9") is None
+    assert debsrc.default_version(ws, "tinypkg", "tinypkg") == "1:1.0-3"
+    ws.trees["bin"] = wsmod.TreeSpec("bin", "debian:tinypkg-source", "1:1.0-2")
+    assert debsrc.default_version(ws, "tinypkg", "tinypkg") == "1:1.0-2"
 
 
 def test_tree_update_keeps_a_debian_src_series_on_its_orig_tree(tiny_ws):
