@@ -164,24 +164,25 @@ def series_import(obj, source, tree, name, base, author, debian_src):
     from kpatch_tool import export
 
     console, say = _ui()
-    if debian_src:
+    ws = obj.ws  # a kpt.toml that does not load is the first thing to say
+    if debian_src is not None:
         if source or base:
             raise UsageError("--debian-src names the source and its base (the orig tree); "
                              "give no SOURCE and no --base with it")
         from kpatch_tool import debsrc
 
-        s, res, src = debsrc.import_series(obj.ws, debian_src, tree, name, author, progress=say)
+        s, res, src = debsrc.import_series(ws, debian_src, tree, name, author, progress=say)
         if src.new_tree:
             console.print(f"kpt.toml: added tree {src.tree} (debian-src:{src.package}, pinned {src.version})",
                           markup=False)
         console.print(f"imported {len(res.files)} patches of {src.package} {src.version} ({src.order_file}) "
                       f"into {s.trees[src.tree].folder}, base {src.orig['tag']}", markup=False)
         return
-    if not source:
+    if source is None:
         raise UsageError("name a SOURCE (quilt folder, mbox, folder of patches, BASE..TIP) or --debian-src PKG")
-    if not tree:
+    if tree is None:
         raise UsageError("--tree is needed: the tree the patches are for")
-    s, res = export.import_stack(obj.ws, source, tree, name, base, author)
+    s, res = export.import_stack(ws, source, tree, name, base, author)
     console.print(f"imported {len(res.files)} patches into {s.trees[tree].folder}", markup=False)
 
 @click.command("apply")

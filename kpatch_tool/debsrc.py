@@ -64,7 +64,7 @@ def _same(a: str | None, b: str | None) -> bool:
 def pick_tree(ws: Workspace, package: str, version: str | None, tree: str | None) -> tuple[str, bool]:
     """The tree the package's series goes on: (name, True if kpt.toml does not have it yet)."""
     source = f"debian-src:{package}"
-    if tree:
+    if tree is not None:
         if tree in ws.trees:
             if ws.trees[tree].source != source:
                 raise UsageError(f"tree '{tree}' is {ws.trees[tree].source}, not {source}; "

@@ -331,9 +331,23 @@ def _is_trailer(line: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9-]*: \S", line))
 
 
+PERSON_RE = re.compile(r'^\s*([^<>]*?)\s*<([^<>]*)>\s*$')
+
+
 def _person(who: str) -> tuple[str, str]:
+    """(name, e-mail) of an Author:/From: value.
+
+    One `Name <mail>` is read as it stands: DEP-3 headers write `Lee, Chun-Yi <...>`
+    unquoted, which an address-list parser splits at the comma into two people.
+    """
     if not who:
         return "", ""
+    m = PERSON_RE.match(who)
+    if m:
+        name = m.group(1)
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r'\\(.)', r'\1', name[1:-1])
+        return name.strip(), m.group(2).strip()
     first = email.utils.getaddresses([who])[0] if "<" in who or "@" in who else (who, "")
     name, mail = first
     if not name and mail and "@" not in mail:
@@ -447,6 +461,8 @@ def _dep3_text(author: str, date: str, subject: str, body: str, diff: str) -> st
     head = [f"Description: {subject}"]
     if author:
         name, mail = email.utils.parseaddr(author)
+        if re.search(r'[,;:"()<>@\[\]\\]', name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         head.append(f"Author: {name} <{mail}>" if mail else f"Author: {name or author}")
     if date and not _is_default_date(date):
         head.append(f"Date: {date}")

@@ -201,3 +201,26 @@ def test_rename_lines_of_a_spliced_submodule_diff_take_the_sections_names():
     out = quilt.normalise_diff("p", text, 1, 1).split(b"\n")
     assert b"rename from sub/dir/old.yml" in out and b"rename to sub/dir/new.yml" in out
     assert b"rename from p" in out and b"rename to q" in out
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("Lee, Chun-Yi <joeyli.kernel@gmail.com>", ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")),
+    ('"Lee, Chun-Yi" <joeyli.kernel@gmail.com>', ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")),
+    ('"A \\"B\\" C" <a@example.org>', ('A "B" C', "a@example.org")),
+    ("Ada <ada@example.org>, Bob <bob@example.org>", ("Ada", "ada@example.org")),
+    ("Debian Kernel Team", ("Debian Kernel Team", "")),
+])
+def test_author_with_a_comma_is_one_person(value, expected):
+    """Debian's linux series has `From: "Lee, Chun-Yi" <...>`; DEP-3 writes it unquoted."""
+    assert quilt._person(value) == expected
+
+
+def test_export_quilt_quotes_an_author_with_a_comma_and_import_reads_it_back(tmp_path):
+    data = (b"From: \"Lee, Chun-Yi\" <joeyli.kernel@gmail.com>\nSubject: [PATCH] MODSIGN: x\n\nbody\n---\n"
+            b"diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n")
+    (tmp_path / "0001-x.patch").write_bytes(data)
+    quilt.export_quilt([tmp_path / "0001-x.patch"], tmp_path / "q")
+    text = (tmp_path / "q/0001-x.patch").read_text()
+    assert 'Author: "Lee, Chun-Yi" <joeyli.kernel@gmail.com>' in text
+    q = quilt.parse_patch_text("x", text.encode())
+    assert (q.author, q.email) == ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")
