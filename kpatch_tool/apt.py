@@ -206,6 +206,17 @@ class Archive:
                 out.append(Offer(parts[1], suite))
         return out
 
+    def source_of(self, package: str, version: str) -> tuple[str, str] | None:
+        """(source package, source version) a binary package's version was built from; None if unknown."""
+        self.update()
+        res = self._run("apt-cache", "show", f"{package}={version}", timeout=120)
+        if not res.ok or not re.search(rf"(?m)^Package:[ \t]*{re.escape(package)}[ \t]*$", res.stdout):
+            return None  # apt-cache says so on stderr only, and may exit 0
+        m = re.search(r"(?m)^Source:[ \t]*(\S+)(?:[ \t]+\((\S+)\))?", res.stdout)
+        if not m:
+            return package, version
+        return m.group(1), m.group(2) or version
+
     def _find(self, package: str, version: str, *, source: bool, progress=None) -> Offer:
         offers = self.offers(package, source=source)
         hit = [o for o in offers if version in (o.version, noepoch(o.version))]

@@ -168,26 +168,53 @@ def series_signoff(obj, name, author):
     console.print(f"{name}: {what} ({res.who}; {len(res.unchanged)} unchanged)", markup=False, highlight=False)
 
 @series_group.command("import")
-@click.argument("source")
-@click.option("--tree", required=True, help="The tree the patches are for.")
-@click.option("--name", default=None, help="Series name (default: from the source's name).")
+@click.argument("source", required=False)
+@click.option("--tree", default=None, help="The tree the patches are for (with --debian-src: the package's tree).")
+@click.option("--name", default=None, help="Series name (default: from the source's name; debian-TREE).")
 @click.option("--base", default=None, help="Apply them on this ref (default: the tree's base).")
-@click.option("--author", default=None, help="'Name <email>' for patches without a From: header (quilt).")
+@click.option("--author", default=None, help="'Name <email>' for patches without a From:/Author: header (quilt).")
+@click.option("--debian-src", "debian_src", default=None, metavar="PKG[=VERSION]",
+              help="A Debian source package's own debian/patches over its orig tree.")
 @click.pass_obj
-def series_import(obj, source, tree, name, base, author):
+def series_import(obj, source, tree, name, base, author, debian_src):
     """Import a quilt folder, an mbox, a folder of patches or a BASE..TIP range.
 
     The patches are applied on the base (without a checkout) and exported in
     kpt's normal form, so what is stored is known to apply.
 
+    With --debian-src PKG[=VERSION] the source is Debian's own series of that
+    package (VERSION: the pin of the package's tree, else the archive's newest),
+    over the orig tree `upstream/UPSTREAM` (the orig tarball, no Debian patch);
+    a tree of the package kpt.toml lacks is added to it, pinned.
+
     \b
     Example: kpt series import ~/debian/patches --tree linux --name my-fixes
+    Example: kpt series import --debian-src qemu
+    Example: kpt series import --debian-src linux=6.1.176-1 --tree linux-src
     """
     from kpatch_tool import export
 
-    console, _ = _ui()
-    s, res = export.import_stack(obj.ws, source, tree, name, base, author)
-    console.print(f"imported {len(res.files)} patches into {s.trees[tree].folder}")
+    console, say = _ui()
+    ws = obj.ws  # a kpt.toml that does not load is the first thing to say
+    if debian_src is not None:
+        if source or base:
+            raise UsageError("--debian-src names the source and its base (the orig tree); "
+                             "give no SOURCE and no --base with it")
+        from kpatch_tool import debsrc
+
+        s, res, src = debsrc.import_series(ws, debian_src, tree, name, author, progress=say)
+        if src.new_tree:
+            console.print(f"kpt.toml: added tree {src.tree} (debian-src:{src.package}, pinned {src.version})",
+                          markup=False)
+        console.print(f"imported {len(res.files)} patches of {src.package} {src.version} ({src.order_file}) "
+                      f"into {s.trees[src.tree].folder}, base {src.orig['tag']}", markup=False)
+        return
+    if source is None:
+        raise UsageError("name a SOURCE (quilt folder, mbox, folder of patches, BASE..TIP) or --debian-src PKG")
+    if tree is None:
+        raise UsageError("--tree is needed: the tree the patches are for")
+    s, res = export.import_stack(ws, source, tree, name, base, author)
+    console.print(f"imported {len(res.files)} patches into {s.trees[tree].folder}", markup=False)
 
 @click.command("apply")
 @click.argument("name")

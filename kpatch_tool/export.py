@@ -339,7 +339,11 @@ def _commit_mails(repo: Path, base: str, mails: list[_Mail]) -> str:
                 f.flush()
                 res = idx.git("apply", "--cached", f.name)
                 if not res.ok:
-                    res3 = idx.git("apply", "--cached", "--3way", f.name)
+                    # Hunks without context (diff -U0; Debian has them) apply only when
+                    # git is told so; patch, quilt and dpkg-source take them as they are.
+                    res3 = idx.git("apply", "--cached", "--unidiff-zero", f.name)
+                    if not res3.ok:
+                        res3 = idx.git("apply", "--cached", "--3way", f.name)
                     if not res3.ok:
                         why = [l for l in res.stderr.splitlines() if l.startswith("error:")]
                         raise ApplyError(f"{m.source}: '{m.subject}' does not apply on {base[:12]}",
@@ -359,7 +363,8 @@ def _commit_mails(repo: Path, base: str, mails: list[_Mail]) -> str:
 
 
 def import_stack(ws: Workspace, source: str, tree: str, name: str | None = None,
-                 base: str | None = None, author: str | None = None) -> tuple[Series, ExportResult]:
+                 base: str | None = None, author: str | None = None,
+                 summary: str | None = None) -> tuple[Series, ExportResult]:
     """Bring a quilt folder, an mbox, a folder of patches or BASE..TIP into a series."""
     ws.tree(tree)
     t = open_tree(ws, tree)
@@ -400,7 +405,7 @@ def import_stack(ws: Workspace, source: str, tree: str, name: str | None = None,
         for f in files:
             parse_patch(f, tree)
         if not existing:
-            series = new_series(ws, name, [tree], summary=name, base=base)
+            series = new_series(ws, name, [tree], summary=summary or name, base=base)
         else:
             series = load_series(ws, name)
         res = write_tree_folder(series.trees[tree].folder, files, _order_header(series.trees[tree].order_file))

@@ -174,6 +174,7 @@ def normalise_diff(label: str, data: bytes, strip: int, first_line: int) -> byte
     out = []
     lines = data.split(b"\n")
     i, n = 0, len(lines)
+    section: int | None = None  # where the last `diff --git` header starts in out
     while i < n:
         line = lines[i]
         if line.startswith(b"@@ "):
@@ -199,7 +200,14 @@ def normalise_diff(label: str, data: bytes, strip: int, first_line: int) -> byte
                 i += 1
             continue
         if line.startswith(b"diff --git "):
+            section = len(out)
             out.append(line)
+        elif line.startswith(b"Binary files ") and line.rstrip().endswith(b" differ"):
+            # diff's note that it left a binary file out: no change in it, and quilt
+            # (GNU patch) skips it. So does kpt, with the git header it may follow.
+            if section is not None and not any(x.startswith((b"@@ ", b"--- ")) for x in out[section:]):
+                del out[section:]
+            section = None
         elif line.startswith((b"--- ", b"+++ ")):
             prefix = "a/" if line.startswith(b"---") else "b/"
             raw = line[4:].decode("utf-8", "surrogateescape")
@@ -213,7 +221,36 @@ def normalise_diff(label: str, data: bytes, strip: int, first_line: int) -> byte
         else:
             out.append(line)
         i += 1
-    return b"\n".join(out)
+    return b"\n".join(_git_names_from_header(out))
+
+
+def _git_names_from_header(out: list[bytes]) -> list[bytes]:
+    """`rename from/to` and `copy from/to` lines named as the section's own paths.
+
+    GNU patch (so quilt and dpkg-source) takes a git diff's file names from its
+    `diff --git`/`---`/`+++` lines; a diff spliced from a submodule's (QEMU's
+    stable releases) names a renamed file there relative to the submodule, which
+    git apply refuses as inconsistent. The section's own names are what patch uses.
+    """
+    starts = [i for i, line in enumerate(out) if line.startswith(b"diff --git ")] + [len(out)]
+    for a, b in zip(starts, starts[1:]):
+        section = out[a:b]
+        if not any(x.startswith((b"rename from ", b"copy from ")) for x in section):
+            continue
+        old = next((x[6:] for x in section if x.startswith(b"--- a/")), None)
+        new = next((x[6:] for x in section if x.startswith(b"+++ b/")), None)
+        if old is None or new is None:
+            head = section[0][len(b"diff --git "):]
+            if head.startswith(b"a/") and head.count(b" b/") == 1:
+                old, new = head[2:].split(b" b/")
+        if old is None or new is None:
+            continue
+        for j in range(a, b):
+            for key, name in ((b"rename from ", old), (b"copy from ", old), (b"rename to ", new),
+                              (b"copy to ", new)):
+                if out[j].startswith(key):
+                    out[j] = key + name
+    return out
 
 
 def parse_patch_text(label: str, data: bytes, strip: int = 1) -> QuiltPatch:
@@ -294,9 +331,23 @@ def _is_trailer(line: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9-]*: \S", line))
 
 
+PERSON_RE = re.compile(r'^\s*([^<>]*?)\s*<([^<>]*)>\s*$')
+
+
 def _person(who: str) -> tuple[str, str]:
+    """(name, e-mail) of an Author:/From: value.
+
+    One `Name <mail>` is read as it stands: DEP-3 headers write `Lee, Chun-Yi <...>`
+    unquoted, which an address-list parser splits at the comma into two people.
+    """
     if not who:
         return "", ""
+    m = PERSON_RE.match(who)
+    if m:
+        name = m.group(1)
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r'\\(.)', r'\1', name[1:-1])
+        return name.strip(), m.group(2).strip()
     first = email.utils.getaddresses([who])[0] if "<" in who or "@" in who else (who, "")
     name, mail = first
     if not name and mail and "@" not in mail:
@@ -410,6 +461,8 @@ def _dep3_text(author: str, date: str, subject: str, body: str, diff: str) -> st
     head = [f"Description: {subject}"]
     if author:
         name, mail = email.utils.parseaddr(author)
+        if re.search(r'[,;:"()<>@\[\]\\]', name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         head.append(f"Author: {name} <{mail}>" if mail else f"Author: {name or author}")
     if date and not _is_default_date(date):
         head.append(f"Date: {date}")

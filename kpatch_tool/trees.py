@@ -206,6 +206,17 @@ def version_tag(version: str) -> str:
     return "debian/" + apt.noepoch(version).replace(":", "%").replace("~", "_")
 
 
+def upstream_version(version: str) -> str:
+    """The upstream part of a Debian version: no epoch, no Debian revision (`1:7.2+dfsg-7` -> `7.2+dfsg`)."""
+    v = apt.noepoch(version)
+    return v.rsplit("-", 1)[0] if "-" in v else v
+
+
+def upstream_tag(version: str) -> str:
+    """The tag of a version's orig tree (DEP-14's `upstream/VERSION`, mangled as version_tag)."""
+    return "upstream/" + upstream_version(version).replace(":", "%").replace("~", "_")
+
+
 def tag_version(ref: str) -> str | None:
     """The Debian version a `debian/...` tag names (None for any other ref)."""
     if not ref.startswith("debian/"):
@@ -535,6 +546,52 @@ def _import_dsc(ws, repo: Path, package: str, fetched: apt.Fetched, tag: str, pa
         return _fast_import(repo, message, lambda fi: _dir_into(fi, src), tag, parent)
 
 
+def import_orig(ws: Workspace, name: str, version: str, *, progress=None) -> dict:
+    """The orig tree of a Debian source version: its orig tarball(s), no Debian patch applied, no debian/.
+
+    A commit of its own (no parent) tagged `upstream/UPSTREAM` beside the version's
+    `debian/VERSION` import (dpkg-source -x, patches applied), recorded in that
+    version's stamp entry as `orig`. It is what Debian's own patch series applies to.
+    """
+    spec = ws.tree(name)
+    if source_kind(spec.source) != "debian-src":
+        raise UsageError(f"tree '{name}': {spec.source} is not a Debian source package (debian-src:); it has no orig tree")
+    entry = import_version(ws, name, version, progress=progress)
+    say = progress or (lambda msg: None)
+    with _tree_lock(ws, name):
+        repo = ws.trees_dir / name
+        stamp = _stamp(repo)
+        key = next(v for v, e in stamp["imports"].items() if e.get("commit") == entry["commit"])
+        entry = stamp["imports"][key]
+        orig = entry.get("orig") or {}
+        if orig.get("commit") and _has_ref(repo, orig["commit"]):
+            return orig
+        dsc = Path(entry["artifact"])
+        if not dsc.is_file():
+            raise PrereqError(f"tree '{name}': {dsc} is gone from kpt's cache; `kpt tree import {name} "
+                              f"--version {key}` cannot redo it either: move the tree's repository away and import again")
+        tag = upstream_tag(key)
+        proc.require("dpkg-source", "dpkg-dev")
+        with tempfile.TemporaryDirectory(prefix=".orig-", dir=ws.trees_dir) as tmpd:
+            src = Path(tmpd) / "src"
+            say(f"unpacking the orig tree of {dsc.name} (no Debian patch applied)")
+            res = proc.run(["dpkg-source", "--no-check", "--skip-patches", "-x", str(dsc), str(src)], cwd=tmpd,
+                           timeout=1800, log=Path(tmpd) / "dpkg-source.log")
+            if not res.ok:
+                last = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+                raise UsageError(f"{dsc}: dpkg-source -x --skip-patches failed: {last}")
+            message = (f"Import the orig tree of Debian source {spec.source.split(':', 1)[1]} "
+                       f"{upstream_version(key)}\n\nFrom {dsc.name}'s orig tarball(s), unpacked by dpkg-source "
+                       f"without Debian's\npatches and without debian/.\n")
+            t0 = time.monotonic()
+            count, commit = _fast_import(repo, message, lambda fi: _dir_into(fi, src, (".pc", ".git", "debian")),
+                                         tag, None)
+        orig = {"tag": tag, "commit": commit, "files": count, "seconds": round(time.monotonic() - t0, 1)}
+        entry["orig"] = orig
+        _write_stamp(repo, stamp)
+        return orig
+
+
 def _import_url(ws: Workspace, spec: TreeSpec, final: Path, update: bool, say) -> Tree:
     if _stamp(final):
         if update:
@@ -565,6 +622,12 @@ def resolve(tree: Tree, ref: str | None = None) -> str:
     res = proc.run(["git", "--git-dir", str(tree.repo), "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"])
     if res.ok:
         return res.stdout.strip()
+    if ref.startswith("upstream/") and tree.ws is not None and source_kind(tree.source) == "debian-src":
+        for v in [*(tree.imports or {}), *([tree.version] if tree.version else [])]:
+            if upstream_tag(v) == ref:
+                return import_orig(tree.ws, tree.name, v)["commit"]
+        raise UsageError(f"tree '{tree.name}': no ref '{ref}' (the orig tree of a Debian version is made by "
+                         f"`kpt series import --debian-src PACKAGE=VERSION --tree {tree.name}`)")
     version = tag_version(ref)
     if version and tree.ws is not None and source_kind(tree.source) in ("debian", "debian-src"):
         try:
@@ -616,6 +679,10 @@ def origin_of(tree: Tree, commit: str) -> dict:
         if e.get("commit") == commit:
             return {"debian_version": version, "artifact": e.get("artifact"), "sha256": e.get("sha256"),
                     "suite": e.get("suite")}
+    for version, e in tree.imports.items():
+        if (e.get("orig") or {}).get("commit") == commit:
+            return {"debian_version": version, "orig": True, "artifact": e.get("artifact"),
+                    "sha256": e.get("sha256"), "suite": e.get("suite")}
     return {}
 
 

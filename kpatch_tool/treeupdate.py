@@ -87,6 +87,13 @@ def update(ws: Workspace, name: str, *, to: str | None = None, dry_run: bool = F
     moves: list[SeriesMove] = []
     for s in _series_on(ws, name):
         st = s.trees[name]
+        if (st.base or "").startswith("upstream/"):
+            # A package's own series over its orig tree (--debian-src): the new version's
+            # patches are Debian's to give, not this series' to be rebased onto (they'd all be "merged").
+            moves.append(SeriesMove(s.name, len(st.patches), st.base or "", "-", "-",
+                                    f"kept on {st.base} (`kpt series import --debian-src {package}={target} "
+                                    f"--name NEW` makes the new version's series)"))
+            continue
         old_base = st.base or old_tag or trees.IMPORT_BRANCH
         bases = [f"{name}={old_base}", f"{name}={new_tag}"]
         say(f"check-apply {s.name} on {old_base} and {new_tag}")
@@ -134,3 +141,21 @@ def set_pin(ws: Workspace, name: str, version: str) -> None:
     table["version"] = version
     safefs.replace_file(path, tomlkit.dumps(doc).encode("utf-8"))
     ws.trees[name].version = version
+
+
+def add_tree(ws: Workspace, spec) -> None:
+    """Add [trees.<name>] (source, kind, version) to kpt.toml, keeping the file's comments and layout."""
+    path = ws.root / WORKSPACE_FILE
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    if "trees" not in doc:
+        doc["trees"] = tomlkit.table(is_super_table=True)
+    if spec.name in doc["trees"]:
+        raise UsageError(f"{path}: [trees.{spec.name}] exists already")
+    table = tomlkit.table()
+    table["source"] = spec.source
+    table["kind"] = spec.kind
+    if spec.version:
+        table["version"] = spec.version
+    doc["trees"][spec.name] = table
+    safefs.replace_file(path, tomlkit.dumps(doc).encode("utf-8"))
+    ws.trees[spec.name] = spec

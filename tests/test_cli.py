@@ -341,3 +341,25 @@ def test_git_missing_from_path_is_exit_7(fresh, args):
     assert res.exit_code in (0, 7), res.output
     if res.exit_code == 7:
         assert "git" in res.output
+
+
+DEBIAN_SRC_VALUES = ["", " ", MARKUP, "x=-1", "-x", "qemu=", "Q", "a" * 5000, "\x07", "qemu=1.0 x", "ü",
+                     "qemu=1.0\nx", "=1.0", "../qemu", "qemu==1"]
+
+
+def test_malformed_debian_src_values_are_exit_2_before_any_fetch(fresh):
+    """Nothing here reaches apt: each is refused when parsed (or its --tree when picked)."""
+    ws, repo = fresh
+    before = (ws / "kpt.toml").read_bytes()
+    bad = []
+    runs = [["series", "import", "--debian-src", v] for v in DEBIAN_SRC_VALUES]
+    runs += [["series", "import", "--debian-src", "qemu", "--tree", t] for t in ("linux", "../x", MARKUP, "a.lock")]
+    runs += [["series", "import", "x", "--debian-src", "qemu"], ["series", "import", "--debian-src", "qemu",
+                                                                  "--base", "main"]]
+    for args in runs:
+        res = _run(["-w", str(ws), *args])
+        why = _verdict(args, res) or (None if res.exit_code == 2 else f"exit {res.exit_code}: {res.output[:200]}")
+        if why:
+            bad.append(f"kpt {' '.join(args)[:80]!r}: {why}")
+    assert not bad, "\n".join(bad)
+    assert (ws / "kpt.toml").read_bytes() == before and not (ws / "patches/debian-qemu").exists()

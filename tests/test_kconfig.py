@@ -562,7 +562,8 @@ def test_every_fragment_the_kernel_ships_is_evaluated_like_kbuild(request, tree,
     """Each kernel/configs and arch/x86/configs fragment over the base: never a
     crash; every value that does not take is explained; the .config is what
     merge_config.sh -m + `make olddefconfig` makes of the same inputs.
-    (Measured by hand on both trees: 12 fragments each, 48 evaluations, all equal.)"""
+    (Run by pytest on 2026-12-03: 12 fragments per tree, 48 evaluations, all equal
+    to kbuild's; 9 min on 2 shared cores.)"""
     src = request.getfixturevalue(tree)
     frags = _kernel_fragments(src)
     assert len(frags) >= 10

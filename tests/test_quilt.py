@@ -179,3 +179,48 @@ def test_export_quilt_refuses_a_folder_of_other_files(series_ws, demo_series, tm
     r = kpt(series_ws, "export", "demo", "--quilt", str(tmp_path / "busy"))
     assert r.exit_code == 2 and "no quilt order file" in r.output
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_binary_files_differ_note_is_dropped_with_its_git_header():
+    """diff's note on a binary file it left out changes nothing (GNU patch skips it)."""
+    text = (b"--- a/README\n+++ b/README\n@@ -1 +1 @@\n-a\n+b\n"
+            b"diff --git a/x.bin b/x.bin\nindex 1111111..2222222 100644\n"
+            b"Binary files a/x.bin and b/x.bin differ\n"
+            b"diff --git a/y b/y\n--- a/y\n+++ b/y\n@@ -1 +1 @@\n-c\n+d\n")
+    out = quilt.normalise_diff("p", text, 1, 1)
+    assert b"x.bin" not in out and b"Binary" not in out
+    assert out.count(b"@@ -1 +1 @@") == 2 and b"diff --git a/y b/y" in out
+
+
+def test_rename_lines_of_a_spliced_submodule_diff_take_the_sections_names():
+    """QEMU's stable diffs name a renamed file relative to the submodule it came from."""
+    text = (b"diff --git a/sub/dir/old.yml b/sub/dir/new.yml\nsimilarity index 82%\n"
+            b"rename from dir/old.yml\nrename to dir/new.yml\nindex 1..2 100644\n"
+            b"--- a/sub/dir/old.yml\n+++ b/sub/dir/new.yml\n@@ -1 +1 @@\n-a\n+b\n"
+            b"diff --git a/p b/q\nsimilarity index 100%\nrename from x/p\nrename to x/q\n")
+    out = quilt.normalise_diff("p", text, 1, 1).split(b"\n")
+    assert b"rename from sub/dir/old.yml" in out and b"rename to sub/dir/new.yml" in out
+    assert b"rename from p" in out and b"rename to q" in out
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("Lee, Chun-Yi <joeyli.kernel@gmail.com>", ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")),
+    ('"Lee, Chun-Yi" <joeyli.kernel@gmail.com>', ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")),
+    ('"A \\"B\\" C" <a@example.org>', ('A "B" C', "a@example.org")),
+    ("Ada <ada@example.org>, Bob <bob@example.org>", ("Ada", "ada@example.org")),
+    ("Debian Kernel Team", ("Debian Kernel Team", "")),
+])
+def test_author_with_a_comma_is_one_person(value, expected):
+    """Debian's linux series has `From: "Lee, Chun-Yi" <...>`; DEP-3 writes it unquoted."""
+    assert quilt._person(value) == expected
+
+
+def test_export_quilt_quotes_an_author_with_a_comma_and_import_reads_it_back(tmp_path):
+    data = (b"From: \"Lee, Chun-Yi\" <joeyli.kernel@gmail.com>\nSubject: [PATCH] MODSIGN: x\n\nbody\n---\n"
+            b"diff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n")
+    (tmp_path / "0001-x.patch").write_bytes(data)
+    quilt.export_quilt([tmp_path / "0001-x.patch"], tmp_path / "q")
+    text = (tmp_path / "q/0001-x.patch").read_text()
+    assert 'Author: "Lee, Chun-Yi" <joeyli.kernel@gmail.com>' in text
+    q = quilt.parse_patch_text("x", text.encode())
+    assert (q.author, q.email) == ("Lee, Chun-Yi", "joeyli.kernel@gmail.com")
