@@ -77,6 +77,10 @@ class NestedImages:
         return {"dom0-rootfs": self.dom0_initrd, "domU-initramfs": self.domu_initrd}
 
 
+# The domU's vif is plugged into the bridge by this script (templates/vif-hotplug.sh.j2),
+# not Debian's vif-bridge: see the template for why.
+VIF_SCRIPT = "/etc/xen/scripts/kpt-vif"
+
 # The series' own QEMU (a device model for the domU) lives here in dom0, with the
 # libraries it needs that dom0's Debian root filesystem lacks.
 DM_DIR = "/opt/kpt/qemu"
@@ -138,7 +142,7 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
 def render_domu_cfg(ws: Workspace, settings: dict) -> str:
     return _env(ws).get_template("domU.cfg.j2").render(
         **{"extra": "", **settings}, name=DOMU, kernel="/boot/kpt/bzImage", ramdisk="/boot/kpt/domU.cpio.gz",
-        mac="00:16:3e:00:00:02")
+        mac="00:16:3e:00:00:02", vif_script=VIF_SCRIPT)
 
 
 # With a device model of the series' own, dom0 starts it for the paused domU
@@ -200,13 +204,14 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"]).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings).encode(),
+        VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
         "/boot/kpt/bzImage": build.bzimage,
         "/boot/kpt/domU.cpio.gz": domu,
     }
     if device_model:
         files.update(device_model_files(device_model))
     dom0 = rootfs.pack(ws, base, modules_dir=build.modules_dir, files=files,
-                       executables=("/sbin/kpt-dom0-init", DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
+                       executables=("/sbin/kpt-dom0-init", VIF_SCRIPT, DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
                        progress=progress)
     return NestedImages(dom0, domu, build.bzimage)
 

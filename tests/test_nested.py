@@ -69,8 +69,39 @@ def test_domu_config_takes_the_series_settings(project_ws, tmp_path):
     cfg = nested.render_domu_cfg(project_ws, {"memory": 300, "vcpus": 2, "vif_options": "rate=10Mb/s",
                                              "extra_config": ['cpu_weight = 512']})
     assert "memory = 300" in cfg and "vcpus = 2" in cfg
-    assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,rate=10Mb/s' ]" in cfg
+    assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,script=/etc/xen/scripts/kpt-vif,rate=10Mb/s' ]" in cfg
     assert "cpu_weight = 512" in cfg
+
+
+@pytest.mark.parametrize("vif_env, dev", [({"vif": "vif7.0"}, "vif7.0"), ({}, "vif3.1")])
+def test_vif_hotplug_script_joins_the_bridge_and_reports_connected(tmp_path, vif_env, dev):
+    """The script dom0's libxl runs for the domU's vif (templates/vif-hotplug.sh.j2), with
+    xenstore-read, xenstore-write and ip faked on PATH: there is no xenstore here, and a real
+    `ip link set` would change the host. Without $vif it names the device from XENBUS_PATH."""
+    import os
+
+    from kpatch_tool import templating
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    calls = tmp_path / "calls"
+    for tool, out in (("xenstore-read", "xenbr0"), ("xenstore-write", ""), ("ip", "")):
+        (bin_ / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\n[ -n "{out}" ] && echo {out}\nexit 0\n')
+        (bin_ / tool).chmod(0o755)
+    script = tmp_path / "kpt-vif"
+    script.write_text(templating.env().get_template("vif-hotplug.sh.j2").render() + "\n")
+    path = "/local/domain/0/backend/vif/3/1"
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "XENBUS_PATH": path, **vif_env}
+    for action in ("online", "offline"):
+        res = subprocess.run(["sh", str(script), action, "type_if=vif"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines() == [
+        f"xenstore-read {path}/bridge",
+        f"ip link set dev {dev} address fe:ff:ff:ff:ff:ff master xenbr0 up",
+        f"xenstore-write {path}/hotplug-status connected"]  # and "offline" runs nothing
+    (bin_ / "ip").write_text("#!/bin/sh\nexit 2\n")
+    res = subprocess.run(["sh", str(script), "online"], env=env, capture_output=True)
+    assert res.returncode == 1, "a vif that cannot join the bridge fails the hotplug (and xl create says so)"
 
 
 def test_domu_settings_are_read_from_series_toml(tmp_ws):
