@@ -78,8 +78,6 @@ def test_vif_hotplug_script_joins_the_bridge_and_reports_connected(tmp_path, vif
     """The script dom0's libxl runs for the domU's vif (templates/vif-hotplug.sh.j2), with
     xenstore-read, xenstore-write and ip faked on PATH: there is no xenstore here, and a real
     `ip link set` would change the host. Without $vif it names the device from XENBUS_PATH."""
-    import os
-
     from kpatch_tool import templating
 
     bin_ = tmp_path / "bin"
