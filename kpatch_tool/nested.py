@@ -10,6 +10,7 @@ and one results file cover all three places.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -139,9 +140,9 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
     return out
 
 
-def render_domu_cfg(ws: Workspace, settings: dict) -> str:
+def render_domu_cfg(ws: Workspace, settings: dict, kernel: str = "/boot/kpt/bzImage") -> str:
     return _env(ws).get_template("domU.cfg.j2").render(
-        **{"extra": "", **settings}, name=DOMU, kernel="/boot/kpt/bzImage", ramdisk="/boot/kpt/domU.cpio.gz",
+        **{"extra": "", **settings}, name=DOMU, kernel=kernel, ramdisk="/boot/kpt/domU.cpio.gz",
         mac="00:16:3e:00:00:02", vif_script=VIF_SCRIPT)
 
 
@@ -187,6 +188,29 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT)
 
 
+def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
+    """The domU's kernel as (path in dom0, host file): the build's vmlinux, stripped, where it has one.
+
+    xl loads a bzImage by decompressing its payload in dom0's userspace (liblzma for the
+    xz a tinyconfig-based kernel carries), under TCG: seconds of the xl-create phase.
+    An ELF vmlinux is only copied; stripped it is 16 MiB, which the plain cpio costs little.
+    A build without vmlinux (a stand-in in tests) gives its bzImage."""
+    build_dir = getattr(build, "build_dir", None)
+    vmlinux = Path(build_dir) / "vmlinux" if build_dir else None
+    if vmlinux is None or not vmlinux.is_file():
+        return "/boot/kpt/bzImage", Path(build.bzimage)
+    digest = rootfs._hash_inputs([vmlinux])
+    out = ws.cache_dir / "images" / f"domU-vmlinux-{digest}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(out.name + f".part{os.getpid()}")
+        res = proc.run(["objcopy", "--strip-all", vmlinux, part], timeout=300)
+        if not res.ok:
+            raise KptError(f"objcopy --strip-all {vmlinux} failed: {res.stderr.strip()[-300:]}")
+        os.replace(part, out)
+    return "/boot/kpt/vmlinux", out
+
+
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
            device_model: Path | None = None, series: list[str]) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
@@ -200,12 +224,13 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     base = rootfs.base(ws, progress=progress)
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
-    files = {
+    kernel_path, kernel_file = domu_kernel(ws, build)
+    files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"]).encode(),
-        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings).encode(),
+        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
-        "/boot/kpt/bzImage": build.bzimage,
+        kernel_path: kernel_file,
         "/boot/kpt/domU.cpio.gz": domu,
     }
     if device_model:

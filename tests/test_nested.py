@@ -102,6 +102,29 @@ def test_vif_hotplug_script_joins_the_bridge_and_reports_connected(tmp_path, vif
     assert res.returncode == 1, "a vif that cannot join the bridge fails the hotplug (and xl create says so)"
 
 
+def test_domu_kernel_is_the_builds_vmlinux_stripped_or_else_its_bzimage(tmp_ws, tmp_path):
+    """xl copies an ELF where it would decompress a bzImage's payload under TCG. Any ELF does
+    for objcopy: a program compiled with symbols and debug info stands in for vmlinux."""
+    from types import SimpleNamespace
+
+    ws = tmp_ws()
+    build_dir = tmp_path / "build"
+    (build_dir / "arch/x86/boot").mkdir(parents=True)
+    (build_dir / "arch/x86/boot/bzImage").write_bytes(b"bz")
+    build = SimpleNamespace(build_dir=build_dir, bzimage=build_dir / "arch/x86/boot/bzImage")
+    assert nested.domu_kernel(ws, build) == ("/boot/kpt/bzImage", build.bzimage)
+    subprocess.run(["gcc", "-g", "-x", "c", "-", "-o", build_dir / "vmlinux"], input=b"int main(void){return 0;}\n",
+                   check=True)
+    path, host = nested.domu_kernel(ws, build)
+    assert path == "/boot/kpt/vmlinux" and host.parent == ws.cache_dir / "images"
+    nm = subprocess.run(["nm", host], capture_output=True, text=True)
+    sections = subprocess.run(["readelf", "-S", host], capture_output=True, text=True).stdout
+    assert host.read_bytes()[:4] == b"\x7fELF" and "no symbols" in nm.stderr and ".debug_info" not in sections
+    assert nested.domu_kernel(ws, build) == (path, host)  # cached by the vmlinux's content
+    cfg = nested.render_domu_cfg(ws, {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": []}, path)
+    assert 'kernel = "/boot/kpt/vmlinux"' in cfg
+
+
 def test_domu_settings_are_read_from_series_toml(tmp_ws):
     ws = tmp_ws()
     (ws.patches_dir / "s").mkdir(parents=True)
