@@ -138,7 +138,7 @@ def test_domu_kernel_arguments_come_from_the_series_and_are_checked(project_ws, 
     (ws.patches_dir / "s").mkdir(parents=True)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "iommu=soft"\n')
     s = nested.domu_settings(ws, ["s"])
-    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
+    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "a\\" b"\n')
     with pytest.raises(UsageError, match=r"domU\.extra"):
         nested.domu_settings(ws, ["s"])
@@ -234,4 +234,4 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
     res = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/xen/kpt-domU.cfg"],
                          input=imgs.dom0_initrd.read_bytes(), capture_output=True)
     cfg = res.stdout.decode()
-    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
+    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
