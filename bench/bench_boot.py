@@ -154,9 +154,12 @@ def bench_nested(runs: int, ref: str) -> int:
                 for i in range(runs):  # alternate: both see the same load
                     new_runs.append(kpt_ci(ROOT, args, tmp / "out-new"))
                     old_runs.append(kpt_ci(old, args, tmp / "out-old"))
-                    print(f"  {case} #{i + 1}: boot {new_runs[-1]['boot']:.1f}s (exit {new_runs[-1]['exit']}), "
-                          f"unoptimised {old_runs[-1]['boot']:.1f}s (exit {old_runs[-1]['exit']}); load {load()}")
+                    print(f"  {case} #{i + 1}: boot {secs(new_runs[-1]['boot'])} (exit {new_runs[-1]['exit']}), "
+                          f"unoptimised {secs(old_runs[-1]['boot'])} (exit {old_runs[-1]['exit']}); load {load()}")
                 failed += sum(r["exit"] != 0 for r in new_runs + old_runs)
+                if any(r["boot"] is None for r in new_runs + old_runs):
+                    print(f"{case}: a run stopped before its boot (see above); no ratio\n")
+                    continue
                 print_phases(case, new_runs)
                 nb = statistics.median(r["boot"] for r in new_runs)
                 ob = statistics.median(r["boot"] for r in old_runs)
@@ -168,6 +171,10 @@ def bench_nested(runs: int, ref: str) -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
     print(f"load after: {load()}")
     return 1 if failed else 0
+
+
+def secs(x: float | None) -> str:
+    return "no boot" if x is None else f"{x:.1f}s"
 
 
 def print_phases(case: str, runs: list[dict]) -> None:
