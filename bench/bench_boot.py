@@ -12,6 +12,15 @@ Prints both times and the ratio (target: kpt ≤ 1.5x virtme-ng).
 
 Usage: bench/bench_boot.py [--kernel-build DIR] [--runs N] [--vng PATH] [--vng-build DIR]
 Note: vng writes .virtme_mods/ into the build folder it runs.
+
+Nested (xen+domU) boots, phase by phase, against the unoptimised code:
+    bench/bench_boot.py --nested [--runs N] [--baseline REF]
+runs the base kernel's `kpt ci --base-only --mode xen+domU` and the default `kpt ci`
+(--rerun-boot: the kernels and images are cached, the boot is not), N times each, with
+this checkout's code and with REF's (default 21c924a, before the phases and the speed-ups;
+a temporary git worktree), alternating the two so that both see the same load. Prints the
+phase table (medians) of each, the boot stage and whole-run times, the ratio, and the
+load average (`uptime`) before and after: the machine is shared.
 """
 
 from __future__ import annotations
@@ -91,13 +100,105 @@ def fmt(xs: list[float]) -> str:
     return f"median {statistics.median(xs):.2f}s (min {min(xs):.2f}, max {max(xs):.2f}, n={len(xs)})"
 
 
+BASELINE = "21c924a"  # main before issue 24: gzip dom0 rootfs, no phases
+NESTED_CASES = {"base xen+domU": ["--base-only", "--mode", "xen+domU"], "default kpt ci": []}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def kpt_ci(code: Path, args: list[str], out: Path) -> dict:
+    """One `kpt ci ... --rerun-boot` with the code in `code`; its boot stage, wall time and phases."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(code), KPT_OUT=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "kpatch_tool.cli", "ci", *args, "--rerun-boot"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=3600)
+    wall = time.monotonic() - t0
+    run = next(iter(set(out.iterdir()) - before - {out / ".kpt-ci.lock"}), None)
+    if run is None or not (run / "manifest.json").is_file():
+        raise SystemExit(f"kpt ci {' '.join(args)} ({code}) left no run folder: {res.stderr[-500:]}")
+    m = json.loads((run / "manifest.json").read_text())
+    boot = next((s for s in m["stages"] if s["name"] == "boot"), None)
+    phases = json.loads((run / "results.json").read_text()).get("phases", []) if (run / "results.json").is_file() else []
+    return {"exit": res.returncode, "wall": wall, "boot": boot["end"] - boot["start"] if boot else None,
+            "phases": phases, "run": run}
+
+
+def baseline_checkout(ref: str, tmp: Path) -> Path:
+    import subprocess
+
+    dest = tmp / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(dest), ref], check=True,
+                   capture_output=True)
+    return dest
+
+
+def bench_nested(runs: int, ref: str) -> int:
+    import subprocess
+
+    print(f"load before: {load()}")
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="kpt-bench-nested-") as t:
+        tmp = Path(t)
+        old = baseline_checkout(ref, tmp)
+        try:
+            for case, args in NESTED_CASES.items():
+                new_runs, old_runs = [], []
+                for i in range(runs):  # alternate: both see the same load
+                    new_runs.append(kpt_ci(ROOT, args, tmp / "out-new"))
+                    old_runs.append(kpt_ci(old, args, tmp / "out-old"))
+                    print(f"  {case} #{i + 1}: boot {secs(new_runs[-1]['boot'])} (exit {new_runs[-1]['exit']}), "
+                          f"unoptimised {secs(old_runs[-1]['boot'])} (exit {old_runs[-1]['exit']}); load {load()}")
+                failed += sum(r["exit"] != 0 for r in new_runs + old_runs)
+                if any(r["boot"] is None for r in new_runs + old_runs):
+                    print(f"{case}: a run stopped before its boot (see above); no ratio\n")
+                    continue
+                print_phases(case, new_runs)
+                nb = statistics.median(r["boot"] for r in new_runs)
+                ob = statistics.median(r["boot"] for r in old_runs)
+                nw = statistics.median(r["wall"] for r in new_runs)
+                ow = statistics.median(r["wall"] for r in old_runs)
+                print(f"{case}: boot stage {nb:.1f}s vs unoptimised {ob:.1f}s ({nb / ob:.2f}x); "
+                      f"whole kpt ci {nw:.1f}s vs {ow:.1f}s ({nw / ow:.2f}x)\n")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    print(f"load after: {load()}")
+    return 1 if failed else 0
+
+
+def secs(x: float | None) -> str:
+    return "no boot" if x is None else f"{x:.1f}s"
+
+
+def print_phases(case: str, runs: list[dict]) -> None:
+    names: list[str] = []
+    for r in runs:
+        names += [p["name"] for p in r["phases"] if p["name"] not in names]
+    print(f"{case}: phases (median of {len(runs)}; seconds the phase took, and when it ended)")
+    for name in names:
+        took = [p["seconds"] for r in runs for p in r["phases"] if p["name"] == name]
+        end = [p["end"] for r in runs for p in r["phases"] if p["name"] == name]
+        print(f"  {name:18} {statistics.median(took):6.1f}s   ends at {statistics.median(end):6.1f}s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nested", action="store_true", help="xen+domU boots, phase by phase, against --baseline")
+    ap.add_argument("--baseline", default=BASELINE, help="git ref of the unoptimised code (default: %(default)s)")
     ap.add_argument("--kernel-build", type=Path, default=Path(DEFAULT_BUILD) if DEFAULT_BUILD else None)
     ap.add_argument("--vng-build", type=Path, default=None, help="build folder for vng (default: the same)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vng", default=shutil.which("vng"), help="virtme-ng's vng (default: the one on PATH)")
     args = ap.parse_args()
+    if args.nested:
+        return bench_nested(args.runs, args.baseline)
     ws = wsmod.load()
     if args.kernel_build is None:
         from kpatch_tool import pipeline

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpatch_tool import ktap, qemu, results
+from kpatch_tool import ktap, phases, qemu, results
 from kpatch_tool.errors import BootError, SmokeFailed, UsageError
 from kpatch_tool.workspace import Workspace
 
@@ -38,6 +38,7 @@ class BootResult:
     argv: list[str] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)  # the last 30 console lines
     outcome: qemu.RunOutcome | None = None
+    phases: list[dict] = field(default_factory=list)  # phases.Phase as dicts, in the order they ended
 
     @property
     def ok(self) -> bool:
@@ -62,23 +63,25 @@ class BootResult:
         return out
 
 
-def _verdict(out: qemu.RunOutcome, k: ktap.KtapResult, timeout: float) -> tuple[str, str]:
+def _verdict(out: qemu.RunOutcome, k: ktap.KtapResult, timeout: float, where: str = "") -> tuple[str, str]:
     last = next((line.strip() for line in reversed(out.tail) if line.strip() and not line.startswith("# exit")), "")
     if out.panic:
         # The panic is often only the end of it (init killed by an oops): name the cause.
         cause = f" (after: {'; '.join(out.oopses[:2])})" if out.oopses else ""
-        return "panic", out.panic + cause
+        return "panic", f"{out.panic}{cause} ({where.replace('stopped', 'panicked')})" if where else out.panic + cause
     if out.timed_out and not out.ktap_done:
         if out.plan_seen:
             got = sum(len(d.tests) for d in k.documents if not d.from_kernel)
             plan = sum(d.plan or 0 for d in k.documents if not d.from_kernel)
-            return "timeout", f"no verdict after {timeout:.0f}s ({got} of {plan} KTAP results)"
-        return "timeout", f"no KTAP plan after {timeout:.0f}s (last line: {last[:120]})"
+            return "timeout", f"no verdict after {timeout:.0f}s ({got} of {plan} KTAP results; {where})"
+        return "timeout", f"no KTAP plan after {timeout:.0f}s ({where}; last line: {last[:120]})"
     if not k.plan_seen:
-        return "no-ktap", f"QEMU exited {out.returncode} and no KTAP plan was seen (last line: {last[:160]})"
+        return "no-ktap", (f"QEMU exited {out.returncode} and no KTAP plan was seen ({where}; "
+                           f"last line: {last[:160]})")
     if not k.complete:
         missing = [f"{d.plan - len(d.tests)} of {d.plan}" for d in k.documents if d.plan and not d.complete]
-        return "no-ktap", f"KTAP incomplete: {', '.join(missing) or 'no plan'} results missing (QEMU exited {out.returncode})"
+        return "no-ktap", (f"KTAP incomplete: {', '.join(missing) or 'no plan'} results missing "
+                           f"(QEMU exited {out.returncode}; {where})")
     if out.oopses:
         return "oops", out.oopses[0]
     failed = k.failed
@@ -116,23 +119,28 @@ def boot(ws: Workspace, *, mode: str, kernel: Path, initrd: Path, run_dir: Path,
     log = run_dir / CONSOLE_LOG
     log.write_text("")  # one boot per log: a rerun into the same folder starts afresh
     lines: list[str] = []
+    # xen+domU boots in xen mode; its results (and phases) are named for what ran.
+    shown = report_mode or mode
+    tracker = phases.Tracker(shown)
+    start = time.monotonic()
 
     def collect(line: str):
         lines.append(line)
+        tracker.feed(line, time.monotonic() - start)
         if on_line:
             on_line(line)
 
-    start = time.monotonic()
     out = qemu.run(argv, log=log, timeout=timeout, marker=marker, on_line=collect)
     duration = time.monotonic() - start
+    where = tracker.where()
+    tracker.finish(duration)
     k = ktap.parse("\n".join(lines))
-    verdict, message = _verdict(out, k, timeout)
-    # xen+domU boots in xen mode; its results are named for what ran.
-    shown = report_mode or mode
+    verdict, message = _verdict(out, k, timeout, where)
     cases = results.cases_from_ktap(k, shown)
-    res = BootResult(verdict, shown, message, log, duration, k, cases, run_dir, argv, out.tail, out)
+    res = BootResult(verdict, shown, message, log, duration, k, cases, run_dir, argv, out.tail, out,
+                     tracker.to_list())
     rr = results.RunResults(mode=shown, verdict=verdict, message=message, duration=round(duration, 3),
-                            console_log=str(log), cases=cases, ktap_errors=k.errors,
+                            console_log=str(log), cases=cases, ktap_errors=k.errors, phases=res.phases,
                             extra={"qemu": shlex.join(argv), "accel": "kvm" if "kvm" in argv else "tcg",
                                    "ktap_done_after": out.done_after, "qemu_returncode": out.returncode,
                                    "stopped_by_runner": out.stopped, "oopses": out.oopses[:20],

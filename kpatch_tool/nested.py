@@ -10,6 +10,7 @@ and one results file cover all three places.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -77,6 +78,10 @@ class NestedImages:
         return {"dom0-rootfs": self.dom0_initrd, "domU-initramfs": self.domu_initrd}
 
 
+# The domU's vif is plugged into the bridge by this script (templates/vif-hotplug.sh.j2),
+# not Debian's vif-bridge: see the template for why.
+VIF_SCRIPT = "/etc/xen/scripts/kpt-vif"
+
 # The series' own QEMU (a device model for the domU) lives here in dom0, with the
 # libraries it needs that dom0's Debian root filesystem lacks.
 DM_DIR = "/opt/kpt/qemu"
@@ -135,10 +140,18 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
     return out
 
 
-def render_domu_cfg(ws: Workspace, settings: dict) -> str:
+# Added to the domU kernel's command line, before a series' [domU] extra. No BSD ptys:
+# registering the 256 legacy pairs (CONFIG_LEGACY_PTYS, in the dom0 profile) took the
+# domU's pty_init 22 s of its boot under TCG (initcall_debug, load 7); nothing here opens
+# /dev/ptyXX (xenconsoled and everything else use /dev/ptmx).
+DOMU_APPEND = "pty.legacy_count=0"
+
+
+def render_domu_cfg(ws: Workspace, settings: dict, kernel: str = "/boot/kpt/bzImage") -> str:
+    extra = " ".join(filter(None, [DOMU_APPEND, settings.get("extra", "")]))
     return _env(ws).get_template("domU.cfg.j2").render(
-        **{"extra": "", **settings}, name=DOMU, kernel="/boot/kpt/bzImage", ramdisk="/boot/kpt/domU.cpio.gz",
-        mac="00:16:3e:00:00:02")
+        **{**settings, "extra": extra}, name=DOMU, kernel=kernel, ramdisk="/boot/kpt/domU.cpio.gz",
+        mac="00:16:3e:00:00:02", vif_script=VIF_SCRIPT)
 
 
 # With a device model of the series' own, dom0 starts it for the paused domU
@@ -183,6 +196,29 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT)
 
 
+def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
+    """The domU's kernel as (path in dom0, host file): the build's vmlinux, stripped, where it has one.
+
+    xl loads a bzImage by decompressing its payload in dom0's userspace (liblzma for the
+    xz a tinyconfig-based kernel carries), under TCG: seconds of the xl-create phase.
+    An ELF vmlinux is only copied; stripped it is 16 MiB, which the plain cpio costs little.
+    A build without vmlinux (a stand-in in tests) gives its bzImage."""
+    build_dir = getattr(build, "build_dir", None)
+    vmlinux = Path(build_dir) / "vmlinux" if build_dir else None
+    if vmlinux is None or not vmlinux.is_file():
+        return "/boot/kpt/bzImage", Path(build.bzimage)
+    digest = rootfs._hash_inputs([vmlinux])
+    out = ws.cache_dir / "images" / f"domU-vmlinux-{digest}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(out.name + f".part{os.getpid()}")
+        res = proc.run(["objcopy", "--strip-all", vmlinux, part], timeout=300)
+        if not res.ok:
+            raise KptError(f"objcopy --strip-all {vmlinux} failed: {res.stderr.strip()[-300:]}")
+        os.replace(part, out)
+    return "/boot/kpt/vmlinux", out
+
+
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
            device_model: Path | None = None, series: list[str]) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
@@ -196,17 +232,19 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     base = rootfs.base(ws, progress=progress)
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
-    files = {
+    kernel_path, kernel_file = domu_kernel(ws, build)
+    files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"]).encode(),
-        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings).encode(),
-        "/boot/kpt/bzImage": build.bzimage,
+        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path).encode(),
+        VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
+        kernel_path: kernel_file,
         "/boot/kpt/domU.cpio.gz": domu,
     }
     if device_model:
         files.update(device_model_files(device_model))
     dom0 = rootfs.pack(ws, base, modules_dir=build.modules_dir, files=files,
-                       executables=("/sbin/kpt-dom0-init", DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
+                       executables=("/sbin/kpt-dom0-init", VIF_SCRIPT, DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
                        progress=progress)
     return NestedImages(dom0, domu, build.bzimage)
 

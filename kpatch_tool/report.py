@@ -14,6 +14,7 @@ from pathlib import Path
 
 import markupsafe
 
+from kpatch_tool import phases as phasesmod
 from kpatch_tool import results, runfolder, templating
 from kpatch_tool.errors import UsageError
 from kpatch_tool.runfolder import MANIFEST, STAGES
@@ -124,8 +125,55 @@ def _recent_runs(run_dir: Path, manifest: dict, limit: int = 10) -> list[dict]:
             st = data["stages"]
             same.append({"run_id": data["run_id"], "exit_code": data.get("exit_code"),
                          "seconds": round(max(s["end"] for s in st) - min(s["start"] for s in st), 1),
-                         "config": d / ".config"})
+                         "config": d / ".config", "phases": _boot_phases(data)})
     return same[-limit:]
+
+
+def _boot_phases(manifest: dict) -> list[dict]:
+    """The boot's phases from a manifest; none when it has none or they are malformed."""
+    boot = (manifest.get("outputs") or {}).get("boot") or {}
+    try:
+        return phasesmod.check_list(boot.get("phases", []), "manifest")
+    except TypeError:
+        return []
+
+
+def phase_rows(ours: list[dict], previous: list[dict]) -> list[dict]:
+    """One row per phase of this boot: when it ended, how long it took, and the previous run's figure."""
+    before = {p["name"]: p for p in previous}
+    rows = []
+    for p in ours:
+        prev = before.get(p["name"])
+        rows.append({"name": p["name"], "end": p["end"], "seconds": p["seconds"],
+                     "previous": prev["seconds"] if prev else None, "previous_end": prev["end"] if prev else None,
+                     "change": round(p["seconds"] - prev["seconds"], 1) if prev else None})
+    return rows
+
+
+def _phases_svg(rows: list[dict], prev_total: float, width: int = 720) -> str:
+    """Each phase a bar from the end of the one before to its own end (like the stages), and
+    under it, thin and grey, the same phase of the previous run, on one scale."""
+    if not rows:
+        return ""
+    total = max(max(r["end"] for r in rows), prev_total, 0.001)
+    scale = (width - 250) / total
+    out, start = [], 0.0
+    for i, r in enumerate(rows):
+        y = 8 + i * 26
+        x, w = 130 + start * scale, max(2.0, r["seconds"] * scale)
+        name = html.escape(r["name"])
+        label = f'{r["seconds"]:.1f}s' + (f' (was {r["previous"]:.1f}s)' if r["previous"] is not None else "")
+        out.append(f'<text x="4" y="{y + 12}" font-size="12">{name}</text>'
+                   f'<rect class="phase" x="{x:.1f}" y="{y}" width="{w:.1f}" height="14" fill="#6a1b9a">'
+                   f'<title>{name}: {r["seconds"]:.1f}s, ended at {r["end"]:.1f}s</title></rect>'
+                   f'<text x="{min(x + w + 4, width - 110):.1f}" y="{y + 12}" font-size="11">{html.escape(label)}</text>')
+        if r["previous"] is not None:
+            prev_start = r["previous_end"] - r["previous"]
+            out.append(f'<rect class="previous" x="{130 + prev_start * scale:.1f}" y="{y + 16}" '
+                       f'width="{max(2.0, r["previous"] * scale):.1f}" height="5" fill="#9e9e9e"/>')
+        start = r["end"]
+    h = 16 + len(rows) * 26
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">{"".join(out)}</svg>'
 
 
 def _config_diff(run_dir: Path, recent: list[dict]) -> list[str]:
@@ -149,6 +197,14 @@ def render_html(run_dir: Path, manifest: dict, rr: results.RunResults | None = N
     env = templating.env(lenient=True)
     logs = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.log"))
     max_recent = max([r["seconds"] for r in recent] + [0.001])
+    ours = rr.phases or _boot_phases(manifest)
+    # Run ids start with their time: the previous run is the newest one before this one.
+    earlier = [r for r in recent if r["run_id"] < manifest["run_id"] and r["phases"]]
+    previous = earlier[-1] if earlier else None
+    rows = phase_rows(ours, previous["phases"] if previous else [])
+    prev_total = max([p["end"] for p in previous["phases"]] if previous else [0.0])
     return env.get_template("report.html.j2").render(
         m=manifest, rr=rr, counts=rr.counts(), timeline=markupsafe.Markup(_timeline_svg(manifest.get("stages", []))),
-        recent=recent, max_recent=max_recent, logs=[str(p) for p in logs], config_diff=cfg_diff)
+        recent=recent, max_recent=max_recent, logs=[str(p) for p in logs], config_diff=cfg_diff,
+        phase_rows=rows, phase_previous=previous["run_id"] if previous else None,
+        phase_timeline=markupsafe.Markup(_phases_svg(rows, prev_total)))

@@ -39,6 +39,7 @@ class RunResults:
     cases: list[CaseResult] = field(default_factory=list)
     ktap_errors: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    phases: list[dict] = field(default_factory=list)  # boot phases (kpatch_tool/phases.py), in order
 
     def counts(self) -> dict[str, int]:
         c = {PASS: 0, FAIL: 0, SKIP: 0, TODO: 0}
@@ -118,6 +119,13 @@ def _from_dict(path: Path, data) -> RunResults:
                                                                    ("classname", "name", "status", "reason", "output")},
                                          required=("classname", "name", "status"))))
     top["ktap_errors"] = [str(x) for x in top.get("ktap_errors", [])]
+    if "phases" in data:
+        from kpatch_tool import phases
+
+        try:
+            top["phases"] = phases.check_list(data["phases"], str(path))
+        except TypeError as exc:
+            raise UsageError(str(exc)) from None
     return RunResults(cases=cases, **top)
 
 
@@ -195,6 +203,8 @@ def print_table(results: RunResults, console) -> None:
             st = style.get(c.status, "")
             table.add_row(Text(c.classname), Text(c.name), Text(c.status, style=st), Text(c.reason))
         console.print(table)
+    if results.phases:
+        console.print(Text("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in results.phases)))
     n = results.counts()
     vstyle = "green" if results.verdict == "pass" else "red"
     console.print(Text.assemble("verdict ", (results.verdict, vstyle),

@@ -213,7 +213,7 @@ def _reuse_boot(c: RunContext, cache: Path) -> tuple[str, str]:
         shutil.copyfile(f, c.run_dir / f.name)
     rr = results.load_json(c.run_dir / results.RESULTS_JSON)
     c.boot_verdict = rr.verdict
-    c.outputs["boot"] = {"verdict": rr.verdict, "reused_from": str(cache), "reused": True}
+    c.outputs["boot"] = {"verdict": rr.verdict, "reused_from": str(cache), "reused": True, "phases": rr.phases}
     if rr.verdict != "pass":
         raise_verdict(rr, c.run_dir)
     return "cached", (f"{rr.verdict}: {rr.message} (reused: same kernel, images, tools and mode as the "
@@ -259,7 +259,7 @@ def boot_stage(c: RunContext) -> tuple[str, str]:
                            timeout=c.timeout, on_line=on_line, extra_qemu_args=c.qemu_args)
     c.boot_verdict = res.verdict
     c.outputs["boot"] = {"verdict": res.verdict, "message": res.message, "seconds": round(res.duration, 1),
-                         "console": str(res.console_log)}
+                         "console": str(res.console_log), "phases": res.phases}
     if res.verdict in ("pass", "fail"):
         # A verdict the checks reached is worth keeping; a hang or panic is rerun.
         _keep_boot(c, cache, res.console_log)

@@ -69,8 +69,60 @@ def test_domu_config_takes_the_series_settings(project_ws, tmp_path):
     cfg = nested.render_domu_cfg(project_ws, {"memory": 300, "vcpus": 2, "vif_options": "rate=10Mb/s",
                                              "extra_config": ['cpu_weight = 512']})
     assert "memory = 300" in cfg and "vcpus = 2" in cfg
-    assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,rate=10Mb/s' ]" in cfg
+    assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,script=/etc/xen/scripts/kpt-vif,rate=10Mb/s' ]" in cfg
     assert "cpu_weight = 512" in cfg
+
+
+@pytest.mark.parametrize("vif_env, dev", [({"vif": "vif7.0"}, "vif7.0"), ({}, "vif3.1")])
+def test_vif_hotplug_script_joins_the_bridge_and_reports_connected(tmp_path, vif_env, dev):
+    """The script dom0's libxl runs for the domU's vif (templates/vif-hotplug.sh.j2), with
+    xenstore-read, xenstore-write and ip faked on PATH: there is no xenstore here, and a real
+    `ip link set` would change the host. Without $vif it names the device from XENBUS_PATH."""
+    from kpatch_tool import templating
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    calls = tmp_path / "calls"
+    for tool, out in (("xenstore-read", "xenbr0"), ("xenstore-write", ""), ("ip", "")):
+        (bin_ / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\n[ -n "{out}" ] && echo {out}\nexit 0\n')
+        (bin_ / tool).chmod(0o755)
+    script = tmp_path / "kpt-vif"
+    script.write_text(templating.env().get_template("vif-hotplug.sh.j2").render() + "\n")
+    path = "/local/domain/0/backend/vif/3/1"
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "XENBUS_PATH": path, **vif_env}
+    for action in ("online", "offline"):
+        res = subprocess.run(["sh", str(script), action, "type_if=vif"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines() == [
+        f"xenstore-read {path}/bridge",
+        f"ip link set dev {dev} address fe:ff:ff:ff:ff:ff master xenbr0 up",
+        f"xenstore-write {path}/hotplug-status connected"]  # and "offline" runs nothing
+    (bin_ / "ip").write_text("#!/bin/sh\nexit 2\n")
+    res = subprocess.run(["sh", str(script), "online"], env=env, capture_output=True)
+    assert res.returncode == 1, "a vif that cannot join the bridge fails the hotplug (and xl create says so)"
+
+
+def test_domu_kernel_is_the_builds_vmlinux_stripped_or_else_its_bzimage(tmp_ws, tmp_path):
+    """xl copies an ELF where it would decompress a bzImage's payload under TCG. Any ELF does
+    for objcopy: a program compiled with symbols and debug info stands in for vmlinux."""
+    from types import SimpleNamespace
+
+    ws = tmp_ws()
+    build_dir = tmp_path / "build"
+    (build_dir / "arch/x86/boot").mkdir(parents=True)
+    (build_dir / "arch/x86/boot/bzImage").write_bytes(b"bz")
+    build = SimpleNamespace(build_dir=build_dir, bzimage=build_dir / "arch/x86/boot/bzImage")
+    assert nested.domu_kernel(ws, build) == ("/boot/kpt/bzImage", build.bzimage)
+    subprocess.run(["gcc", "-g", "-x", "c", "-", "-o", build_dir / "vmlinux"], input=b"int main(void){return 0;}\n",
+                   check=True)
+    path, host = nested.domu_kernel(ws, build)
+    assert path == "/boot/kpt/vmlinux" and host.parent == ws.cache_dir / "images"
+    nm = subprocess.run(["nm", host], capture_output=True, text=True)
+    sections = subprocess.run(["readelf", "-S", host], capture_output=True, text=True).stdout
+    assert host.read_bytes()[:4] == b"\x7fELF" and "no symbols" in nm.stderr and ".debug_info" not in sections
+    assert nested.domu_kernel(ws, build) == (path, host)  # cached by the vmlinux's content
+    cfg = nested.render_domu_cfg(ws, {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": []}, path)
+    assert 'kernel = "/boot/kpt/vmlinux"' in cfg
 
 
 def test_domu_settings_are_read_from_series_toml(tmp_ws):
@@ -86,7 +138,7 @@ def test_domu_kernel_arguments_come_from_the_series_and_are_checked(project_ws, 
     (ws.patches_dir / "s").mkdir(parents=True)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "iommu=soft"\n')
     s = nested.domu_settings(ws, ["s"])
-    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
+    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "a\\" b"\n')
     with pytest.raises(UsageError, match=r"domU\.extra"):
         nested.domu_settings(ws, ["s"])
@@ -171,7 +223,6 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
     must still reach the domU (they were dropped when the chain was guessed from the checks),
     on top of vring-dma-api-nogrant's memory and device model arguments. Real dom0 root
     filesystem; the kernel is a stand-in file, nothing boots."""
-    import gzip
     from types import SimpleNamespace
 
     from kpatch_tool import image, series as seriesmod
@@ -181,6 +232,6 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
     build = SimpleNamespace(kernel_release="6.12.0-kpt", bzimage=tmp_path / "bzImage", modules_dir=None)
     imgs = nested.images(project_ws, build=build, smoke=image.load_smoke(project_ws, chain), series=chain)
     res = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/xen/kpt-domU.cfg"],
-                         input=gzip.decompress(imgs.dom0_initrd.read_bytes()), capture_output=True)
+                         input=imgs.dom0_initrd.read_bytes(), capture_output=True)
     cfg = res.stdout.decode()
-    assert 'extra = "console=hvc0 panic=-1 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
+    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg

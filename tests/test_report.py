@@ -70,3 +70,71 @@ def test_report_renders_in_a_real_browser_with_the_red_verdict(tmp_ws, make_repo
     assert red > 200, f"no red verdict badge in the screenshot ({red} red pixels)"
     ink = sum(1 for row in rows[120:400] for i in range(0, len(row), bpp) if row[i] < 100)
     assert ink > 500, "the stage table and timeline should put text on the page"
+
+
+def _run_folder(out: Path, run_id: str, phase_seconds: list[float], with_results: bool = True) -> Path:
+    """A finished xen+domU run folder with boot phases, as pipeline and boot write it."""
+    import json
+
+    from kpatch_tool import results
+
+    names = ["firmware", "xen", "dom0-kernel", "initramfs", "toolstack", "power-off"]
+    phases, end = [], 0.0
+    for name, s in zip(names, phase_seconds):
+        end += s
+        phases.append({"name": name, "end": end, "seconds": s, "guest_clock": None, "line": ""})
+    d = out / run_id
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({
+        "run_id": run_id, "tool": {"version": "0"}, "host": {"node": "h", "cpus": 2}, "exit_code": 0,
+        "inputs": {"series": "s1", "mode": "xen+domU", "tree": "linux", "profile": "xen-dom0"},
+        "stages": [{"name": "boot", "status": "ok", "start": 0.0, "end": end, "note": ""}],
+        "outputs": {"boot": {"verdict": "pass", "phases": phases}}}))
+    if with_results:
+        results.write_json(d / results.RESULTS_JSON, results.RunResults(mode="xen+domU", verdict="pass",
+                                                                         duration=end, phases=phases))
+    return d
+
+
+def test_phase_rows_compare_each_phase_with_the_previous_run(tmp_path):
+    old = _run_folder(tmp_path, "20260101-000000-s1", [2, 20, 5, 6, 30, 2])
+    new = _run_folder(tmp_path, "20260101-000100-s1", [2, 10, 5, 1, 30, 2])
+    page = report.render_html(new, report.load_manifest(new))
+    assert f"<code>{old.name}</code>" in page
+    rows = report.phase_rows([{"name": "xen", "end": 12, "seconds": 10}], [{"name": "xen", "end": 22, "seconds": 20}])
+    assert rows == [{"name": "xen", "end": 12, "seconds": 10, "previous": 20, "previous_end": 22, "change": -10}]
+    assert "-10.0s" in page and "(was 20.0s)" in page
+    # The first run of a series has nothing to compare with: no grey bars, no "was".
+    first = report.render_html(old, report.load_manifest(old))
+    assert 'class="phase"' in first and 'class="previous"' not in first and "was" not in first
+
+
+def test_report_phase_timeline_renders_in_a_real_browser(tmp_path):
+    """The boot phases drawn as bars (purple) with the previous run's under them (grey), one
+    row per phase, each as long as its phase: the 20 s Xen phase is twice the 10 s one."""
+    _run_folder(tmp_path, "20260101-000000-s1", [2, 20, 5, 6, 30, 2])
+    new = _run_folder(tmp_path, "20260101-000100-s1", [2, 10, 5, 1, 30, 2])
+    report.write_all(new)
+    html = new / report.REPORT_HTML
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is a test prerequisite (kpatch_tool/data/packages.txt)"
+    shot = tmp_path / "phases.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,1400",
+                    f"--screenshot={shot}", html.as_uri() + "#phases"], check=True, capture_output=True, timeout=120)
+    width, bpp, rows = _png_pixels(shot, max_rows=1400)
+
+    def runs(rgb):  # per screen row: how many pixels have that colour
+        return [sum(1 for i in range(0, len(row), bpp)
+                    if all(abs(row[i + k] - rgb[k]) < 10 for k in range(3))) for row in rows]
+
+    purple, grey = runs((0x6A, 0x1B, 0x9A)), runs((0x9E, 0x9E, 0x9E))
+    bands: list[int] = []  # the width of each purple bar, top to bottom
+    for y, n in enumerate(purple):
+        if n and (y == 0 or not purple[y - 1]):
+            bands.append(n)
+    assert len(bands) == 6, f"one bar per phase, got {bands}"
+    xen, old_xen = bands[1], max(grey[y] for y in range(len(grey)))
+    assert abs(bands[4] / xen - 3.0) < 0.15, bands  # toolstack 30 s against xen 10 s
+    assert old_xen >= 1.9 * xen, "the previous run's 20 s Xen phase is drawn, grey, twice as long"
