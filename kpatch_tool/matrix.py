@@ -222,6 +222,7 @@ BUILD_FAILURES = (3, 4, 5)
 PIPELINE_VARIABLES = {
     "KPT": (".venv/bin/kpt", "how a job runs kpt"),
     "KPT_SETUP": ("./scripts/setup.sh", "what a job runs first to set up the runner"),
+    "KPT_CI_ARGS": ("", "extra `kpt ci` options for every job, e.g. --rerun-boot or --timeout 900"),
 }
 
 
@@ -234,7 +235,7 @@ def _job_name(cell: Cell) -> str:
 
 
 def _kpt(args: list[str]) -> str:
-    return "$KPT " + shlex.join(args)
+    return "$KPT " + shlex.join(args) + " $KPT_CI_ARGS"
 
 
 def build_groups(ws: Workspace, cells: list[Cell]) -> dict[str, tuple[list[str], list[Cell]]]:
