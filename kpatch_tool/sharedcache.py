@@ -107,9 +107,13 @@ def fetch(shared: Path, k: str, build_dir: Path) -> dict | None:
     try:
         with tarfile.open(src) as tar:
             members = [m for m in tar.getmembers() if m.name != "kpt-shared-stamp.json"]
+            if any(m.name.startswith("/") or ".." in Path(m.name).parts or m.islnk() for m in members):
+                return None  # not a tar kpt wrote: nothing lands outside build_dir
             stamp_member = tar.extractfile("kpt-shared-stamp.json")
             stamp = json.loads(stamp_member.read()) if stamp_member else None
-            tar.extractall(build_dir, members=members, filter="tar")
+            # Debian 12's Python 3.11.2 may predate extraction filters (3.11.4): checked above either way.
+            kw = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+            tar.extractall(build_dir, members=members, **kw)  # type: ignore[arg-type]
     except (OSError, tarfile.TarError, KeyError, ValueError):
         return None  # a torn or foreign file: build locally
     return stamp if isinstance(stamp, dict) else None

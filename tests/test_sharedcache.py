@@ -133,3 +133,19 @@ def test_ccache_remote_storage_feeds_a_runner_with_an_empty_local_cache(tmp_path
 
 def test_no_stats_log_is_no_stats(tmp_path):
     assert sharedcache.ccache_stats(tmp_path / "none") is None
+
+
+def test_a_shared_tar_reaching_outside_the_build_folder_is_not_unpacked(two_checkouts, tmp_path):
+    import io
+    import tarfile
+
+    a, b = two_checkouts
+    shared, calls = tmp_path / "shared", []
+    buildmod.cached_build(_backend(a, tmp_path / "r1", shared, calls))
+    (tar_path,) = (shared / "builds").glob("*.tar")
+    with tarfile.open(tar_path, "a") as tar:
+        info = tarfile.TarInfo("../evil")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    buildmod.cached_build(_backend(b, tmp_path / "r2" / "build", shared, calls))
+    assert len(calls) == 2 and not (tmp_path / "r2" / "evil").exists()
