@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -81,6 +82,9 @@ def _assert_runnable(cmd: str):
     """The command must be a `kpt ci` invocation click accepts; the parsed parameters."""
     argv = shlex.split(cmd)
     assert argv[0] in (".venv/bin/kpt", "$KPT") and argv[1] == "ci"
+    if argv[0] == "$KPT":
+        assert argv[-1] == "$KPT_CI_ARGS"  # empty unless the runner sets it
+        argv = argv[:-1]
     ctx = main.commands["ci"].make_context("ci", argv[2:])
     assert ctx.params["mode"] in ("guest", "xen", "xen+domU")
     # What the fleet runs is what `kpt ci --matrix` runs: a base cell runs no series.
@@ -95,7 +99,7 @@ def test_emitted_gitlab_pipeline_feeds_boot_jobs_from_one_build_job_per_kernel(w
     jobs = {k: v for k, v in doc.items() if k not in ("stages", "variables")}
     builds = {k: v for k, v in jobs.items() if v["stage"] == "build"}
     boots = {k: v for k, v in jobs.items() if v["stage"] == "boot"}
-    # 6.1 guest, 6.1 xen-dom0 (xen+domU and the xen cell share it), 6.12 guest, 6.12 xen-dom0
+    # 6.1 guest, 6.1 xen-dom0 (xen+domU and the xen cell expecting a boot failure share it), 6.12 the same
     assert len(builds) == 4 and len(boots) == len(cells) == 5
     for name, job in builds.items():
         assert job["script"][0] == "$KPT_SETUP"
@@ -114,12 +118,15 @@ def test_emitted_gitlab_pipeline_feeds_boot_jobs_from_one_build_job_per_kernel(w
     assert len(expect6) == 1 and "virtio-net-pci" in expect6[0]["script"][1]
 
 
-def test_a_cell_expected_to_fail_before_booting_is_its_build_job_alone(ws, tmp_path):
-    cells = matrix.load(ws, _write(tmp_path, '[[cell]]\nname = "bad"\nbase = "linux"\nexpect = 4\n'))
+def test_a_cell_expected_to_end_otherwise_than_a_boot_runs_whole_in_one_job(ws, tmp_path):
+    cells = matrix.load(ws, _write(tmp_path, '[[cell]]\nname = "bad"\nbase = "linux"\nexpect = 4\n'
+                                             '[[cell]]\nname = "oops"\nbase = "linux"\nexpect = 6\n'))
     doc = yaml.safe_load(matrix.emit_gitlab(ws, cells))
-    jobs = [k for k in doc if k not in ("stages", "variables")]
-    assert jobs == ["build-bad"]
-    assert _assert_runnable(doc["build-bad"]["script"][1])["expect"] == 4
+    jobs = {k: v for k, v in doc.items() if k not in ("stages", "variables")}
+    assert set(jobs) == {"build-base-linux-guest", "kpt-oops", "kpt-bad"}
+    assert jobs["kpt-bad"]["needs"] == [] and jobs["kpt-oops"]["needs"][0]["job"] == "build-base-linux-guest"
+    params = _assert_runnable(jobs["kpt-bad"]["script"][1])
+    assert params["expect"] == 4 and params["stop_after"] is None and params["from_artifacts"] is None
 
 
 def test_emitted_fragments_are_named_relative_to_the_workspace(ws, tmp_path):
@@ -164,3 +171,28 @@ def test_summary_marks_expected_failures(ws, tmp_path):
     assert row[cells[0].column] == "pass"
     assert row[cells[1].column] == "config (exit 4) - unexpected"
     assert row[cells[4].column] == "boot (exit 6) - as expected"
+
+
+def test_each_emitted_command_records_the_same_inputs_as_its_local_cell(ws, tmp_path, monkeypatch):
+    """A cell that stops at its trees stage (an unknown ref) is quick to run both ways; the
+    slow pipeline test compares whole runs (tests/test_matrix_pipeline.py)."""
+    (ws.root / "ci").mkdir()
+    (ws.root / "ci" / "extra.config").write_text("CONFIG_XEN_VIRTIO=y\n")
+    m = ws.root / "ci" / "m.toml"
+    m.write_text('[[cell]]\nname = "c"\nbase = "linux=no-such-ref"\nmode = "xen"\nfragments = ["extra.config"]\n'
+                 'qemu_args = ["-device", "virtio-net-pci"]\nexpect = 2\n')
+    (cell,) = matrix.load(ws, m)
+    monkeypatch.setenv("KPT_OUT", str(tmp_path / "local"))
+    (local,) = matrix.run(ws, [cell])
+    want = json.loads((local.run_dir / "manifest.json").read_text())["inputs"]
+    assert want["fragments"] == ["ci/extra.config"] and want["expect"] == 2 and want["onto"] == {"linux": "no-such-ref"}
+    doc = yaml.safe_load(matrix.emit_gitlab(ws, [cell]))
+    emitted = {"github": cell.argv(ws), "gitlab": shlex.split(doc["kpt-c"]["script"][1])[1:-1]}
+    for what, argv in emitted.items():
+        monkeypatch.setenv("KPT_OUT", str(tmp_path / what))
+        monkeypatch.chdir(ws.root)
+        res = CliRunner().invoke(main, ["-w", str(ws.root), *argv])
+        assert res.exit_code == 0, (what, res.output)  # ended as the cell expects
+        (run,) = (tmp_path / what).glob("*/manifest.json")
+        got = json.loads(run.read_text())["inputs"]
+        assert got == want, what
