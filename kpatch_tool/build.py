@@ -137,13 +137,15 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
     ident = {**b.identity, "source": state, "compiler": compiler_id(b.wrapper),
              "srctree": str(Path(b.srctree).resolve()), "host": host_tools(b.stages), "kpt": KPT_BUILD_FORMAT}
     shared = b.fleet.shared_cache if (b.shared_files and state) else None
+    # The shared name: the same identity with the source's content (its tree), not its commit.
+    shared_key = sharedcache.key({**ident, "source": source_state(b.srctree, portable=True)}) if shared else ""
     stamp = read_stamp(b.build_dir)
     if not force and state and stamp and stamp.get("identity") == ident and all(p.exists() for p in b.outputs):
         if shared:
-            sharedcache.publish(shared, sharedcache.key(ident), b.build_dir, list(b.shared_files), stamp)
+            sharedcache.publish(shared, shared_key, b.build_dir, list(b.shared_files), stamp)
         return _cached(b, ident, stamp, log, t0), stamp
     if shared and not force:
-        fetched = _fetch_shared(b, shared, ident, progress)
+        fetched = _fetch_shared(b, shared, shared_key, ident, progress)
         if fetched:
             return _cached(b, ident, fetched, log, t0), fetched
     with build_lock(progress):
@@ -158,7 +160,7 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
                "ccache": cc}
         safefs.replace_file(b.build_dir / STAMP, json.dumps(new, indent=1).encode())
     if shared:
-        sharedcache.publish(shared, sharedcache.key(ident), b.build_dir, list(b.shared_files), new)
+        sharedcache.publish(shared, shared_key, b.build_dir, list(b.shared_files), new)
     built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=False,
                   duration=time.monotonic() - t0, log=log, warnings=ran.warnings, artifacts=arts, identity=ident,
                   ccache=cc)
@@ -172,9 +174,8 @@ def _cached(b: Backend, ident: dict, stamp: dict, log: Path, t0: float) -> Built
                  fetched_from=stamp.get("fetched_from"))
 
 
-def _fetch_shared(b: Backend, shared: Path, ident: dict, progress) -> dict | None:
+def _fetch_shared(b: Backend, shared: Path, k: str, ident: dict, progress) -> dict | None:
     """The same build from the shared cache, unpacked into build_dir and stamped as ours; None on a miss."""
-    k = sharedcache.key(ident)
     theirs = sharedcache.fetch(shared, k, b.build_dir)
     if not theirs or not all(p.exists() for p in b.outputs):
         return None
@@ -230,12 +231,15 @@ def build_lock(progress=None):
         fh.close()
 
 
-def source_state(srctree: Path) -> str | None:
+def source_state(srctree: Path, portable: bool = False) -> str | None:
     """A fingerprint of the source: HEAD plus the content of changed files.
 
-    None when the tree is not a git checkout (then make decides).
+    portable: HEAD's tree instead of the commit, so the same content imported
+    or committed on another runner (another message, date or parent) is the
+    same source (the shared build cache's key). None when the tree is not a
+    git checkout (then make decides).
     """
-    head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD"], timeout=60)
+    head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD^{tree}" if portable else "HEAD"], timeout=60)
     if not head.ok:
         return None
     st = proc.run(["git", "-C", str(srctree), "status", "--porcelain", "-z", "--untracked-files=all"], timeout=300)

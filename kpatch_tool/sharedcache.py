@@ -12,7 +12,10 @@ the local build stamp keys on (build.py `cached_build`: source state, config
 hash, compiler, the host's build packages, kpt's build format) less the
 source folder's path, which differs between runners and does not reach the
 output (kbuild sees `..` as its srctree). A runner whose own cache misses
-fetches that tar instead of starting make.
+fetches that tar instead of starting make. The source is named by its content
+(the checkout's git tree and its uncommitted changes), not its commit: two
+runners' imports of the same Debian version are the same source even when
+their commits differ (another kpt's import message, say).
 
 ccache_remote is ccache's `remote_storage` (ccache 4.4+; `file:DIR` or any URL
 ccache knows): object files compiled on one runner are hits on the next. Each
@@ -61,7 +64,7 @@ def settings(data: dict, where: Path | str = "kpt.toml") -> FleetSettings:
 
 
 def key(identity: dict) -> str:
-    """The shared name of a build: its local identity without the runner's source path."""
+    """The shared name of a build: its identity (source by content) without the runner's source path."""
     portable = {k: v for k, v in identity.items() if k != "srctree"}
     return hashlib.sha256(json.dumps(portable, sort_keys=True).encode()).hexdigest()[:32]
 

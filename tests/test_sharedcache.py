@@ -149,3 +149,16 @@ def test_a_shared_tar_reaching_outside_the_build_folder_is_not_unpacked(two_chec
         tar.addfile(info, io.BytesIO(b"evil"))
     buildmod.cached_build(_backend(b, tmp_path / "r2" / "build", shared, calls))
     assert len(calls) == 2 and not (tmp_path / "r2" / "evil").exists()
+
+
+def test_the_same_content_under_another_commit_is_fetched(make_repo, tmp_path, monkeypatch):
+    """Two runners' imports of one Debian version: same files, commits that differ (message, date)."""
+    monkeypatch.setenv("KPT_BUILD_LOCK", str(tmp_path / "build.lock"))
+    a = make_repo("a", {"Makefile": "all:\n"})
+    b = make_repo("b", {"Makefile": "all:\n"})
+    git(b, "commit", "-q", "--amend", "-m", "imported by another kpt")
+    assert git(a, "rev-parse", "HEAD") != git(b, "rev-parse", "HEAD")
+    shared, calls = tmp_path / "shared", []
+    buildmod.cached_build(_backend(a, tmp_path / "r1", shared, calls))
+    built, _ = buildmod.cached_build(_backend(b, tmp_path / "r2", shared, calls))
+    assert len(calls) == 1 and built.fetched_from
