@@ -105,6 +105,8 @@ class Backend:
     # Files (relative to build_dir) another runner needs to reuse this build; empty: not shared.
     shared_files: tuple[str, ...] = ()
     fleet: FleetSettings = FleetSettings()
+    # The output depends on the source's content only, not its commit (see source_state).
+    portable_source: bool = True
 
 
 def read_stamp(build_dir: Path) -> dict | None:
@@ -138,7 +140,8 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
              "srctree": str(Path(b.srctree).resolve()), "host": host_tools(b.stages), "kpt": KPT_BUILD_FORMAT}
     shared = b.fleet.shared_cache if (b.shared_files and state) else None
     # The shared name: the same identity with the source's content (its tree), not its commit.
-    shared_key = sharedcache.key({**ident, "source": source_state(b.srctree, portable=True)}) if shared else ""
+    shared_key = sharedcache.key({**ident, "source": source_state(b.srctree, portable=b.portable_source)}) \
+        if shared else ""
     stamp = read_stamp(b.build_dir)
     if not force and state and stamp and stamp.get("identity") == ident and all(p.exists() for p in b.outputs):
         if shared:
@@ -242,10 +245,14 @@ def source_state(srctree: Path, portable: bool = False) -> str | None:
     head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD^{tree}" if portable else "HEAD"], timeout=60)
     if not head.ok:
         return None
+    first = head.stdout.strip()
+    if portable and proc.run(["git", "-C", str(srctree), "describe", "--exact-match", "HEAD"], timeout=60).ok:
+        # kbuild's setlocalversion appends "+" unless HEAD carries an annotated tag: part of the output.
+        first += " tagged"
     st = proc.run(["git", "-C", str(srctree), "status", "--porcelain", "-z", "--untracked-files=all"], timeout=300)
     if not st.ok:
         return None
-    h = hashlib.sha256(head.stdout.strip().encode())
+    h = hashlib.sha256(first.encode())
     entries = [e for e in st.stdout.split("\0") if e]
     for e in sorted(entries):
         h.update(e.encode("utf-8", "surrogateescape"))
@@ -433,7 +440,9 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
 
     backend = Backend(tree, srctree, build_dir, {"config_hash": config_hash},
                       [build_dir / "arch/x86/boot/bzImage"], run, lambda: _collect(build_dir), wrapper,
-                      shared_files=LINUX_SHARED_FILES, fleet=sharedcache.settings(ws.data, ws.root / "kpt.toml"))
+                      shared_files=LINUX_SHARED_FILES, fleet=sharedcache.settings(ws.data, ws.root / "kpt.toml"),
+                      # LOCALVERSION_AUTO puts the commit's hash into the kernel release.
+                      portable_source="CONFIG_LOCALVERSION_AUTO=y" not in config_text)
     built, _ = cached_build(backend, force=force, progress=progress)
     return BuildResult(**vars(built), profile=profile, config_hash=config_hash,
                        kernel_release=_kernel_release(build_dir))

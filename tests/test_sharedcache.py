@@ -162,3 +162,14 @@ def test_the_same_content_under_another_commit_is_fetched(make_repo, tmp_path, m
     buildmod.cached_build(_backend(a, tmp_path / "r1", shared, calls))
     built, _ = buildmod.cached_build(_backend(b, tmp_path / "r2", shared, calls))
     assert len(calls) == 1 and built.fetched_from
+
+
+def test_an_annotated_tag_at_head_is_part_of_the_shared_name(two_checkouts, tmp_path):
+    """kbuild's release string has a '+' unless HEAD has an annotated tag: not the same output."""
+    a, b = two_checkouts
+    git(a, "tag", "-a", "-m", "import", "debian/1")
+    git(b, "tag", "debian/1")  # lightweight: `git describe --exact-match` does not see it
+    shared, calls = tmp_path / "shared", []
+    buildmod.cached_build(_backend(a, tmp_path / "r1", shared, calls))
+    buildmod.cached_build(_backend(b, tmp_path / "r2", shared, calls))
+    assert len(calls) == 2
