@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kpatch_tool import proc, safefs
+from kpatch_tool import proc, safefs, sharedcache
+from kpatch_tool.sharedcache import FleetSettings
 from kpatch_tool.safefs import sha256_file
 from kpatch_tool.errors import BuildError, KptError, PrereqError, UsageError
 from kpatch_tool.workspace import Workspace
@@ -65,6 +66,10 @@ class Built(PathsAsStrings):
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     # What the stamp keys on (source, config, host tools): later caches key on it too.
     identity: dict = field(default_factory=dict)
+    # The shared cache's tar this build was fetched from (another runner built it), or None.
+    fetched_from: str | None = None
+    # ccache's outcome for this build's compilations (sharedcache.ccache_stats), None when make did not run.
+    ccache: dict | None = None
 
 
 @dataclass
@@ -97,6 +102,11 @@ class Backend:
     wrapper: str | None = "ccache"
     # prereqs stages whose tools the build needs (checked first) and whose versions it keys on
     stages: tuple[str, ...] = ("build",)
+    # Files (relative to build_dir) another runner needs to reuse this build; empty: not shared.
+    shared_files: tuple[str, ...] = ()
+    fleet: FleetSettings = FleetSettings()
+    # The output depends on the source's content only, not its commit (see source_state).
+    portable_source: bool = True
 
 
 def read_stamp(build_dir: Path) -> dict | None:
@@ -114,6 +124,8 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
     after it succeeded, so an interrupted build is never trusted. Its identity
     covers the source state, the backend's identity, the compiler and the
     host's build tools, and kpt's build format: a change to any of them rebuilds.
+    With a shared cache (sharedcache.py) a local miss first looks for the same
+    identity built by another runner, and a finished build is published there.
     """
     from kpatch_tool import prereqs
 
@@ -126,23 +138,58 @@ def cached_build(b: Backend, *, force: bool = False, progress=None) -> tuple[Bui
     state = source_state(b.srctree)
     ident = {**b.identity, "source": state, "compiler": compiler_id(b.wrapper),
              "srctree": str(Path(b.srctree).resolve()), "host": host_tools(b.stages), "kpt": KPT_BUILD_FORMAT}
+    shared = b.fleet.shared_cache if (b.shared_files and state) else None
+    # The shared name: the same identity with the source's content (its tree), not its commit.
+    shared_key = sharedcache.key({**ident, "source": source_state(b.srctree, portable=b.portable_source)}) \
+        if shared else ""
     stamp = read_stamp(b.build_dir)
     if not force and state and stamp and stamp.get("identity") == ident and all(p.exists() for p in b.outputs):
-        built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=True,
-                      duration=time.monotonic() - t0, log=log, warnings=stamp.get("warnings", []),
-                      artifacts={k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()}, identity=ident)
-        return built, stamp
+        if shared:
+            sharedcache.publish(shared, shared_key, b.build_dir, list(b.shared_files), stamp)
+        return _cached(b, ident, stamp, log, t0), stamp
+    if shared and not force:
+        fetched = _fetch_shared(b, shared, shared_key, ident, progress)
+        if fetched:
+            return _cached(b, ident, fetched, log, t0), fetched
     with build_lock(progress):
         (b.build_dir / STAMP).unlink(missing_ok=True)
         log.write_text("")
-        ran = b.run(stamp, log)
+        with sharedcache.ccache_configured(b.fleet.ccache_remote, b.build_dir / "ccache-stats.log"):
+            ran = b.run(stamp, log)
+        cc = sharedcache.ccache_stats(b.build_dir / "ccache-stats.log") if b.wrapper == "ccache" else None
         arts = b.artifacts()
         new = {"identity": ident, "warnings": ran.warnings, "steps": ran.steps, **ran.extra,
-               "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1)}
+               "artifacts": {k: asdict(v) for k, v in arts.items()}, "duration": round(time.monotonic() - t0, 1),
+               "ccache": cc}
         safefs.replace_file(b.build_dir / STAMP, json.dumps(new, indent=1).encode())
+    if shared:
+        sharedcache.publish(shared, shared_key, b.build_dir, list(b.shared_files), new)
     built = Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=False,
-                  duration=time.monotonic() - t0, log=log, warnings=ran.warnings, artifacts=arts, identity=ident)
+                  duration=time.monotonic() - t0, log=log, warnings=ran.warnings, artifacts=arts, identity=ident,
+                  ccache=cc)
     return built, new
+
+
+def _cached(b: Backend, ident: dict, stamp: dict, log: Path, t0: float) -> Built:
+    return Built(tree=b.tree, srctree=Path(b.srctree), build_dir=b.build_dir, cached=True,
+                 duration=time.monotonic() - t0, log=log, warnings=stamp.get("warnings", []),
+                 artifacts={k: Artifact(**v) for k, v in stamp.get("artifacts", {}).items()}, identity=ident,
+                 fetched_from=stamp.get("fetched_from"))
+
+
+def _fetch_shared(b: Backend, shared: Path, k: str, ident: dict, progress) -> dict | None:
+    """The same build from the shared cache, unpacked into build_dir and stamped as ours; None on a miss."""
+    theirs = sharedcache.fetch(shared, k, b.build_dir)
+    if not theirs or not all(p.exists() for p in b.outputs):
+        return None
+    if progress:
+        progress(f"fetched from the shared cache ({shared}): build {k[:12]}")
+    arts = b.artifacts()
+    stamp = {"identity": ident, "warnings": theirs.get("warnings", []), "steps": theirs.get("steps", 0),
+             "artifacts": {n: asdict(a) for n, a in arts.items()}, "duration": 0.0,
+             "fetched_from": str(shared / "builds" / f"{k}.tar")}
+    safefs.replace_file(b.build_dir / STAMP, json.dumps(stamp, indent=1).encode())
+    return stamp
 
 
 @dataclass(kw_only=True)
@@ -187,18 +234,25 @@ def build_lock(progress=None):
         fh.close()
 
 
-def source_state(srctree: Path) -> str | None:
+def source_state(srctree: Path, portable: bool = False) -> str | None:
     """A fingerprint of the source: HEAD plus the content of changed files.
 
-    None when the tree is not a git checkout (then make decides).
+    portable: HEAD's tree instead of the commit, so the same content imported
+    or committed on another runner (another message, date or parent) is the
+    same source (the shared build cache's key). None when the tree is not a
+    git checkout (then make decides).
     """
-    head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD"], timeout=60)
+    head = proc.run(["git", "-C", str(srctree), "rev-parse", "HEAD^{tree}" if portable else "HEAD"], timeout=60)
     if not head.ok:
         return None
+    first = head.stdout.strip()
+    if portable and proc.run(["git", "-C", str(srctree), "describe", "--exact-match", "HEAD"], timeout=60).ok:
+        # kbuild's setlocalversion appends "+" unless HEAD carries an annotated tag: part of the output.
+        first += " tagged"
     st = proc.run(["git", "-C", str(srctree), "status", "--porcelain", "-z", "--untracked-files=all"], timeout=300)
     if not st.ok:
         return None
-    h = hashlib.sha256(head.stdout.strip().encode())
+    h = hashlib.sha256(first.encode())
     entries = [e for e in st.stdout.split("\0") if e]
     for e in sorted(entries):
         h.update(e.encode("utf-8", "surrogateescape"))
@@ -347,6 +401,10 @@ def run_make(srctree: Path, build_dir: Path, targets: list[str], *, wrapper: str
     return res, watcher
 
 
+# What a boot needs from a Linux build (kernel, modules, config, release): what runners share.
+LINUX_SHARED_FILES = ("arch/x86/boot/bzImage", "System.map", ".config", "include/config/kernel.release", "staging")
+
+
 def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: str,
                 config_text: str, config_hash: str, wrapper: str | None = "ccache",
                 jobs: int | None = None, progress=None, force: bool = False) -> BuildResult:
@@ -381,7 +439,10 @@ def build_linux(ws: Workspace, *, srctree: Path, tree: str = "linux", profile: s
         return Ran(w.warnings, max(w.steps, expected or 0))
 
     backend = Backend(tree, srctree, build_dir, {"config_hash": config_hash},
-                      [build_dir / "arch/x86/boot/bzImage"], run, lambda: _collect(build_dir), wrapper)
+                      [build_dir / "arch/x86/boot/bzImage"], run, lambda: _collect(build_dir), wrapper,
+                      shared_files=LINUX_SHARED_FILES, fleet=sharedcache.settings(ws.data, ws.root / "kpt.toml"),
+                      # LOCALVERSION_AUTO puts the commit's hash into the kernel release.
+                      portable_source="CONFIG_LOCALVERSION_AUTO=y" not in config_text)
     built, _ = cached_build(backend, force=force, progress=progress)
     return BuildResult(**vars(built), profile=profile, config_hash=config_hash,
                        kernel_release=_kernel_release(build_dir))

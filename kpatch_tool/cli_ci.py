@@ -41,13 +41,19 @@ def _defaults(ws) -> tuple[list[str], str]:
 @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
 @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
 @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
-              help="With --matrix: write a CI configuration with one job per cell instead of running.")
+              help="With --matrix: write a CI configuration instead of running (gitlab: build jobs feeding "
+                   "boot jobs; github: one job per cell).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Where --emit writes.")
 @click.option("--expect", type=int, default=0, help="Exit code this run is expected to end with (0).")
 @click.option("--json", "as_json", is_flag=True, help="Matrix: print the summary as JSON.")
+@click.option("--stop-after", type=click.Choice(["build"]), default=None,
+              help="End after this stage and keep the kernel in the run folder (a CI build job).")
+@click.option("--from-artifacts", "from_artifacts", type=click.Path(file_okay=False), default=None,
+              help="Boot the kernel a --stop-after build run exported (its run folder, or a folder holding it); "
+                   "series, base, profile and fragments are that run's, every file's hash is checked.")
 @click.pass_obj
 def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, force, matrix, emit, output,
-       expect, as_json):
+       expect, as_json, stop_after, from_artifacts):
     """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
     Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
@@ -59,38 +65,25 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
     Example: kpt ci --base-only --mode xen
     Example: kpt ci --matrix ci/matrix.toml
     Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
+    Example: kpt ci --base-only --mode guest --stop-after build
+    Example: kpt ci --from-artifacts out/build-base-linux-guest --mode guest
     """
-    from kpatch_tool import matrix as matrixmod
     from kpatch_tool import pipeline, progress
     from kpatch_tool.errors import KptError, UsageError
 
     ws = obj.ws
     if emit and not matrix:
         raise UsageError("--emit needs --matrix FILE")
+    if from_artifacts and (series or base_only or onto or profile or fragments or stop_after or matrix):
+        raise UsageError("--from-artifacts boots the build run's kernel: its series, base, profile and fragments "
+                         "are that run's (give only --mode, --qemu-arg, --timeout, --expect)")
     if matrix:
-        cells = matrixmod.load(ws, Path(matrix))
-        if emit:
-            text = matrixmod.emit_gitlab(cells) if emit == "gitlab" else matrixmod.emit_github(cells)
-            if output:
-                Path(output).write_text(text)
-                console.print(f"wrote {output}: {len(cells)} job(s)")
-            else:
-                click.echo(text)
-            return
-        outs = matrixmod.run(ws, cells, rerun_boot=rerun_boot,
-                             reporter_factory=lambda c, i, n: progress.for_terminal(
-                                 pipeline.stages_for(ws, c.series, c.mode), f"cell {i}/{n}: {c.label}"))
-        _print_matrix(console, outs, as_json)
-        bad = [o for o in outs if not o.as_expected]
-        if bad:
-            raise KptError(f"{len(bad)} of {len(outs)} matrix cell(s) did not end as expected: "
-                           + ", ".join(f"{o.cell.label} (exit {o.exit_code})" for o in bad),
-                           exit_code=bad[0].exit_code or 1)
+        _run_matrix(ws, Path(matrix), emit, output, rerun_boot, as_json)
         return
     default_series, default_mode = _defaults(ws)
     if base_only and series:
         raise UsageError("--base-only runs no series; leave out the series names")
-    names = [None] if base_only else (list(series) or default_series or [None])
+    names = [None] if (base_only or from_artifacts) else (list(series) or default_series or [None])
     worst = None
     for name in names:
         run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
@@ -99,7 +92,8 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
         try:
             res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                   reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
-                                  qemu_args=tuple(qemu_args), force=force)
+                                  qemu_args=tuple(qemu_args), force=force, expect=expect, stop_after=stop_after,
+                                  from_artifacts=Path(from_artifacts) if from_artifacts else None)
         finally:
             rep.close()
         console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()
@@ -143,6 +137,31 @@ def report(obj, run, fmt):
 
 
 COMMANDS = [ci, report]
+
+
+def _run_matrix(ws, path: Path, emit, output, rerun_boot: bool, as_json: bool) -> None:
+    from kpatch_tool import matrix as matrixmod
+    from kpatch_tool import pipeline, progress
+    from kpatch_tool.errors import KptError
+
+    cells = matrixmod.load(ws, path)
+    if emit:
+        text = matrixmod.emit_gitlab(ws, cells) if emit == "gitlab" else matrixmod.emit_github(ws, cells)
+        if output:
+            Path(output).write_text(text)
+            console.print(f"wrote {output}: {len(cells)} cell(s)")
+        else:
+            click.echo(text)
+        return
+    outs = matrixmod.run(ws, cells, rerun_boot=rerun_boot,
+                         reporter_factory=lambda c, i, n: progress.for_terminal(
+                             pipeline.stages_for(ws, c.series, c.mode), f"cell {i}/{n}: {c.label}"))
+    _print_matrix(console, outs, as_json)
+    bad = [o for o in outs if not o.as_expected]
+    if bad:
+        raise KptError(f"{len(bad)} of {len(outs)} matrix cell(s) did not end as expected: "
+                       + ", ".join(f"{o.cell.label} (exit {o.exit_code})" for o in bad),
+                       exit_code=bad[0].exit_code or 1)
 
 
 def _print_matrix(console, outs, as_json):

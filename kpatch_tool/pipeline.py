@@ -124,7 +124,7 @@ class CiResult:
 
 def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str], profile: str | None,
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
-             rep: Reporter, force: bool, rerun_boot: bool) -> stagesmod.RunContext:
+             rep: Reporter, force: bool, rerun_boot: bool, expect: int = 0) -> stagesmod.RunContext:
     """What the run was asked, settled once: command line over series.toml [ci] over mode defaults."""
     m = run_mode(mode)
     declared = series_ci_settings(ws, series) if series else {}
@@ -133,7 +133,7 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
         if t in ws.trees and ws.trees[t].kind == "linux":
             tree = t
     ws.tree(tree)
-    profile = profile or declared.get("profile") or m.profile
+    profile = settled_profile(ws, series, mode, profile)
     qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
     timeout = timeout or declared.get("timeout") or m.timeout
     run_id, run_dir = new_run_dir(ws, label or f"{series or 'base'}-{tree}-{mode.replace('+', '-')}")
@@ -143,13 +143,31 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
         "host": {"node": platform.node(), "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)),
                  "user": getpass.getuser()},
         "inputs": {"series": series, "mode": mode, "profile": profile, "tree": tree, "onto": onto,
-                   "fragments": [str(f) for f in fragments], "qemu_args": list(qemu_args), "force": force},
+                   "fragments": [fragment_name(ws, f) for f in fragments],
+                   "fragment_sha256": [safefs.sha256_file(f) if Path(f).is_file() else None for f in fragments],
+                   "qemu_args": list(qemu_args), "force": force, "expect": expect},
         "outputs": {}, "stages": [], "complete": False, "exit_code": None,
     })
     return stagesmod.RunContext(ws=ws, series=series, mode=mode, tree=tree, profile=profile, timeout=timeout,
                                 onto=onto, fragments=tuple(fragments), qemu_args=qemu_args, run_dir=run_dir,
                                 manifest=manifest, detail=lambda msg, *_: rep.detail(str(msg)), force=force,
                                 rerun_boot=rerun_boot)
+
+
+def settled_profile(ws: Workspace, series: str | None, mode: str, profile: str | None) -> str:
+    """The profile a run builds: the command line's, else series.toml [ci]'s, else the mode's."""
+    declared = series_ci_settings(ws, series) if series else {}
+    return profile or declared.get("profile") or run_mode(mode).profile
+
+
+def fragment_name(ws: Workspace, f: Path) -> str:
+    """A fragment as the manifest and emitted commands name it: relative to the workspace when inside it,
+    so the same cell run on another runner (another checkout folder) records the same input."""
+    p = Path(f).absolute()
+    try:
+        return str(p.relative_to(ws.root.absolute()))
+    except ValueError:
+        return str(p)
 
 
 def _run_stage(c: stagesmod.RunContext, rep: Reporter, result: CiResult, name: str) -> None:
@@ -180,27 +198,58 @@ def _run_stage(c: stagesmod.RunContext, rep: Reporter, result: CiResult, name: s
 def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", onto: dict[str, str] | None = None,
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
-           qemu_args: tuple[str, ...] = (), force: bool = False) -> CiResult:
-    """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report."""
+           qemu_args: tuple[str, ...] = (), force: bool = False, expect: int = 0, stop_after: str | None = None,
+           from_artifacts: Path | None = None) -> CiResult:
+    """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
+
+    stop_after="build" ends after the build and exports the kernel into the run
+    folder (a CI build job); from_artifacts resumes from such a run folder (a
+    boot job): series, base, profile and fragments are the build's, checked by hash.
+    """
     rep = reporter or Reporter()
+    resumed = None
+    if from_artifacts is not None:
+        from kpatch_tool import artifacts
+
+        resumed = artifacts.load_build(Path(from_artifacts))
+        inp = resumed[1]["inputs"]
+        series, onto, profile = inp.get("series"), inp.get("onto") or {}, inp.get("profile")
+        fragments = tuple(Path(f) if Path(f).is_absolute() else ws.root / f for f in inp.get("fragments", []))
+    names = stages_for(ws, series, mode)
+    if stop_after is not None and stop_after not in names:
+        from kpatch_tool.errors import UsageError
+
+        raise UsageError(f"--stop-after {stop_after}: not a stage of this run ({', '.join(names)})")
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
-                 rep, force, rerun_boot)
+                 rep, force, rerun_boot, expect)
+    c.export = stop_after == "build"
     result = CiResult(c.run_dir.name, c.run_dir, 0, series, mode)
-    manifest = c.manifest
+    if stop_after:
+        names = [*names[:names.index(stop_after) + 1], "report"]
+        c.manifest.data["stop_after"] = stop_after
     try:
         with WorkspaceLock(ws.out_dir, result.run_id):
-            for name in stages_for(ws, series, mode):
+            if resumed:
+                _resume(c, rep, result, *resumed)
+                names = [n for n in names if n not in ("trees", "apply", "config", "build")]
+            for name in names:
                 if name != "report":
                     _run_stage(c, rep, result, name)
     except KptError as exc:
         result.exit_code = exc.exit_code
         result.message = exc.message
         result.failed_stage = result.stages[-1].name if result.stages and result.stages[-1].status == "failed" else None
-        manifest.data["error"] = {"message": exc.message, "detail": exc.detail, "stage": result.failed_stage}
+        c.manifest.data["error"] = {"message": exc.message, "detail": exc.detail, "stage": result.failed_stage}
     except KeyboardInterrupt:
-        manifest.data["interrupted"] = True
-        manifest.write()
+        c.manifest.data["interrupted"] = True
+        c.manifest.write()
         raise
+    _finish(c, rep, result)
+    return result
+
+
+def _finish(c: stagesmod.RunContext, rep: Reporter, result: CiResult) -> None:
+    manifest = c.manifest
     manifest.data["exit_code"] = result.exit_code
     manifest.write()
     try:
@@ -211,7 +260,28 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
     manifest.data["exit_code"] = result.exit_code
     manifest.data["complete"] = True
     manifest.write()
-    return result
+
+
+def _resume(c: stagesmod.RunContext, rep: Reporter, result: CiResult, run: Path, built: dict, b) -> None:
+    """The stages a build job ran, taken over from its run folder (hashes already checked)."""
+    inp = built["inputs"]
+    for k in ("trees", "series_versions", "config_hash"):
+        if k in inp:
+            c.manifest.data["inputs"][k] = inp[k]
+    c.manifest.data["inputs"]["from_artifacts"] = {"run_id": built["run_id"], "path": str(run)}
+    c.build = b
+    c.outputs["build"] = {**(built.get("outputs") or {}).get("build", {}), "dir": str(b.build_dir),
+                          "from_run": built["run_id"]}
+    now = time.time()
+    for st in built.get("stages", []):
+        if st["name"] in ("trees", "apply", "config", "build"):
+            rec = StageRecord(st["name"], "cached", now, now, st.get("log", ""),
+                              f"from build run {built['run_id']} (artifacts verified): {st.get('note', '')}")
+            result.stages.append(rec)
+            c.manifest.data["stages"].append(asdict(rec))
+            rep.stage(rec.name)
+            rep.done(rec.name, rec.status, 0.0, rec.note)
+    c.manifest.write()
 
 
 def default_linux_tree(ws: Workspace, series: str | None) -> str:

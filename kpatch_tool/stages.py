@@ -43,6 +43,7 @@ class RunContext:
     detail: Callable[[str], None] = lambda msg: None
     force: bool = False
     rerun_boot: bool = False
+    export: bool = False  # copy the built kernel into the run folder for boot jobs elsewhere (--stop-after build)
 
     base_commit: str | None = None
     srctree: Path | None = None
@@ -132,8 +133,16 @@ def build_stage(c: RunContext) -> tuple[str, str]:
         shutil.copyfile(b.log, c.logs / "build.log")
     c.build = b
     c.outputs["build"] = {"dir": str(b.build_dir), "kernel_release": b.kernel_release,
-                          "artifacts": {k: asdict(v) for k, v in b.artifacts.items()}, "warnings": len(b.warnings)}
-    return ("cached" if b.cached else "ok"), f"{b.kernel_release}{' (make not started)' if b.cached else ''}"
+                          "artifacts": {k: asdict(v) for k, v in b.artifacts.items()}, "warnings": len(b.warnings),
+                          "seconds": round(b.duration, 1), "fetched_from": b.fetched_from, "ccache": b.ccache}
+    if c.export:
+        from kpatch_tool import artifacts
+
+        c.outputs["exported"] = artifacts.export_build(c.run_dir, b)
+    if b.fetched_from:
+        return "cached", f"{b.kernel_release} (fetched from the shared cache: make not started)"
+    cc = f", ccache {b.ccache['hits']}/{b.ccache['compilations']} hits" if b.ccache and b.ccache["compilations"] else ""
+    return ("cached" if b.cached else "ok"), f"{b.kernel_release}{' (make not started)' if b.cached else cc}"
 
 
 def qemu_stage(c: RunContext) -> tuple[str, str]:

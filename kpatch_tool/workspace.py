@@ -131,6 +131,9 @@ def load(root: Path | None = None) -> Workspace:
         if key in data and not isinstance(data[key], str):
             raise UsageError(f"{path}: '{key}' must be a string (a folder)")
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else default_cache_dir()
+    from kpatch_tool.sharedcache import settings
+
+    settings(data, path)  # a bad [fleet] table is named now, not at the first build
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -78,29 +79,69 @@ expect = 6
 
 
 def _assert_runnable(cmd: str):
-    """The command must be a `kpt ci` invocation click accepts."""
+    """The command must be a `kpt ci` invocation click accepts; the parsed parameters."""
     argv = shlex.split(cmd)
-    assert argv[0] == ".venv/bin/kpt" and argv[1] == "ci"
+    assert argv[0] in (".venv/bin/kpt", "$KPT") and argv[1] == "ci"
+    if argv[0] == "$KPT":
+        assert argv[-1] == "$KPT_CI_ARGS"  # empty unless the runner sets it
+        argv = argv[:-1]
     ctx = main.commands["ci"].make_context("ci", argv[2:])
     assert ctx.params["mode"] in ("guest", "xen", "xen+domU")
     # What the fleet runs is what `kpt ci --matrix` runs: a base cell runs no series.
-    assert ctx.params["series"] or ctx.params["base_only"]
+    assert ctx.params["series"] or ctx.params["base_only"] or ctx.params["from_artifacts"]
+    return ctx.params
 
 
-def test_emitted_gitlab_pipeline_has_one_job_per_cell_with_commands_that_exist(ws, tmp_path):
+def test_emitted_gitlab_pipeline_feeds_boot_jobs_from_one_build_job_per_kernel(ws, tmp_path):
     cells = _cells(ws, tmp_path)
-    doc = yaml.safe_load(matrix.emit_gitlab(cells))
-    jobs = {k: v for k, v in doc.items() if k != "stages"}
-    assert len(jobs) == len(cells) == 5
-    for job in jobs.values():
-        assert job["script"][0] == "./scripts/setup.sh"
-        _assert_runnable(job["script"][1])
-        assert "out/" in job["artifacts"]["paths"]
+    doc = yaml.safe_load(matrix.emit_gitlab(ws, cells))
+    assert doc["stages"] == ["build", "boot"] and doc["variables"]["KPT"] == ".venv/bin/kpt"
+    jobs = {k: v for k, v in doc.items() if k not in ("stages", "variables")}
+    builds = {k: v for k, v in jobs.items() if v["stage"] == "build"}
+    boots = {k: v for k, v in jobs.items() if v["stage"] == "boot"}
+    # 6.1 guest, 6.1 xen-dom0 (xen+domU and the xen cell expecting a boot failure share it), 6.12 the same
+    assert len(builds) == 4 and len(boots) == len(cells) == 5
+    for name, job in builds.items():
+        assert job["script"][0] == "$KPT_SETUP"
+        params = _assert_runnable(job["script"][1])
+        assert params["stop_after"] == "build" and params["profile"]
+        assert job["artifacts"]["reports"]["junit"] == f"out/{name}/*/results.xml"
+    for job in boots.values():
+        params = _assert_runnable(job["script"][1])
+        (need,) = job["needs"]
+        assert need["artifacts"] is True and need["job"] in builds
+        assert params["from_artifacts"] == f"out/{need['job']}"
+        assert job["artifacts"]["reports"]["junit"].endswith("/*/results.xml")
+    shared = [j for j in boots.values() if j["needs"][0]["job"] == "build-base-linux-xen-dom0"]
+    assert len(shared) == 2  # one build feeds two boot cells
+    expect6 = [j for j in boots.values() if "--expect 6" in j["script"][1]]
+    assert len(expect6) == 1 and "virtio-net-pci" in expect6[0]["script"][1]
+
+
+def test_a_cell_expected_to_end_otherwise_than_a_boot_runs_whole_in_one_job(ws, tmp_path):
+    cells = matrix.load(ws, _write(tmp_path, '[[cell]]\nname = "bad"\nbase = "linux"\nexpect = 4\n'
+                                             '[[cell]]\nname = "oops"\nbase = "linux"\nexpect = 6\n'))
+    doc = yaml.safe_load(matrix.emit_gitlab(ws, cells))
+    jobs = {k: v for k, v in doc.items() if k not in ("stages", "variables")}
+    assert set(jobs) == {"build-base-linux-guest", "kpt-oops", "kpt-bad"}
+    assert jobs["kpt-bad"]["needs"] == [] and jobs["kpt-oops"]["needs"][0]["job"] == "build-base-linux-guest"
+    params = _assert_runnable(jobs["kpt-bad"]["script"][1])
+    assert params["expect"] == 4 and params["stop_after"] is None and params["from_artifacts"] is None
+
+
+def test_emitted_fragments_are_named_relative_to_the_workspace(ws, tmp_path):
+    (ws.root / "ci").mkdir()
+    (ws.root / "ci" / "extra.config").write_text("CONFIG_XEN_VIRTIO=y\n")
+    m = ws.root / "ci" / "m.toml"
+    m.write_text('[[cell]]\nbase = "linux"\nfragments = ["extra.config"]\n')
+    cells = matrix.load(ws, m)
+    assert "--fragment ci/extra.config" in matrix.emit_gitlab(ws, cells)
+    assert ["--fragment", "ci/extra.config"] == cells[0].argv(ws)[4:6]
 
 
 def test_emitted_github_workflow_has_one_matrix_entry_per_cell(ws, tmp_path):
     cells = _cells(ws, tmp_path)
-    doc = yaml.safe_load(matrix.emit_github(cells))
+    doc = yaml.safe_load(matrix.emit_github(ws, cells))
     include = doc["jobs"]["kpt"]["strategy"]["matrix"]["include"]
     assert len(include) == len(cells)
     assert len({e["name"] for e in include}) == len(cells)
@@ -116,6 +157,11 @@ def test_cli_emit_writes_the_file(ws, tmp_path):
     assert "kpt-base-linux-guest" in yaml.safe_load(out.read_text())
 
 
+def test_from_artifacts_refuses_options_that_would_change_the_kernel(ws, tmp_path):
+    res = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--from-artifacts", str(tmp_path), "--profile", "guest"])
+    assert res.exit_code == 2 and "--from-artifacts boots the build run's kernel" in res.output
+
+
 def test_summary_marks_expected_failures(ws, tmp_path):
     cells = _cells(ws, tmp_path)
     outs = [matrix.CellOutcome(cells[0], 0, None, None), matrix.CellOutcome(cells[1], 4, "config", None),
@@ -125,3 +171,28 @@ def test_summary_marks_expected_failures(ws, tmp_path):
     assert row[cells[0].column] == "pass"
     assert row[cells[1].column] == "config (exit 4) - unexpected"
     assert row[cells[4].column] == "boot (exit 6) - as expected"
+
+
+def test_each_emitted_command_records_the_same_inputs_as_its_local_cell(ws, tmp_path, monkeypatch):
+    """A cell that stops at its trees stage (an unknown ref) is quick to run both ways; the
+    slow pipeline test compares whole runs (tests/test_matrix_pipeline.py)."""
+    (ws.root / "ci").mkdir()
+    (ws.root / "ci" / "extra.config").write_text("CONFIG_XEN_VIRTIO=y\n")
+    m = ws.root / "ci" / "m.toml"
+    m.write_text('[[cell]]\nname = "c"\nbase = "linux=no-such-ref"\nmode = "xen"\nfragments = ["extra.config"]\n'
+                 'qemu_args = ["-device", "virtio-net-pci"]\nexpect = 2\n')
+    (cell,) = matrix.load(ws, m)
+    monkeypatch.setenv("KPT_OUT", str(tmp_path / "local"))
+    (local,) = matrix.run(ws, [cell])
+    want = json.loads((local.run_dir / "manifest.json").read_text())["inputs"]
+    assert want["fragments"] == ["ci/extra.config"] and want["expect"] == 2 and want["onto"] == {"linux": "no-such-ref"}
+    doc = yaml.safe_load(matrix.emit_gitlab(ws, [cell]))
+    emitted = {"github": cell.argv(ws), "gitlab": shlex.split(doc["kpt-c"]["script"][1])[1:-1]}
+    for what, argv in emitted.items():
+        monkeypatch.setenv("KPT_OUT", str(tmp_path / what))
+        monkeypatch.chdir(ws.root)
+        res = CliRunner().invoke(main, ["-w", str(ws.root), *argv])
+        assert res.exit_code == 0, (what, res.output)  # ended as the cell expects
+        (run,) = (tmp_path / what).glob("*/manifest.json")
+        got = json.loads(run.read_text())["inputs"]
+        assert got == want, what
