@@ -124,11 +124,17 @@ class CiResult:
 
 def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str], profile: str | None,
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
-             rep: Reporter, force: bool, rerun_boot: bool) -> stagesmod.RunContext:
-    """What the run was asked, settled once: command line over series.toml [ci] over mode defaults."""
+             rep: Reporter, force: bool, rerun_boot: bool, checks_from: str | None = None) -> stagesmod.RunContext:
+    """What the run was asked, settled once: command line over series.toml [ci] over mode defaults.
+
+    checks_from (a base run only): the series whose checks, [domU] and [ci] settings the base runs with."""
     m = run_mode(mode)
-    declared = series_ci_settings(ws, series) if series else {}
-    tree = default_linux_tree(ws, series)
+    if checks_from and series:
+        from kpatch_tool.errors import UsageError
+
+        raise UsageError(f"checks from {checks_from} run on the base without a series, not with {series}")
+    declared = series_ci_settings(ws, series or checks_from) if series or checks_from else {}
+    tree = default_linux_tree(ws, series or checks_from)
     for t in onto:
         if t in ws.trees and ws.trees[t].kind == "linux":
             tree = t
@@ -136,20 +142,21 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
     profile = profile or declared.get("profile") or m.profile
     qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
     timeout = timeout or declared.get("timeout") or m.timeout
-    run_id, run_dir = new_run_dir(ws, label or f"{series or 'base'}-{tree}-{mode.replace('+', '-')}")
+    what = series or (f"base-checks-{checks_from}" if checks_from else "base")
+    run_id, run_dir = new_run_dir(ws, label or f"{what}-{tree}-{mode.replace('+', '-')}")
     (run_dir / "logs").mkdir()
     manifest = Manifest(run_dir, {
         "run_id": run_id, "tool": {"name": "kpatch-tool", "version": __version__},
         "host": {"node": platform.node(), "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)),
                  "user": getpass.getuser()},
-        "inputs": {"series": series, "mode": mode, "profile": profile, "tree": tree, "onto": onto,
+        "inputs": {"series": series, "checks_from": checks_from, "mode": mode, "profile": profile, "tree": tree, "onto": onto,
                    "fragments": [str(f) for f in fragments], "qemu_args": list(qemu_args), "force": force},
         "outputs": {}, "stages": [], "complete": False, "exit_code": None,
     })
     return stagesmod.RunContext(ws=ws, series=series, mode=mode, tree=tree, profile=profile, timeout=timeout,
                                 onto=onto, fragments=tuple(fragments), qemu_args=qemu_args, run_dir=run_dir,
                                 manifest=manifest, detail=lambda msg, *_: rep.detail(str(msg)), force=force,
-                                rerun_boot=rerun_boot)
+                                rerun_boot=rerun_boot, checks_from=checks_from)
 
 
 def _run_stage(c: stagesmod.RunContext, rep: Reporter, result: CiResult, name: str) -> None:
@@ -180,11 +187,13 @@ def _run_stage(c: stagesmod.RunContext, rep: Reporter, result: CiResult, name: s
 def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", onto: dict[str, str] | None = None,
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
-           qemu_args: tuple[str, ...] = (), force: bool = False) -> CiResult:
-    """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report."""
+           qemu_args: tuple[str, ...] = (), force: bool = False, checks_from: str | None = None) -> CiResult:
+    """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
+
+    checks_from: with no series, the base tree runs that series' checks in their base form."""
     rep = reporter or Reporter()
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
-                 rep, force, rerun_boot)
+                 rep, force, rerun_boot, checks_from)
     result = CiResult(c.run_dir.name, c.run_dir, 0, series, mode)
     manifest = c.manifest
     try:

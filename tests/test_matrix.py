@@ -125,3 +125,40 @@ def test_summary_marks_expected_failures(ws, tmp_path):
     assert row[cells[0].column] == "pass"
     assert row[cells[1].column] == "config (exit 4) - unexpected"
     assert row[cells[4].column] == "boot (exit 6) - as expected"
+
+
+def test_a_base_cell_can_run_a_series_checks_and_says_so_on_its_command_line(ws, tmp_path):
+    (ws.patches_dir / "fix").mkdir(parents=True)
+    (ws.patches_dir / "fix" / "series.toml").write_text('name = "fix"\n')
+    cells = matrix.load(ws, _write(tmp_path, """
+[[cell]]
+series = "base"
+checks_from = "fix"
+mode = "xen+domU"
+[[cell]]
+series = "fix"
+mode = "xen+domU"
+"""))
+    base, fixed = cells
+    assert base.series is None and base.checks_from == "fix" and fixed.checks_from is None
+    assert base.argv()[2:5] == ["--base-only", "--checks-from", "fix"]
+    _assert_runnable(".venv/bin/" + shlex.join(base.argv()))
+    # The two base runs of a matrix (with and without a series' checks) are two rows.
+    assert base.row == "base+checks-of-fix" and base.label != matrix.Cell(None, "linux", None, "xen+domU").label
+
+
+@pytest.mark.parametrize("cell, message", [
+    ('series = "fix"\nchecks_from = "fix"', "checks_from runs a series' checks on the base"),
+    ('checks_from = "nope"', "unknown series 'nope'"),
+    ('checks_from = 3', "'checks_from' must be a string"),
+])
+def test_checks_from_is_checked(ws, tmp_path, cell, message):
+    (ws.patches_dir / "fix").mkdir(parents=True)
+    (ws.patches_dir / "fix" / "series.toml").write_text('name = "fix"\n')
+    with pytest.raises(UsageError, match=message):
+        matrix.load(ws, _write(tmp_path, f"[[cell]]\n{cell}\n"))
+
+
+def test_cli_checks_from_needs_base_only(ws):
+    res = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--checks-from", "fix", "--mode", "guest"])
+    assert res.exit_code == 2 and "--base-only" in res.output
