@@ -38,6 +38,9 @@ def _defaults(ws) -> tuple[list[str], str]:
 @click.option("--rerun-boot", is_flag=True, help="Boot again even if this kernel+image already booted.")
 @click.option("--base-only", is_flag=True,
               help="Run the base tree alone, even when kpt.toml [ci] names default series.")
+@click.option("--checks-from", "checks_from", default=None, metavar="SERIES",
+              help="With --base-only: run SERIES' checks and [domU]/[ci] settings on the base, in their "
+                   "on_base form (what the series fixes, seen without it).")
 @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
 @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
 @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
@@ -52,8 +55,8 @@ def _defaults(ws) -> tuple[list[str], str]:
               help="Boot the kernel a --stop-after build run exported (its run folder, or a folder holding it); "
                    "series, base, profile and fragments are that run's, every file's hash is checked.")
 @click.pass_obj
-def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, force, matrix, emit, output,
-       expect, as_json, stop_after, from_artifacts):
+def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, checks_from, force, matrix,
+       emit, output, expect, as_json, stop_after, from_artifacts):
     """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
     Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
@@ -63,6 +66,7 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
     \b
     Example: kpt ci netback-per-vif --mode xen+domU
     Example: kpt ci --base-only --mode xen
+    Example: kpt ci --base-only --checks-from netback-per-vif
     Example: kpt ci --matrix ci/matrix.toml
     Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
     Example: kpt ci --base-only --mode guest --stop-after build
@@ -83,17 +87,22 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
     default_series, default_mode = _defaults(ws)
     if base_only and series:
         raise UsageError("--base-only runs no series; leave out the series names")
+    if checks_from and not base_only:
+        raise UsageError("--checks-from runs a series' checks on the base: give --base-only")
     names = [None] if (base_only or from_artifacts) else (list(series) or default_series or [None])
     worst = None
     for name in names:
-        run_mode = mode or (pipeline.series_ci_settings(ws, name).get("mode") if name else None) or default_mode
+        declared_by = name or checks_from
+        run_mode = mode or (pipeline.series_ci_settings(ws, declared_by).get("mode") if declared_by else None) \
+            or default_mode
         rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest"),
                                     f"kpt ci {name or 'base'} ({run_mode})")
         try:
             res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                   reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
                                   qemu_args=tuple(qemu_args), force=force, expect=expect, stop_after=stop_after,
-                                  from_artifacts=Path(from_artifacts) if from_artifacts else None)
+                                  from_artifacts=Path(from_artifacts) if from_artifacts else None,
+                                  checks_from=checks_from)
         finally:
             rep.close()
         console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()

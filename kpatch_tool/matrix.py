@@ -14,6 +14,11 @@ fleet as a GitLab child pipeline / a GitHub Actions workflow.
     profile = "xen-dom0-virtio"
     qemu_args = ["-device", "virtio-net-pci"]
     expect = 6                    # this cell must end with exit 6 (a boot failure)
+
+    [[cell]]                      # the base with a series' checks (their on_base form):
+    series = "base"               # what the series fixes, seen without it
+    checks_from = "netback-per-vif"
+    mode = "xen+domU"
 """
 
 from __future__ import annotations
@@ -40,10 +45,16 @@ class Cell:
     qemu_args: list[str] = field(default_factory=list)
     expect: int = 0
     name: str = ""
+    checks_from: str | None = None  # a base cell: run this series' checks in their on_base form
+
+    @property
+    def row(self) -> str:
+        """What the cell runs: a series, the base, or the base with a series' checks."""
+        return self.series or (f"base+checks-of-{self.checks_from}" if self.checks_from else "base")
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.series or 'base'}-{self.tree}{'@' + self.ref if self.ref else ''}-{self.mode}"
+        return self.name or f"{self.row}-{self.tree}{'@' + self.ref if self.ref else ''}-{self.mode}"
 
     @property
     def column(self) -> str:
@@ -59,7 +70,10 @@ class Cell:
         from kpatch_tool.pipeline import fragment_name
 
         # A base cell must say so: `kpt ci` without a series runs kpt.toml's default series.
-        cmd = [self.series or "--base-only", "--onto", f"{self.tree}={self.ref}" if self.ref else self.tree]
+        cmd = [self.series or "--base-only"]
+        if self.checks_from:
+            cmd += ["--checks-from", self.checks_from]
+        cmd += ["--onto", f"{self.tree}={self.ref}" if self.ref else self.tree]
         if profile or self.profile:
             cmd += ["--profile", profile or self.profile]
         for f in self.fragments:
@@ -126,7 +140,7 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
     if not isinstance(raw_cells, list) or not all(isinstance(c, dict) for c in raw_cells):
         raise UsageError(f"{path}: 'cell' must be [[cell]] tables")
     for i, c in enumerate(raw_cells, 1):
-        for key in ("series", "base", "mode", "profile", "name"):
+        for key in ("series", "base", "mode", "profile", "name", "checks_from"):
             if key in c and not isinstance(c[key], str):
                 raise UsageError(f"{path} [[cell]] #{i}: '{key}' must be a string")
         for key in ("fragments", "qemu_args"):
@@ -143,19 +157,26 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
                 cells.append(Cell(None if s == "base" else s, tree, ref, mode))
     for i, c in enumerate(raw_cells, 1):
         where = f"{path} [[cell]] #{i}"
-        unknown = set(c) - {"series", "base", "mode", "profile", "fragments", "qemu_args", "expect", "name"}
+        unknown = set(c) - {"series", "base", "mode", "profile", "fragments", "qemu_args", "expect", "name",
+                            "checks_from"}
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         s = c.get("series", "base")
         mode = c.get("mode", "guest")
         check(s, mode, where)
+        checks_from = c.get("checks_from")
+        if checks_from is not None:
+            if s != "base":
+                raise UsageError(f"{where}: checks_from runs a series' checks on the base; the cell has series '{s}'")
+            check(checks_from, mode, where)
         tree, ref = _base(ws, c.get("base", "linux"), where)
         frags = [(path.parent / f).resolve() for f in c.get("fragments", [])]
         for f in frags:
             if not f.is_file():
                 raise UsageError(f"{where}: fragment {f} does not exist")
         cells.append(Cell(None if s == "base" else s, tree, ref, mode, c.get("profile"), frags,
-                          [str(a) for a in c.get("qemu_args", [])], int(c.get("expect", 0)), c.get("name", "")))
+                          [str(a) for a in c.get("qemu_args", [])], int(c.get("expect", 0)), c.get("name", ""),
+                          checks_from))
     if not cells:
         raise UsageError(f"{path}: no cells (give [matrix] series/bases/modes or [[cell]] tables)")
     return cells
@@ -172,7 +193,7 @@ def run(ws: Workspace, cells: list[Cell], *, reporter_factory=None, rerun_boot: 
             res = pipeline.run_ci(ws, cell.series, mode=cell.mode, onto={cell.tree: cell.ref} if cell.ref else {cell.tree: None},
                                   profile=cell.profile, fragments=tuple(cell.fragments),
                                   qemu_args=tuple(cell.qemu_args), reporter=rep, rerun_boot=rerun_boot,
-                                  label=cell.label, expect=cell.expect)
+                                  label=cell.label, expect=cell.expect, checks_from=cell.checks_from)
             stage = res.failed_stage or ("setup" if res.exit_code else None)
             out = CellOutcome(cell, res.exit_code, stage, res.run_dir, res.message)
         except KptError as exc:
@@ -201,12 +222,12 @@ def summary_rows(outcomes: list[CellOutcome]) -> tuple[list[str], list[tuple[str
             cell += " - as expected" if o.as_expected else f" - expected exit {o.cell.expect}"
         elif o.exit_code:
             cell += " - unexpected"
-        rows.setdefault(o.cell.series or "base", {})[col] = cell
+        rows.setdefault(o.cell.row, {})[col] = cell
     return columns, list(rows.items())
 
 
 def summary_json(outcomes: list[CellOutcome]) -> str:
-    return json.dumps([{"series": o.cell.series or "base", "tree": o.cell.tree, "ref": o.cell.ref,
+    return json.dumps([{"series": o.cell.series or "base", "checks_from": o.cell.checks_from, "tree": o.cell.tree, "ref": o.cell.ref,
                         "mode": o.cell.mode, "profile": o.cell.profile, "exit_code": o.exit_code,
                         "expected": o.cell.expect, "as_expected": o.as_expected, "failed_stage": o.failed_stage,
                         "run_dir": str(o.run_dir) if o.run_dir else None, "message": o.message}
@@ -240,6 +261,12 @@ def _kpt(args: list[str]) -> str:
     return "$KPT " + shlex.join(args) + " $KPT_CI_ARGS"
 
 
+def _whole(cell: Cell) -> bool:
+    """A cell run as one job: it expects an exit no boot gives, or its checks come from a
+    series the build does not carry (--checks-from), which a boot job cannot take over."""
+    return cell.expect not in BOOT_OUTCOMES or bool(cell.checks_from)
+
+
 def build_groups(ws: Workspace, cells: list[Cell]) -> dict[str, tuple[list[str], list[Cell]]]:
     """Cells that boot the same kernel, by build job name: (the build job's `kpt ci` arguments, cells).
 
@@ -251,7 +278,7 @@ def build_groups(ws: Workspace, cells: list[Cell]) -> dict[str, tuple[list[str],
 
     groups: dict[str, tuple[list[str], list[Cell]]] = {}
     for cell in cells:
-        if cell.expect not in BOOT_OUTCOMES:
+        if _whole(cell):
             continue
         profile = settled_profile(ws, cell.series, cell.mode, cell.profile)
         args = ["ci", *cell.build_args(ws, profile), "--mode", cell.mode, "--stop-after", "build"]
@@ -293,7 +320,7 @@ def emit_gitlab(ws: Workspace, cells: list[Cell]) -> str:
                       "  variables:", f"    KPT_OUT: out/{job}", "  script:", "    - $KPT_SETUP",
                       f"    - {json.dumps(cmd)}", *_artifacts(f"out/{job}"), ""]
     for cell in cells:
-        if cell.expect not in BOOT_OUTCOMES:
+        if _whole(cell):
             job = _job_name(cell)
             lines += [f"{job}:", "  stage: boot", "  needs: []", "  variables:", f"    KPT_OUT: out/{job}",
                       "  script:", "    - $KPT_SETUP", f"    - {json.dumps(_kpt(cell.argv(ws)))}",

@@ -124,26 +124,34 @@ class CiResult:
 
 def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str], profile: str | None,
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
-             rep: Reporter, force: bool, rerun_boot: bool, expect: int = 0) -> stagesmod.RunContext:
-    """What the run was asked, settled once: command line over series.toml [ci] over mode defaults."""
+             rep: Reporter, force: bool, rerun_boot: bool, expect: int = 0,
+             checks_from: str | None = None) -> stagesmod.RunContext:
+    """What the run was asked, settled once: command line over series.toml [ci] over mode defaults.
+
+    checks_from (a base run only): the series whose checks, [domU] and [ci] settings the base runs with."""
     m = run_mode(mode)
-    declared = series_ci_settings(ws, series) if series else {}
-    tree = default_linux_tree(ws, series)
+    if checks_from and series:
+        from kpatch_tool.errors import UsageError
+
+        raise UsageError(f"checks from {checks_from} run on the base without a series, not with {series}")
+    declared = series_ci_settings(ws, series or checks_from) if series or checks_from else {}
+    tree = default_linux_tree(ws, series or checks_from)
     for t in onto:
         if t in ws.trees and ws.trees[t].kind == "linux":
             tree = t
     ws.tree(tree)
-    profile = settled_profile(ws, series, mode, profile)
+    profile = settled_profile(ws, series or checks_from, mode, profile)
     qemu_args = tuple(declared.get("qemu_args", ())) + tuple(qemu_args)
     timeout = timeout or declared.get("timeout") or m.timeout
-    run_id, run_dir = new_run_dir(ws, label or f"{series or 'base'}-{tree}-{mode.replace('+', '-')}")
+    what = series or (f"base-checks-{checks_from}" if checks_from else "base")
+    run_id, run_dir = new_run_dir(ws, label or f"{what}-{tree}-{mode.replace('+', '-')}")
     (run_dir / "logs").mkdir()
     manifest = Manifest(run_dir, {
         "run_id": run_id, "tool": {"name": "kpatch-tool", "version": __version__},
         "host": {"node": platform.node(), "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)),
                  "user": getpass.getuser()},
-        "inputs": {"series": series, "mode": mode, "profile": profile, "tree": tree, "onto": onto,
-                   "fragments": [fragment_name(ws, f) for f in fragments],
+        "inputs": {"series": series, "checks_from": checks_from, "mode": mode, "profile": profile, "tree": tree,
+                   "onto": onto, "fragments": [fragment_name(ws, f) for f in fragments],
                    "fragment_sha256": [safefs.sha256_file(f) if Path(f).is_file() else None for f in fragments],
                    "qemu_args": list(qemu_args), "force": force, "expect": expect},
         "outputs": {}, "stages": [], "complete": False, "exit_code": None,
@@ -151,7 +159,7 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
     return stagesmod.RunContext(ws=ws, series=series, mode=mode, tree=tree, profile=profile, timeout=timeout,
                                 onto=onto, fragments=tuple(fragments), qemu_args=qemu_args, run_dir=run_dir,
                                 manifest=manifest, detail=lambda msg, *_: rep.detail(str(msg)), force=force,
-                                rerun_boot=rerun_boot)
+                                rerun_boot=rerun_boot, checks_from=checks_from)
 
 
 def settled_profile(ws: Workspace, series: str | None, mode: str, profile: str | None) -> str:
@@ -199,12 +207,13 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
            qemu_args: tuple[str, ...] = (), force: bool = False, expect: int = 0, stop_after: str | None = None,
-           from_artifacts: Path | None = None) -> CiResult:
+           from_artifacts: Path | None = None, checks_from: str | None = None) -> CiResult:
     """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
 
     stop_after="build" ends after the build and exports the kernel into the run
     folder (a CI build job); from_artifacts resumes from such a run folder (a
     boot job): series, base, profile and fragments are the build's, checked by hash.
+    checks_from: with no series, the base tree runs that series' checks in their base form.
     """
     rep = reporter or Reporter()
     resumed = None
@@ -221,7 +230,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         raise UsageError(f"--stop-after {stop_after}: not a stage of this run ({', '.join(names)})")
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
-                 rep, force, rerun_boot, expect)
+                 rep, force, rerun_boot, expect, checks_from)
     c.export = stop_after == "build"
     result = CiResult(c.run_dir.name, c.run_dir, 0, series, mode)
     if stop_after:

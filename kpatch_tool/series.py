@@ -49,7 +49,10 @@ CI_MODES = MODES
 # The one default of a smoke test's timeout (seconds): image and series used to say 30 and 60.
 SMOKE_TIMEOUT = 30
 TREE_KEYS = {"base", "subject_prefix", "to", "cc", "list"}
-SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip", "needs"}
+SMOKE_KEYS = {"name", "where", "run", "expect", "timeout", "skip", "needs", "on_base"}
+# [[smoke]] on_base: how the check runs on the base tree without the series (a matrix
+# cell's checks_from, `kpt ci --base-only --checks-from SERIES`), to show what the series fixes.
+ON_BASE_KEYS = {"expect", "skip"}
 # What a check may need beyond its place: a mode without it lists the check as SKIP with the reason.
 SMOKE_NEEDS = {"domU": "a domU (xen+domU mode)", "device-model": "the series' device model (xen+domU mode)"}
 SMOKE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]+$")  # a KTAP test name, as README documents
@@ -91,12 +94,23 @@ class SmokeTest:
     timeout: float = SMOKE_TIMEOUT
     skip: str = ""  # listed as SKIP with this reason (replaces a dependency's check of that name)
     needs: list[str] = field(default_factory=list)  # keys of SMOKE_NEEDS
+    # On the base tree without the series: another expect (what the bug looks like) or a
+    # skip reason (the check looks at something only the series adds).
+    on_base: dict[str, str] = field(default_factory=dict)
 
-    def as_check(self, series: str) -> dict:
-        """The check as the image's /init templates take it."""
-        return {"series": series, "name": self.name, "where": self.where, "run": self.run or "true",
-                "expect": self.expect or "", "timeout": max(1, int(self.timeout)), "skip": self.skip,
-                "needs": list(self.needs)}
+    def as_check(self, series: str, *, on_base: bool = False) -> dict:
+        """The check as the image's /init templates take it; on_base: its form on the base tree."""
+        check = {"series": series, "name": self.name, "where": self.where, "run": self.run or "true",
+                 "expect": self.expect or "", "timeout": max(1, int(self.timeout)), "skip": self.skip,
+                 "needs": list(self.needs)}
+        if on_base:
+            if "expect" in self.on_base:
+                check["expect"] = self.on_base["expect"]
+            if self.on_base.get("skip") and not check["skip"]:
+                check["skip"] = "on the base: " + self.on_base["skip"]
+            if "device-model" in self.needs and not check["skip"]:
+                check["skip"] = "on the base: no device model of the series"
+        return check
 
 
 @dataclass
@@ -504,6 +518,25 @@ def _load_changelog(path: Path, data: dict, series: Series) -> None:
         series.changelog[int(m.group(1))] = v
 
 
+def _on_base(path: Path, key: str, table) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise _err(path, key, "must be a table: { expect = \"regex\" } or { skip = \"reason\" }")
+    _unknown(path, key + ".", table, ON_BASE_KEYS)
+    out = {}
+    for k, v in table.items():
+        if not isinstance(v, str) or (k == "skip" and not v):
+            raise _err(path, f"{key}.{k}", "must be a string" + (" (the reason)" if k == "skip" else ""))
+        out[k] = v
+    if "expect" in out:
+        try:
+            re.compile(out["expect"])
+        except re.error as exc:
+            raise _err(path, f"{key}.expect", f"is not a valid regex: {exc}") from None
+    if len(out) > 1:
+        raise _err(path, key, "gives expect and skip: a check skipped on the base expects nothing there")
+    return out
+
+
 def _load_smoke(path: Path, data: dict, series: Series) -> None:
     smoke = data.get("smoke", [])
     if not isinstance(smoke, list):
@@ -540,7 +573,9 @@ def _load_smoke(path: Path, data: dict, series: Series) -> None:
         for n in needs:
             if n not in SMOKE_NEEDS:
                 raise _err(path, f"{key}.needs", f"names '{n}'; one of {', '.join(SMOKE_NEEDS)}")
-        series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip, needs))
+        on_base = _on_base(path, f"{key}.on_base", s.get("on_base", {}))
+        series.smoke.append(SmokeTest(s["name"], where, s.get("run", "true"), expect, float(timeout), skip, needs,
+                                      on_base))
     # One name per place: a check named alike in dom0 and in the domU is two checks.
     places = [(s.where, s.name) for s in series.smoke]
     dup = {p for p in places if places.count(p) > 1}

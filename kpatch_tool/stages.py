@@ -44,6 +44,8 @@ class RunContext:
     force: bool = False
     rerun_boot: bool = False
     export: bool = False  # copy the built kernel into the run folder for boot jobs elsewhere (--stop-after build)
+    # No series applied, but this series' checks and [domU] settings, in their base form.
+    checks_from: str | None = None
 
     base_commit: str | None = None
     srctree: Path | None = None
@@ -66,9 +68,11 @@ class RunContext:
         return self.manifest.data["outputs"]
 
     def chain(self) -> list[str]:
+        """The series whose checks and [domU] settings the run uses, deepest dependency first."""
         from kpatch_tool import series as seriesmod
 
-        return [s.name for s in seriesmod.resolve_depends(self.ws, self.series)] if self.series else []
+        name = self.series or self.checks_from
+        return [s.name for s in seriesmod.resolve_depends(self.ws, name)] if name else []
 
 
 def trees_stage(c: RunContext) -> tuple[str, str]:
@@ -173,7 +177,7 @@ def image_stage(c: RunContext) -> tuple[str, str]:
     prereqs.require("image")
     b = c.build
     chain = c.chain()
-    c.smoke = image.load_smoke(c.ws, chain)
+    c.smoke = image.load_smoke(c.ws, chain, on_base=not c.series and bool(c.checks_from))
     if c.mode == "xen+domU":
         from kpatch_tool import nested
 

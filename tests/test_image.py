@@ -134,11 +134,13 @@ def test_rendered_init_is_valid_shell_and_carries_release_and_checks(tmp_ws):
     text = image.render_init(ws, mode="xen", kernel_release="6.1.0-kpt", groups=groups)
     subprocess.run(["sh", "-n"], input=text.encode(), check=True)
     assert "'^6\\.1\\.0-kpt$'" in text
-    assert [g["name"] for g in groups] == ["base", "s1", "s2"]
+    assert [g["name"] for g in groups] == ["base", "s1", "s2", "after-checks"]
     base = [c["name"] for c in groups[0]["checks"]]
     assert base[:2] == ["kernel-release", "modules-load"]
     assert {"xen-capabilities", "hypervisor-type", "xenbus", "xen-devices"} <= set(base)
     assert base[-1] == "dmesg-clean"
+    # Again once every check ran: what the series' checks made the kernel say.
+    assert [c["name"] for c in groups[-1]["checks"]] == ["dmesg-clean"]
     # xen mode runs dom0 checks; guest-only checks are listed as skipped
     assert groups[2]["checks"][0]["skip"] == ""
     assert "not in dom0" in groups[1]["checks"][0]["skip"]
@@ -215,3 +217,34 @@ def test_needs_names_only_known_things(tmp_ws):
     (ws.patches_dir / "s" / "series.toml").write_text('name = "s"\n[[smoke]]\nname = "x"\nrun = "true"\nneeds = ["gpu"]\n')
     with pytest.raises(UsageError, match=r"smoke\[0\]\.needs.*'gpu'"):
         series.load_series(ws, "s")
+
+
+@pytest.mark.parametrize("line, clean", [
+    ("[   12.3] vif vif-0 vif0: Grant still in use by backend domain", False),
+    ("[   12.3] WARNING: CPU: 1 PID: 34 at drivers/virtio/virtio.c:300 virtio_dev_remove+0x5e/0x70", False),
+    ("[   12.3] WARNING: leaking g.e. and page still in use!", False),
+    ("[   12.3] BUG: kernel NULL pointer dereference, address: 0000000000000000", False),
+    ("[   12.3] xen_netfront: Initialising Xen virtual ethernet driver", True),
+    ("[    0.2] Speculative Return Stack Overflow: WARNING: See https://kernel.org/doc/html/latest/"
+     "admin-guide/hw-vuln/srso.html for mitigation options.", True),
+])
+def test_dmesg_clean_catches_warnings_bugs_and_grants_still_in_use(tmp_path, line, clean):
+    """The check's own command, run by sh with a dmesg that prints the line."""
+    (tmp_path / "dmesg").write_text(f"#!/bin/sh\necho '{line}'\n")
+    (tmp_path / "dmesg").chmod(0o755)
+    check = image.dmesg_clean_check()
+    res = subprocess.run(["sh", "-c", check["run"]], capture_output=True, text=True,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert (res.returncode == 0) is clean, res.stdout
+    assert ("clean" in res.stdout) is clean
+
+
+def test_on_base_form_of_the_netback_checks(project_ws):
+    """On the base the rate check expects the bug (over the limit); checks of what only
+    the series adds are skipped rather than failed."""
+    series = {c["name"]: c for c in image.load_smoke(project_ws, ["netback-per-vif"])}
+    base = {c["name"]: c for c in image.load_smoke(project_ws, ["netback-per-vif"], on_base=True)}
+    assert series["rate-limit-two-queues"]["expect"] == "verdict: within-limit"
+    assert base["rate-limit-two-queues"]["expect"] == "verdict: over-limit"
+    assert base["ethtool-counters"]["skip"].startswith("on the base:") and not series["ethtool-counters"]["skip"]
+    assert base["vif-two-queues"] == series["vif-two-queues"]

@@ -196,3 +196,44 @@ def test_each_emitted_command_records_the_same_inputs_as_its_local_cell(ws, tmp_
         (run,) = (tmp_path / what).glob("*/manifest.json")
         got = json.loads(run.read_text())["inputs"]
         assert got == want, what
+
+
+def test_a_base_cell_can_run_a_series_checks_and_says_so_on_its_command_line(ws, tmp_path):
+    (ws.patches_dir / "fix").mkdir(parents=True)
+    (ws.patches_dir / "fix" / "series.toml").write_text('name = "fix"\n')
+    cells = matrix.load(ws, _write(tmp_path, """
+[[cell]]
+series = "base"
+checks_from = "fix"
+mode = "xen+domU"
+[[cell]]
+series = "fix"
+mode = "xen+domU"
+"""))
+    base, fixed = cells
+    assert base.series is None and base.checks_from == "fix" and fixed.checks_from is None
+    assert base.argv()[1:4] == ["--base-only", "--checks-from", "fix"]
+    _assert_runnable(".venv/bin/kpt " + shlex.join(base.argv()))
+    # Its checks are not the build's: the fleet runs it whole, in one job.
+    jobs = yaml.safe_load(matrix.emit_gitlab(ws, [base]))
+    (job,) = [j for k, j in jobs.items() if k.startswith("kpt-")]
+    assert "--checks-from" in job["script"][1] and not any(k.startswith("build-") for k in jobs)
+    # The two base runs of a matrix (with and without a series' checks) are two rows.
+    assert base.row == "base+checks-of-fix" and base.label != matrix.Cell(None, "linux", None, "xen+domU").label
+
+
+@pytest.mark.parametrize("cell, message", [
+    ('series = "fix"\nchecks_from = "fix"', "checks_from runs a series' checks on the base"),
+    ('checks_from = "nope"', "unknown series 'nope'"),
+    ('checks_from = 3', "'checks_from' must be a string"),
+])
+def test_checks_from_is_checked(ws, tmp_path, cell, message):
+    (ws.patches_dir / "fix").mkdir(parents=True)
+    (ws.patches_dir / "fix" / "series.toml").write_text('name = "fix"\n')
+    with pytest.raises(UsageError, match=message):
+        matrix.load(ws, _write(tmp_path, f"[[cell]]\n{cell}\n"))
+
+
+def test_cli_checks_from_needs_base_only(ws):
+    res = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--checks-from", "fix", "--mode", "guest"])
+    assert res.exit_code == 2 and "--base-only" in res.output

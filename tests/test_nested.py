@@ -35,9 +35,30 @@ def test_dom0_init_renders_series_checks_and_is_valid_shell(project_ws):
     text = nested.render_dom0_init(project_ws, smoke)
     assert "check \"    \" 1 threads 20 guest-rx" in text
     assert "in-domu" not in text  # domU checks go into the domU's image, not dom0's
-    assert 'echo "1..3"' in text
+    assert 'echo "1..4"' in text
     res = subprocess.run(["sh", "-n"], input=text, text=True, capture_output=True)
     assert res.returncode == 0, res.stderr
+    # Last: dom0's own kernel log, once the domU has come and gone.
+    tail = text[text.index("# Last: what dom0"):]
+    assert "# Subtest: after-checks" in tail and "dmesg-clean" in tail and "Grant still in use" in tail
+
+
+@pytest.mark.parametrize("log, verdict", [
+    ("KTAP version 1\n1..1\nok 1 base\n# kpt-init: done at uptime 33.45s\n", "ok 3 domU"),
+    # panic_on_warn: the domU died in its checks, before any "not ok" line.
+    ("KTAP version 1\n1..2\nok 1 base\n[ 20.1] Kernel panic - not syncing: panic_on_warn set ...\n",
+     "not ok 3 domU # ended before its checks finished"),
+])
+def test_a_domu_that_dies_in_its_checks_is_not_ok(project_ws, tmp_path, log, verdict):
+    """dom0's verdict on the domU, run by sh on a console log of the domU (no Xen here)."""
+    text = nested.render_dom0_init(project_ws, [{"series": "s", "name": "x", "where": "dom0", "run": "true"}])
+    block = text[text.index("LOG="):text.index('if [ -f "/var/log/xen/qemu-dm')]
+    (tmp_path / "guest.log").write_text(log)
+    block = block.replace("LOG=/var/log/xen/console/guest-$DOMU.log", f"LOG={tmp_path}/guest.log")
+    res = subprocess.run(["sh", "-c", f'cut=""\n{block}'], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip().splitlines()[-1] == verdict
 
 
 def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
@@ -71,6 +92,8 @@ def test_domu_config_takes_the_series_settings(project_ws, tmp_path):
     assert "memory = 300" in cfg and "vcpus = 2" in cfg
     assert "vif = [ 'bridge=xenbr0,mac=00:16:3e:00:00:02,script=/etc/xen/scripts/kpt-vif,rate=10Mb/s' ]" in cfg
     assert "cpu_weight = 512" in cfg
+    # A WARN() in the domU ends it: its checks cannot pass over one.
+    assert "panic_on_warn=1" in cfg
 
 
 @pytest.mark.parametrize("vif_env, dev", [({"vif": "vif7.0"}, "vif7.0"), ({}, "vif3.1")])
@@ -138,7 +161,7 @@ def test_domu_kernel_arguments_come_from_the_series_and_are_checked(project_ws, 
     (ws.patches_dir / "s").mkdir(parents=True)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "iommu=soft"\n')
     s = nested.domu_settings(ws, ["s"])
-    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
+    assert 'extra = "console=hvc0 panic=-1 panic_on_warn=1 pty.legacy_count=0 iommu=soft"' in nested.render_domu_cfg(project_ws, s)
     (ws.patches_dir / "s" / "series.toml").write_text('[domU]\nextra = "a\\" b"\n')
     with pytest.raises(UsageError, match=r"domU\.extra"):
         nested.domu_settings(ws, ["s"])

@@ -179,6 +179,11 @@ def test_new_series_creates_the_layout(series_ws):
     ("name = 'x'\nrun = 'true'\ntimeout = 1e300", "must be a positive number"),
     ("name = 'x'\nskip = 5", "must be a string"),
     ("name = 'x'", "'smoke[0].run' is required"),
+    ("name = 'x'\nrun = 'true'\non_base = 'fails'", "'smoke[0].on_base' must be a table"),
+    ("name = 'x'\nrun = 'true'\non_base = { colour = 'red' }", "unknown"),
+    ("name = 'x'\nrun = 'true'\non_base = { expect = '(' }", "'smoke[0].on_base.expect' is not a valid regex"),
+    ("name = 'x'\nrun = 'true'\non_base = { skip = '' }", "'smoke[0].on_base.skip' must be a string"),
+    ("name = 'x'\nrun = 'true'\non_base = { skip = 'a', expect = 'b' }", "gives expect and skip"),
 ])
 def test_smoke_tables_are_checked(series_ws, demo_series, smoke, message):
     write_toml(demo_series, f"\n[[smoke]]\n{smoke}\n")
@@ -190,6 +195,22 @@ def test_smoke_skip_is_accepted_without_run(series_ws, demo_series):
     write_toml(demo_series, "\n[[smoke]]\nname = 'qemu-maps'\nwhere = 'domU'\nskip = 'not on this variant'\n")
     (t,) = sm.load_series(series_ws, "demo").smoke
     assert (t.name, t.skip, t.run) == ("qemu-maps", "not on this variant", "true")
+
+
+def test_a_check_has_its_own_form_on_the_base(series_ws, demo_series):
+    """What the series fixes, seen without it: another expect, or a skip for what only the series adds."""
+    write_toml(demo_series, "\n[[smoke]]\nname = 'rate'\nrun = 'true'\nexpect = 'within'\n"
+                            "on_base = { expect = 'over' }\n"
+                            "[[smoke]]\nname = 'counter'\nrun = 'true'\non_base = { skip = 'patch 2 adds it' }\n"
+                            "[[smoke]]\nname = 'plain'\nrun = 'true'\nexpect = 'x'\n"
+                            "[[smoke]]\nname = 'dm'\nrun = 'true'\nneeds = ['device-model']\n")
+    tests = {t.name: t for t in sm.load_series(series_ws, "demo").smoke}
+    assert tests["rate"].as_check("demo")["expect"] == "within"
+    assert tests["rate"].as_check("demo", on_base=True)["expect"] == "over"
+    assert tests["counter"].as_check("demo")["skip"] == ""
+    assert tests["counter"].as_check("demo", on_base=True)["skip"] == "on the base: patch 2 adds it"
+    assert tests["plain"].as_check("demo", on_base=True) == tests["plain"].as_check("demo")
+    assert "no device model" in tests["dm"].as_check("demo", on_base=True)["skip"]
 
 
 @pytest.mark.parametrize("name", ["x.lock", "a..b", "trailing.", ".hidden", "a/b"])
