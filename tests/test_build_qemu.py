@@ -438,3 +438,29 @@ def test_real_virtio_xenbus_qemu_patches_each_build(project_ws):
     assert [s.status for s in steps] == ["builds"] * n, [s.error for s in steps]
     assert all(not s.new_warnings for s in steps), [s.new_warnings for s in steps]
     assert git(buildmod.each_dir_for(project_ws, "qemu", ar.worktree), "status", "--porcelain") == ""
+
+
+def test_a_tree_with_pythondeps_gets_the_hosts_python_when_its_meson_is_accepted(tmp_ws, qemu_tree):
+    ws, src = tmp_ws(), qemu_tree()
+    (src / "pythondeps.toml").write_text('[meson]\nmeson = { accepted = ">=0.50", installed = "1.9.0" }\n')
+    res = _build(ws, src)
+    got = (res.build_dir / "configure-args").read_text().split("\n")
+    assert f"--python={build_qemu.proc.which('python3')}" in got and "--disable-download" in got
+    assert not any(a.startswith(("--meson=", "--with-git-submodules")) for a in got)
+    assert "meson" not in res.identity and not (ws.cache_dir / "pytools").exists()
+
+
+def test_a_tree_whose_meson_the_host_lacks_gets_kpts_venv_in_its_identity(tmp_ws, qemu_tree, tmp_path, monkeypatch):
+    from test_pytools import make_wheel
+
+    index = tmp_path / "index"
+    make_wheel(index, "meson", "99.1.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    ws, src = tmp_ws(), qemu_tree()
+    (src / "pythondeps.toml").write_text('[meson]\nmeson = { accepted = ">=99", installed = "99.1.0" }\n')
+    res = _build(ws, src)
+    venv = ws.cache_dir / "pytools" / "meson-99.1.0"
+    assert f"--python={venv}/bin/python3" in (res.build_dir / "configure-args").read_text().split("\n")
+    assert res.identity["meson"]["version"] == "99.1.0"
+    assert _build(ws, src).cached
