@@ -4,7 +4,7 @@ The fast tests drive build_qemu.py with a miniature QEMU tree whose
 `configure` behaves like QEMU's enough: run from the build folder, it records
 its arguments, fails with an `ERROR:` line when a dependency is "missing",
 and writes a build.ninja that real ninja runs with the compiler given by
---cc (real gcc). The heavy test builds Debian's QEMU 7.2
+--cc (real gcc). The heavy test builds Debian's QEMU 7.2 and sid's 10.2
 (`pytest -m heavy tests/test_build_qemu.py`).
 """
 
@@ -188,17 +188,18 @@ def test_our_worktree_gets_the_build_folder_as_a_child_git_ignores(tmp_ws, qemu_
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_real_qemu_xen_device_model_builds_and_a_rerun_is_a_no_op(project_ws):
-    """Debian's QEMU 7.2 (`kpt tree import qemu`), configured as qemu-system-xen."""
+@pytest.mark.parametrize("tree", ["qemu", "qemu-10.2"])
+def test_real_qemu_xen_device_model_builds_and_a_rerun_is_a_no_op(project_ws, tree):
+    """Debian's QEMU 7.2 and sid's 10.2 (meson 1.9.0 from PyPI), configured as qemu-system-xen."""
     from kpatch_tool import proc, trees
 
-    src = trees.checkout(project_ws, "qemu")
-    res = build_qemu.build_qemu(project_ws, srctree=src)
+    src = trees.checkout(project_ws, tree)
+    res = build_qemu.build_qemu(project_ws, srctree=src, tree=tree)
     assert res.qemu_system_i386.is_file()
     out = proc.run([str(res.qemu_system_i386), "-machine", "help"], timeout=60)
     assert out.ok and "xenpv" in out.stdout
     start = time.monotonic()
-    again = build_qemu.build_qemu(project_ws, srctree=src)
+    again = build_qemu.build_qemu(project_ws, srctree=src, tree=tree)
     assert again.cached and time.monotonic() - start < 10
     assert git(src, "status", "--porcelain") == ""
 
