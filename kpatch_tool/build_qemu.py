@@ -54,17 +54,21 @@ class MesonSetup:
     """How configure finds meson and the subprojects, and what of it shapes the build.
 
     sources: nothing is fetched (7.2: no submodule update; 8.1+: no wrap or
-    PyPI download by configure itself); meson: `--meson=` or `--python=`;
+    PyPI download by configure itself; and no -Werror, which a git checkout
+    turns on and Debian's tarball builds do not have: 10.2 warns about its
+    TPM helpers when TPM is off, and --each compares warnings per patch);
+    meson: `--meson=` or `--python=`;
     identity: the venv's meson version and wheel hash, or {} for the host's
     (whose Debian version the host_tools part of the identity has).
     """
 
-    sources: str = "--with-git-submodules=ignore"
+    sources: tuple[str, ...] = ("--with-git-submodules=ignore",)
     meson: str = "--meson=meson"
     identity: dict = field(default_factory=dict)
 
 
 LEGACY = MesonSetup()
+MKVENV_SOURCES = ("--disable-download", "--disable-werror")
 
 
 @dataclass(kw_only=True)
@@ -102,7 +106,7 @@ def configure_args(target_list: list[str], *, enable_xen: bool = True, wrapper: 
     if enable_xen and any(not t.endswith("-softmmu") for t in target_list):
         raise UsageError("QEMU: --enable-xen builds system emulators only (<arch>-softmmu targets)")
     args = [*(XEN_ARGS if enable_xen else []), f"--target-list={','.join(target_list)}", *COMMON_ARGS,
-            setup.sources, f"--cc={buildmod.cc_for(wrapper)}", setup.meson]
+            *setup.sources, f"--cc={buildmod.cc_for(wrapper)}", setup.meson]
     return args + list(extra)
 
 
@@ -114,9 +118,9 @@ def meson_setup(ws: Workspace, srctree: Path, progress=None) -> MesonSetup:
     host = pytools.host_version("meson")
     if host and pytools.satisfies(host, req.accepted):
         python = proc.which("python3") or "python3"
-        return MesonSetup(sources="--disable-download", meson=f"--python={python}")
+        return MesonSetup(sources=MKVENV_SOURCES, meson=f"--python={python}")
     env = pytools.ensure(ws.cache_dir, req, progress=progress)
-    return MesonSetup(sources="--disable-download", meson=f"--python={env.python}", identity=env.identity())
+    return MesonSetup(sources=MKVENV_SOURCES, meson=f"--python={env.python}", identity=env.identity())
 
 
 def _identity(args: list[str], setup: MesonSetup) -> dict:
