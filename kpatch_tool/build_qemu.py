@@ -4,7 +4,11 @@ The default is Debian's qemu-system-xen flavour (qemu-7.2/debian/rules,
 configure-xen): `--enable-xen --target-list=i386-softmmu --disable-tcg
 --disable-kvm --without-default-features`, the Xen PV device model, minus
 Debian's optional extras (spice, vnc, libusb, virtfs) that a smoke test does
-not need. Debian's source has no bundled meson: the system's is used.
+not need. Debian's source has no bundled meson. A tree without pythondeps.toml
+(QEMU up to 8.0: 7.2) is configured with the host's (`--meson=meson`); a tree
+with one (8.1 and later: 10.2) configures through mkvenv, which takes meson from
+the python it is given: the host's python3 when the host's meson is `accepted`,
+else a venv of kpt's own with the tree's `installed` meson from PyPI (pytools).
 
 The build folder is a direct child of the source worktree, named after a hash
 of the configure arguments: meson writes compiler command lines relative to it
@@ -24,11 +28,11 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kpatch_tool import build as buildmod
-from kpatch_tool import proc
+from kpatch_tool import proc, pytools
 from kpatch_tool.build import Artifact, Built
 from kpatch_tool.errors import BuildError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
@@ -42,8 +46,29 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;]*[mK]")
 # meson's own errors: `../meson.build:2768:2: ERROR: Problem encountered: fdt not available ...`
 MESON_ERROR_RE = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?:\d+:)? ERROR: (?P<msg>.*)$")
 XEN_ARGS = ["--enable-xen", "--disable-tcg", "--disable-kvm"]
-COMMON_ARGS = ["--without-default-features", "--disable-docs", "--disable-tools",
-               "--disable-install-blobs", "--with-git-submodules=ignore"]
+COMMON_ARGS = ["--without-default-features", "--disable-docs", "--disable-tools", "--disable-install-blobs"]
+
+
+@dataclass(frozen=True)
+class MesonSetup:
+    """How configure finds meson and the subprojects, and what of it shapes the build.
+
+    sources: nothing is fetched (7.2: no submodule update; 8.1+: no wrap or
+    PyPI download by configure itself; and no -Werror, which a git checkout
+    turns on and Debian's tarball builds do not have: 10.2 warns about its
+    TPM helpers when TPM is off, and --each compares warnings per patch);
+    meson: `--meson=` or `--python=`;
+    identity: the venv's meson version and wheel hash, or {} for the host's
+    (whose Debian version the host_tools part of the identity has).
+    """
+
+    sources: tuple[str, ...] = ("--with-git-submodules=ignore",)
+    meson: str = "--meson=meson"
+    identity: dict = field(default_factory=dict)
+
+
+LEGACY = MesonSetup()
+MKVENV_SOURCES = ("--disable-download", "--disable-werror")
 
 
 @dataclass(kw_only=True)
@@ -72,7 +97,7 @@ def binary_for(target: str) -> str:
 
 
 def configure_args(target_list: list[str], *, enable_xen: bool = True, wrapper: str | None = "ccache",
-                   extra: list[str] = ()) -> list[str]:
+                   extra: list[str] = (), setup: MesonSetup = LEGACY) -> list[str]:
     """The configure command line (after ./configure), the build's identity."""
     if not target_list:
         raise UsageError("QEMU: an empty --target-list builds nothing")
@@ -81,8 +106,25 @@ def configure_args(target_list: list[str], *, enable_xen: bool = True, wrapper: 
     if enable_xen and any(not t.endswith("-softmmu") for t in target_list):
         raise UsageError("QEMU: --enable-xen builds system emulators only (<arch>-softmmu targets)")
     args = [*(XEN_ARGS if enable_xen else []), f"--target-list={','.join(target_list)}", *COMMON_ARGS,
-            f"--cc={buildmod.cc_for(wrapper)}", "--meson=meson"]
+            *setup.sources, f"--cc={buildmod.cc_for(wrapper)}", setup.meson]
     return args + list(extra)
+
+
+def meson_setup(ws: Workspace, srctree: Path, progress=None) -> MesonSetup:
+    """The meson this tree's configure is to use: the host's, or kpt's venv of the tree's pinned one."""
+    req = pytools.requirement(Path(srctree))
+    if req is None:
+        return LEGACY
+    host = pytools.host_version("meson")
+    if host and pytools.satisfies(host, req.accepted):
+        python = proc.which("python3") or "python3"
+        return MesonSetup(sources=MKVENV_SOURCES, meson=f"--python={python}")
+    env = pytools.ensure(ws.cache_dir, req, progress=progress)
+    return MesonSetup(sources=MKVENV_SOURCES, meson=f"--python={env.python}", identity=env.identity())
+
+
+def _identity(args: list[str], setup: MesonSetup) -> dict:
+    return {"configure": args, **({"meson": setup.identity} if setup.identity else {})}
 
 
 def qemu_version(srctree: Path) -> str:
@@ -183,14 +225,16 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
     if not (srctree / "configure").is_file() or not (srctree / "meson.build").is_file():
         raise UsageError(f"{srctree}: not a QEMU source tree (no configure and meson.build)")
     targets = list(target_list)
-    args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, extra=list(extra_args))
+    setup = meson_setup(ws, srctree, progress)
+    args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, extra=list(extra_args), setup=setup)
+    ident = _identity(args, setup)
     build_dir = build_dir_for(ws, tree, srctree, args)
     _ours(build_dir, srctree)
     binaries = [build_dir / binary_for(t) for t in targets]
 
     def run(stamp: dict | None, log: Path) -> buildmod.Ran:
         env = buildmod.make_env(wrapper)
-        _configure(srctree, build_dir, args, env=env, log=log, tree=tree, progress=progress)
+        _configure(srctree, build_dir, args, ident, env=env, log=log, tree=tree, progress=progress)
         res, w = _ninja(build_dir, binaries, env=env, jobs=jobs, log=log, timeout=timeout, progress=progress)
         if not res.ok:
             raise _fail(w, res, log, f"build of {tree} failed")
@@ -199,17 +243,17 @@ def build_qemu(ws: Workspace, *, srctree: Path, tree: str = "qemu", target_list:
             raise KptError(f"build of {tree}: ninja succeeded but {missing[0]} is missing (log {log})")
         return buildmod.Ran(w.warnings, w.total)
 
-    backend = buildmod.Backend(tree, srctree, build_dir, {"configure": args}, binaries, run,
+    backend = buildmod.Backend(tree, srctree, build_dir, ident, binaries, run,
                                lambda: _artifacts(build_dir, targets), wrapper, ("config", "qemu-build"))
     built, _ = buildmod.cached_build(backend, force=force, progress=progress)
     return QemuBuildResult(**vars(built), version=qemu_version(srctree), targets=targets, configure_args=args)
 
 
-def _configure(srctree: Path, build_dir: Path, args: list[str], *, env: dict[str, str], log: Path, tree: str,
-               progress=None) -> bool:
-    """Run configure in build_dir unless it ran there with args already; True when it ran."""
+def _configure(srctree: Path, build_dir: Path, args: list[str], ident: dict, *, env: dict[str, str], log: Path,
+               tree: str, progress=None) -> bool:
+    """Run configure in build_dir unless it ran there with args (and that meson) already; True when it ran."""
     configured = _read_json(build_dir / CONFIGURED)
-    if configured == {"configure": args} and (build_dir / "build.ninja").is_file():
+    if configured == ident and (build_dir / "build.ninja").is_file():
         return False
     (build_dir / CONFIGURED).unlink(missing_ok=True)
     if progress:
@@ -222,7 +266,7 @@ def _configure(srctree: Path, build_dir: Path, args: list[str], *, env: dict[str
         raise KptError(f"cannot run QEMU's configure in {build_dir}: {exc}") from None
     if not res.ok:
         raise _fail(w, res, log, f"configure of {tree} failed")
-    (build_dir / CONFIGURED).write_text(json.dumps({"configure": args}))
+    (build_dir / CONFIGURED).write_text(json.dumps(ident))
     return True
 
 
@@ -285,19 +329,21 @@ def build_each_qemu(ws: Workspace, *, worktree: Path, base: str, tree: str = "qe
     """
     worktree = Path(worktree)
     targets = list(target_list)
-    args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper)
     commits = buildmod.each_commits(worktree, base)
     env = buildmod.make_env(wrapper)
     with buildmod.build_lock(progress):
         each_dir = buildmod.each_worktree(ws, tree, worktree, base)
         if not (each_dir / "configure").is_file() or not (each_dir / "meson.build").is_file():
             raise UsageError(f"{worktree}: not a QEMU source tree at {base[:12]} (no configure and meson.build)")
+        setup = meson_setup(ws, each_dir, progress)
+        args = configure_args(targets, enable_xen=enable_xen, wrapper=wrapper, setup=setup)
         build_dir = build_dir_for(ws, tree, each_dir, args)
         _ours(build_dir, each_dir)
         binaries = [build_dir / binary_for(t) for t in targets]
         log = build_dir / "each.log"
         log.write_text("")
-        _configure(each_dir, build_dir, args, env=env, log=log, tree=tree, progress=progress)
+        _configure(each_dir, build_dir, args, _identity(args, setup), env=env, log=log, tree=tree,
+                   progress=progress)
         if progress:
             progress(f"building the base {base[:12]} first")
 

@@ -4,7 +4,7 @@ The fast tests drive build_qemu.py with a miniature QEMU tree whose
 `configure` behaves like QEMU's enough: run from the build folder, it records
 its arguments, fails with an `ERROR:` line when a dependency is "missing",
 and writes a build.ninja that real ninja runs with the compiler given by
---cc (real gcc). The heavy test builds Debian's QEMU 7.2
+--cc (real gcc). The heavy test builds Debian's QEMU 7.2 and sid's 10.2
 (`pytest -m heavy tests/test_build_qemu.py`).
 """
 
@@ -188,17 +188,18 @@ def test_our_worktree_gets_the_build_folder_as_a_child_git_ignores(tmp_ws, qemu_
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_real_qemu_xen_device_model_builds_and_a_rerun_is_a_no_op(project_ws):
-    """Debian's QEMU 7.2 (`kpt tree import qemu`), configured as qemu-system-xen."""
+@pytest.mark.parametrize("tree", ["qemu", "qemu-10.2"])
+def test_real_qemu_xen_device_model_builds_and_a_rerun_is_a_no_op(project_ws, tree):
+    """Debian's QEMU 7.2 and sid's 10.2 (meson 1.9.0 from PyPI), configured as qemu-system-xen."""
     from kpatch_tool import proc, trees
 
-    src = trees.checkout(project_ws, "qemu")
-    res = build_qemu.build_qemu(project_ws, srctree=src)
+    src = trees.checkout(project_ws, tree)
+    res = build_qemu.build_qemu(project_ws, srctree=src, tree=tree)
     assert res.qemu_system_i386.is_file()
     out = proc.run([str(res.qemu_system_i386), "-machine", "help"], timeout=60)
     assert out.ok and "xenpv" in out.stdout
     start = time.monotonic()
-    again = build_qemu.build_qemu(project_ws, srctree=src)
+    again = build_qemu.build_qemu(project_ws, srctree=src, tree=tree)
     assert again.cached and time.monotonic() - start < 10
     assert git(src, "status", "--porcelain") == ""
 
@@ -438,3 +439,30 @@ def test_real_virtio_xenbus_qemu_patches_each_build(project_ws):
     assert [s.status for s in steps] == ["builds"] * n, [s.error for s in steps]
     assert all(not s.new_warnings for s in steps), [s.new_warnings for s in steps]
     assert git(buildmod.each_dir_for(project_ws, "qemu", ar.worktree), "status", "--porcelain") == ""
+
+
+def test_a_tree_with_pythondeps_gets_the_hosts_python_when_its_meson_is_accepted(tmp_ws, qemu_tree):
+    ws, src = tmp_ws(), qemu_tree()
+    (src / "pythondeps.toml").write_text('[meson]\nmeson = { accepted = ">=0.50", installed = "1.9.0" }\n')
+    res = _build(ws, src)
+    got = (res.build_dir / "configure-args").read_text().split("\n")
+    assert f"--python={build_qemu.proc.which('python3')}" in got
+    assert "--disable-download" in got and "--disable-werror" in got
+    assert not any(a.startswith(("--meson=", "--with-git-submodules")) for a in got)
+    assert "meson" not in res.identity and not (ws.cache_dir / "pytools").exists()
+
+
+def test_a_tree_whose_meson_the_host_lacks_gets_kpts_venv_in_its_identity(tmp_ws, qemu_tree, tmp_path, monkeypatch):
+    from test_pytools import make_wheel
+
+    index = tmp_path / "index"
+    make_wheel(index, "meson", "99.1.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    ws, src = tmp_ws(), qemu_tree()
+    (src / "pythondeps.toml").write_text('[meson]\nmeson = { accepted = ">=99", installed = "99.1.0" }\n')
+    res = _build(ws, src)
+    venv = ws.cache_dir / "pytools" / "meson-99.1.0"
+    assert f"--python={venv}/bin/python3" in (res.build_dir / "configure-args").read_text().split("\n")
+    assert res.identity["meson"]["version"] == "99.1.0"
+    assert _build(ws, src).cached
