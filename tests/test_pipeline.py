@@ -93,6 +93,9 @@ def test_series_that_change_qemu_get_a_device_model_stage(project_ws):
     assert pipeline.device_model_tree(project_ws, "virtio-xenbus") == "qemu"
     assert pipeline.device_model_tree(project_ws, "vring-dma-api") == "qemu"
     assert pipeline.device_model_tree(project_ws, "virtio-xenbus-6.12") == "qemu"
+    # A port patches qemu-10.2 itself: that, not its dependency's 7.2, is the device model.
+    assert pipeline.device_model_tree(project_ws, "virtio-xenbus-7.2") == "qemu-10.2"
+    assert pipeline.device_model_tree(project_ws, "vring-dma-api-7.2") == "qemu-10.2"
     assert pipeline.device_model_tree(project_ws, "netback-per-vif") is None
 
 
