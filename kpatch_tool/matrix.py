@@ -112,6 +112,7 @@ def _base(ws: Workspace, spec: str, where: str) -> tuple[str, str | None]:
 
 def load(ws: Workspace, path: Path) -> list[Cell]:
     from kpatch_tool.modes import MODES
+    from kpatch_tool.pipeline import default_linux_tree
     from kpatch_tool.series import list_series
 
     path = Path(path)
@@ -169,7 +170,8 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
             if s != "base":
                 raise UsageError(f"{where}: checks_from runs a series' checks on the base; the cell has series '{s}'")
             check(checks_from, mode, where)
-        tree, ref = _base(ws, c.get("base", "linux"), where)
+        # Without a base, the cell runs where `kpt ci SERIES` runs: the series' own Linux tree.
+        tree, ref = _base(ws, c.get("base") or default_linux_tree(ws, None if s == "base" else s), where)
         frags = [(path.parent / f).resolve() for f in c.get("fragments", [])]
         for f in frags:
             if not f.is_file():

@@ -237,3 +237,17 @@ def test_checks_from_is_checked(ws, tmp_path, cell, message):
 def test_cli_checks_from_needs_base_only(ws):
     res = CliRunner().invoke(main, ["-w", str(ws.root), "ci", "--checks-from", "fix", "--mode", "guest"])
     assert res.exit_code == 2 and "--base-only" in res.output
+
+
+def test_a_cell_without_a_base_runs_on_the_series_own_linux_tree(project_ws, tmp_path):
+    """`kpt ci netback-per-vif-7.2` builds linux-7.2; its matrix cell must not fall back to linux."""
+    port, base = matrix.load(project_ws, _write(tmp_path, """
+[[cell]]
+series = "netback-per-vif-7.2"
+mode = "xen+domU"
+[[cell]]
+series = "base"
+mode = "xen"
+"""))
+    assert (port.tree, base.tree) == ("linux-7.2", "linux")
+    assert port.argv()[1:4] == ["netback-per-vif-7.2", "--onto", "linux-7.2"]
