@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from kpatch_tool import apt, proc, trees
+from kpatch_tool import apt, proc, safefs, trees
 from kpatch_tool.errors import KptError, UsageError
 from kpatch_tool.workspace import NAME_RULE, TreeSpec, Workspace, valid_name
 
@@ -141,8 +141,11 @@ def unpack_patches(repo: Path, ref: str, dest: Path, label: str) -> tuple[Path, 
         got = proc.run(["git", "--git-dir", str(repo), "cat-file", "-p", f"{ref}:debian/source/format"])
         what = f"its source format is {got.stdout.strip()}" if got.ok else "it has no debian/source/format"
         raise UsageError(f"{label} has no debian/patches ({what}): it carries no patch series")
-    with tarfile.open(fileobj=io.BytesIO(cast(bytes, res.stdout))) as tf:
-        tf.extractall(dest, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(cast(bytes, res.stdout))) as tf:
+            safefs.extract_tar(tf, dest)
+    except ValueError as exc:
+        raise UsageError(f"{label}: debian/patches: {exc}") from None
     fmt_file = dest / "debian/source/format"
     fmt = fmt_file.read_text(errors="replace").strip() if fmt_file.is_file() else "1.0"
     if fmt != "3.0 (quilt)":

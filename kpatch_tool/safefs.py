@@ -214,3 +214,22 @@ def recover(root: Path) -> bool:
     else:
         _rollback(root, rec)
     return True
+
+
+def extract_tar(tar, dest: Path, members=None) -> None:
+    """Unpack a tar of plain files and folders into dest; ValueError names a member that could land
+    outside it (absolute or `..` names, hard links, devices, symlinks leaving the tree; a
+    relative symlink within it is kept).
+
+    Python's extraction filters (3.11.4) are not in Debian 12's 3.11.2, so the members
+    are checked here either way, and the "data" filter is used where it exists."""
+    import tarfile
+
+    members = list(tar.getmembers() if members is None else members)
+    for m in members:
+        parts = Path(m.name).parts
+        if m.name.startswith("/") or ".." in parts or m.islnk() or m.isdev() or (
+                m.issym() and (m.linkname.startswith("/") or ".." in Path(m.linkname).parts)):
+            raise ValueError(f"tar member '{m.name}' would land outside {dest}")
+    kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    tar.extractall(dest, members=members, **kw)
