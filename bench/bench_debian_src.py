@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from kpatch_tool import apply as applymod  # noqa: E402
 from kpatch_tool import checkapply, debsrc, trees, workspace  # noqa: E402
 from test_debsrc import _real_ws, compare_trees  # noqa: E402  (the tests' seeded workspace and tree compare)
-
-
-def timed(fn):
-    t = time.monotonic()
-    out = fn()
-    return time.monotonic() - t, out
+from bench_build import timed  # noqa: E402  (same folder: (seconds, result) of one call)
 
 
 def main() -> int:

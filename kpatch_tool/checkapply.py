@@ -236,11 +236,13 @@ def check_apply(ws: Workspace, name: str, bases: list[str], tree: str | None = N
         commit = trees.resolve(t, ref)
         rep = BaseReport(given, tname, commit)
         probes = _patch_probes(chain, st.name)
+        # One git grep per probe and base, however many patches the probe covers.
+        present = {id(u): probe_state(t, commit, u) == "present" for us in probes.values() for u in us}
         with TempIndex(t.repo, commit) as idx:
             for i, (sname, p) in enumerate(patches):
                 if progress:
                     progress(f"{given}: {p.file}", i, len(patches))
-                found = [u for u in probes.get((sname, p.file), []) if probe_state(t, commit, u) == "present"]
+                found = [u for u in probes.get((sname, p.file), []) if present[id(u)]]
                 if found:
                     # The base has the change in upstream's own form, which neither a reverse
                     # apply nor a patch-id finds when the patch was a backport of it.

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -171,29 +172,34 @@ def _tar_stream_into(fi: FastImport, tarball: Path) -> tuple[int, int]:
     return count, newest
 
 
-def _dir_into(fi: FastImport, top: Path, skip: tuple[str, ...] = (".pc", ".git")) -> tuple[int, int]:
-    count = 0
-    newest = 0
+def walk_files(top: Path, skip: tuple[str, ...] = (".pc", ".git")):
+    """(path relative to top, absolute path, lstat) of every file and symlink under top, as git
+    sees a tree: a symlink to a folder is a file; top-level names in skip are left out."""
     for dirpath, dirnames, filenames in os.walk(top):
         rel = os.path.relpath(dirpath, top)
         if rel == ".":
             dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
         for d in list(dirnames):
-            p = os.path.join(dirpath, d)
-            if os.path.islink(p):
+            if os.path.islink(os.path.join(dirpath, d)):
                 filenames.append(d)
                 dirnames.remove(d)
         for f in filenames:
             p = os.path.join(dirpath, f)
-            path = f if rel == "." else f"{rel}/{f}"
-            st = os.lstat(p)
-            newest = max(newest, int(st.st_mtime))
-            if os.path.islink(p):
-                fi.add(path, os.readlink(p).encode(), "120000")
-            else:
-                with open(p, "rb") as fh:
-                    fi.add(path, fh.read(), "100755" if st.st_mode & 0o111 else "100644")
-            count += 1
+            yield (f if rel == "." else f"{rel}/{f}"), p, os.lstat(p)
+
+
+def _dir_into(fi: FastImport, top: Path, skip: tuple[str, ...] = (".pc", ".git")) -> tuple[int, int]:
+    count = 0
+    newest = 0
+    for path, p, st in walk_files(top, skip):
+        newest = max(newest, int(st.st_mtime))
+        if stat.S_ISLNK(st.st_mode):
+            fi.add(path, os.readlink(p).encode(), "120000")
+        else:
+            with open(p, "rb") as fh:
+                fi.add(path, fh.read(), "100755" if st.st_mode & 0o111 else "100644")
+        count += 1
     return count, newest
 
 

@@ -101,8 +101,8 @@ def build_source_package(repo: Path, versions: tuple[str, ...] = ("1:1.0-2",)) -
 @pytest.fixture
 def tiny_ws(tmp_path, monkeypatch):
     """A workspace whose apt reads only the flat repository with tinypkg (no network)."""
-    if not shutil.which("dpkg-scansources") or not shutil.which("dpkg-source"):
-        pytest.skip("dpkg-dev is not installed")
+    # setup.sh installs dpkg-dev (packages.txt, stage import): missing is a broken setup, not a skip.
+    assert shutil.which("dpkg-scansources") and shutil.which("dpkg-source"), "dpkg-dev missing: run scripts/setup.sh"
     repo = build_source_package(tmp_path / "repo", ("1:1.0-2", "1:1.0-3"))
     root = tmp_path / "ws"
     (root / "patches").mkdir(parents=True)
@@ -285,24 +285,12 @@ def compare_trees(a: Path, b: Path, skip: tuple[str, ...] = ("debian", ".pc", ".
     """Paths that differ between two folders in presence, bytes, symlink target or exec bit."""
 
     def walk(top: Path) -> dict[str, tuple]:
-        out = {}
-        for dirpath, dirnames, filenames in os.walk(top):
-            rel = os.path.relpath(dirpath, top)
-            if rel == ".":
-                dirnames[:] = [d for d in dirnames if d not in skip]
-                filenames = [f for f in filenames if f not in skip]
-            for d in list(dirnames):
-                if os.path.islink(os.path.join(dirpath, d)):
-                    filenames.append(d)
-                    dirnames.remove(d)
-            for f in filenames:
-                p = os.path.join(dirpath, f)
-                key = f if rel == "." else f"{rel}/{f}"
-                st = os.lstat(p)
-                if os.path.islink(p):
-                    out[key] = ("link", os.readlink(p))
-                else:
-                    out[key] = ("file", bool(st.st_mode & 0o111), st.st_size, p)
+        out: dict[str, tuple] = {}
+        for key, p, st in trees.walk_files(top, skip):
+            if os.path.islink(p):
+                out[key] = ("link", os.readlink(p))
+            else:
+                out[key] = ("file", bool(st.st_mode & 0o111), st.st_size, p)
         return out
 
     wa, wb = walk(a), walk(b)

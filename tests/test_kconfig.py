@@ -505,47 +505,37 @@ def test_cli_config_profile_explain_and_diff(project_ws, linux61, tmp_path):
 # ---------------------------------------------------------------- Linux 6.12 (slow: imports a second tree)
 
 
-@pytest.fixture(scope="module")
-def linux612(project_ws):
+def _other_tree(project_ws, name):
     from kpatch_tool import trees
 
-    trees.import_tree(project_ws, "linux-6.12")
-    src = trees.checkout(project_ws, "linux-6.12")
+    trees.import_tree(project_ws, name)
+    src = trees.checkout(project_ws, name)
     kconfig.load_tree(src)
     return src
 
 
-@pytest.mark.slow
-def test_linux_6_12_bases_and_profiles_match_its_c_tools(project_ws, linux612, tmp_path):
-    for base, target in [("tinyconfig", "tinyconfig"), ("defconfig", "x86_64_defconfig")]:
-        ours = kconfig.evaluate(linux612, base, []).config_text
-        assert kconfig.normalise(ours) == kconfig.normalise(kconfig.kbuild_config(linux612, target)), base
-    for profile in PROFILES:
-        out = tmp_path / f"{profile}.config"
-        assert kconfig.config_for_profile(project_ws, linux612, profile, output=out).problems == []
-        assert kconfig.cross_check(linux612, out) == [], profile
+@pytest.fixture(scope="module")
+def linux612(project_ws):
+    return _other_tree(project_ws, "linux-6.12")
 
 
 @pytest.fixture(scope="module")
 def linux72(project_ws):
-    from kpatch_tool import trees
-
-    trees.import_tree(project_ws, "linux-7.2")
-    src = trees.checkout(project_ws, "linux-7.2")
-    kconfig.load_tree(src)
-    return src
+    """7.2's Kconfig has `transitional` and `depends on X if Y`, which kconfiglib 14.1 does not know."""
+    return _other_tree(project_ws, "linux-7.2")
 
 
 @pytest.mark.slow
-def test_linux_7_2_bases_and_profiles_match_its_c_tools(project_ws, linux72, tmp_path):
-    """7.2's Kconfig has `transitional` and `depends on X if Y`, which kconfiglib 14.1 does not know."""
+@pytest.mark.parametrize("tree", ["linux612", "linux72"])
+def test_newer_trees_bases_and_profiles_match_their_c_tools(request, project_ws, tree, tmp_path):
+    src = request.getfixturevalue(tree)
     for base, target in [("tinyconfig", "tinyconfig"), ("defconfig", "x86_64_defconfig")]:
-        ours = kconfig.evaluate(linux72, base, []).config_text
-        assert kconfig.normalise(ours) == kconfig.normalise(kconfig.kbuild_config(linux72, target)), base
+        ours = kconfig.evaluate(src, base, []).config_text
+        assert kconfig.normalise(ours) == kconfig.normalise(kconfig.kbuild_config(src, target)), base
     for profile in PROFILES:
         out = tmp_path / f"{profile}.config"
-        assert kconfig.config_for_profile(project_ws, linux72, profile, output=out).problems == []
-        assert kconfig.cross_check(linux72, out) == [], profile
+        assert kconfig.config_for_profile(project_ws, src, profile, output=out).problems == []
+        assert kconfig.cross_check(src, out) == [], profile
 
 
 # ---------------------------------------------------------------- the kernel's own fragments (slow)
