@@ -36,6 +36,12 @@ installed kconfiglib stays unmodified.
 5. Linux 7.0 added ``depends on X if Y``: X || (Y = n), built the way
    menu.c's menu_add_dep() does.
 
+6. Newer kconfig starts an int symbol at "0" and a hex one at "0x0" (symbol.c,
+   sym_calc_value) where kconfiglib starts at "". A promptless int without a
+   default then compares equal to 0: 7.2's ``PAGE_BLOCK_MAX_ORDER`` takes
+   ``default 10 if ARCH_FORCE_MAX_ORDER = 0`` on x86, and kconfiglib gave 1.
+   :func:`adapt` turns the rule on for such trees (``Kconfig.int_zero``).
+
 Everything else (environment, base configs) is kbuild's behaviour reproduced in
 kconfig.py, checked against ``make olddefconfig`` by ``kconfig.cross_check``.
 """
@@ -71,6 +77,7 @@ class Kconfig(kconfiglib.Kconfig):
         # promptless symbol without defaults either); kconfig.py refuses them
         # in fragments, naming the symbol.
         self.transitional: set[str] = set()
+        self.int_zero = False
         super().__init__(*args, **kwargs)
 
     def _tokenize(self, s):
@@ -154,18 +161,43 @@ class Choice611(kconfiglib.Choice):
         return None
 
 
-def new_choice_rule(srctree: str) -> bool:
-    """Does this tree's kconfig use the 6.11+ choice rule (choice_members list)?"""
+# kconfiglib tests `sym.__class__ is Symbol` throughout, so the rule cannot
+# live in a subclass: the property is wrapped once and asks the symbol's
+# Kconfig whether its tree has the rule (our Kconfig's `int_zero`).
+_plain_str_value = kconfiglib.Symbol.str_value
+
+
+def _str_value(sym):
+    val = _plain_str_value.fget(sym)
+    if val == "" and sym.orig_type in (kconfiglib.INT, kconfiglib.HEX) and getattr(sym.kconfig, "int_zero", False):
+        val = sym._cached_str_val = "0" if sym.orig_type == kconfiglib.INT else "0x0"
+    return val
+
+
+kconfiglib.Symbol.str_value = property(_str_value, doc=_plain_str_value.__doc__)
+
+
+def _symbol_c(srctree: str) -> str:
     try:
         with open(os.path.join(srctree, "scripts/kconfig/symbol.c"), encoding="utf-8", errors="replace") as fh:
-            return "choice_members" in fh.read()
+            return fh.read()
     except OSError:
-        return False
+        return ""
+
+
+def new_choice_rule(srctree: str) -> bool:
+    """Does this tree's kconfig use the 6.11+ choice rule (choice_members list)?"""
+    return "choice_members" in _symbol_c(srctree)
 
 
 def adapt(kconf, srctree: str) -> bool:
-    """Switch kconf's choices to the 6.11+ rule when srctree's kconfig has it."""
-    if not new_choice_rule(srctree):
+    """Bring kconf to srctree's kconfig rules; True when the 6.11+ choice rule applies."""
+    symbol_c = _symbol_c(srctree)
+    kconf.int_zero = 'newval.val = "0";' in symbol_c
+    if kconf.int_zero:
+        for sym in kconf.unique_defined_syms:
+            sym._rec_invalidate()
+    if "choice_members" not in symbol_c:
         return False
     for choice in kconf.choices:
         # Same slots, so the class of the existing object can change in place.

@@ -257,4 +257,4 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
     res = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "etc/xen/kpt-domU.cfg"],
                          input=imgs.dom0_initrd.read_bytes(), capture_output=True)
     cfg = res.stdout.decode()
-    assert 'extra = "console=hvc0 panic=-1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
+    assert 'extra = "console=hvc0 panic=-1 panic_on_warn=1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
