@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import hashlib
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from pathlib import Path
 from kpatch_tool import build as buildmod
 from kpatch_tool import proc, safefs
 from kpatch_tool.build import Artifact, Built
-from kpatch_tool.errors import ConfigError, KptError, UsageError
+from kpatch_tool.errors import BuildError, ConfigError, KptError, UsageError
 from kpatch_tool.workspace import Workspace
 
 ARCH = "x86_64"  # XEN_TARGET_ARCH; Xen's Kconfig sees it as $(ARCH)
@@ -190,3 +192,177 @@ def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), 
     built, stamp = buildmod.cached_build(backend, force=force, progress=progress)
     return XenBuildResult(**vars(built), version=stamp.get("version", ""), config_hash=cfg.config_hash,
                           fragments=frag_names)
+
+
+# ---------------------------------------------------------------------------
+# The toolstack (tools/): libxl, xl, xenstored, xenconsoled and the libraries
+# dom0 needs, installed into a folder the dom0 root filesystem is overlaid with.
+#
+# Xen's tools do not build out of tree, and an in-source build would leave
+# configure's and make's output in the series worktree. So the worktree's files
+# (tracked and untracked, what `git ls-files` sees) are synchronised into
+# BUILD/src, copying only what differs, so make stays incremental; configure
+# runs there and `make -C tools install` fills BUILD/dist. The prefix and libdir
+# are Debian's, so the libraries replace xen-utils-4.17's of the same soname in
+# dom0's root filesystem and our xl/xenstored sit first on PATH (/usr/sbin).
+TOOLS_CONFIGURE = [
+    "--prefix=/usr", "--libdir=/usr/lib/x86_64-linux-gnu", "--sysconfdir=/etc", "--localstatedir=/var",
+    "--with-system-qemu=/usr/bin/qemu-system-i386",
+    # Nothing a smoke boot of PV guests runs: firmware for HVM guests, stubdoms,
+    # OCaml/Go bindings, the XSM policy, the monitors and the PV shim.
+    "--disable-seabios", "--disable-rombios", "--disable-ipxe", "--disable-qemu-traditional",
+    "--disable-ocamltools", "--disable-golang", "--disable-xsmpolicy", "--disable-monitors", "--disable-pvshim",
+    # Debian builds its packages without -Werror too; warnings are recorded, not fatal.
+    "--disable-werror",
+]
+# What a dom0 smoke boot needs from the install (checked after the build).
+TOOLS_OUTPUTS = ["usr/sbin/xl", "usr/sbin/xenstored", "usr/sbin/xenconsoled"]
+AUTOTOOLS_AUX = ["/usr/share/misc/config.guess", "/usr/share/misc/config.sub"]
+
+
+@dataclass(kw_only=True)
+class XenToolsResult(Built):
+    version: str
+    configure_args: list[str]
+
+    @property
+    def dist(self) -> Path:
+        """The installed tools (DESTDIR of `make -C tools install`)."""
+        return self.build_dir / "dist"
+
+
+def sync_source(srctree: Path, dest: Path) -> int:
+    """Copy srctree's files (tracked and untracked, not ignored) into dest where they differ.
+
+    Unchanged files keep their mtimes, so make rebuilds only what changed; files
+    gone from the tree are removed from dest. Returns how many were copied."""
+    res = proc.run(["git", "-C", str(srctree), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                   timeout=300)
+    if not res.ok:
+        raise KptError(f"{srctree}: git ls-files failed: {res.stderr.strip()[:200]}")
+    # A file deleted in the worktree but still in the index is gone for the build too.
+    names = {n for n in res.stdout.split("\0") if n and os.path.lexists(srctree / n)}
+    state = dest.parent / "src-files.json"
+    try:
+        before = set(json.loads(state.read_text()))
+    except (OSError, ValueError):
+        before = set()
+    copied = 0
+    for name in sorted(names):
+        src, dst = srctree / name, dest / name
+        if src.is_symlink():
+            target = os.readlink(src)
+            if dst.is_symlink() and os.readlink(dst) == target:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists() or dst.is_symlink():
+                dst.unlink()
+            os.symlink(target, dst)
+            copied += 1
+            continue
+        if not src.is_file():
+            continue  # a submodule or other non-file entry
+        if dst.is_file() and not dst.is_symlink() and dst.stat().st_size == src.stat().st_size \
+                and dst.read_bytes() == src.read_bytes():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink():
+            dst.unlink()
+        shutil.copy2(src, dst)
+        copied += 1
+    for name in before - names:
+        (dest / name).unlink(missing_ok=True)
+    safefs.replace_file(state, json.dumps(sorted(names)).encode())
+    return copied
+
+
+def tools_dir(ws: Workspace, tree: str, srctree: Path, args: list[str]) -> Path:
+    h = hashlib.sha256(json.dumps(args).encode()).hexdigest()
+    return buildmod.build_dir_for(ws, tree, srctree, "xen-tools", h)
+
+
+def build_tools(ws: Workspace, *, srctree: Path, tree: str = "xen", wrapper: str | None = "ccache",
+                jobs: int | None = None, progress=None, force: bool = False,
+                timeout: float = 3 * 3600) -> XenToolsResult:
+    """Configure, build and install Xen's tools from srctree into BUILD/dist; cached."""
+    srctree = Path(srctree)
+    hypervisor_dir(srctree)
+    if not (srctree / "tools" / "configure.ac").is_file():
+        raise UsageError(f"{srctree}: no tools/configure.ac: not a Xen tree with its toolstack")
+    args = list(TOOLS_CONFIGURE)
+    build_dir = tools_dir(ws, tree, srctree, args)
+    # A `.gitignore` of `*` keeps the folder out of git's view (and of source_state).
+    make_dir(build_dir, in_source=True)
+    src, dist = build_dir / "src", build_dir / "dist"
+
+    def step(cmd: list[str], log: Path, what: str, cwd: Path, watcher=None) -> None:
+        env = buildmod.make_env(wrapper)
+        try:
+            res = proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=watcher, timeout=timeout)
+        except OSError as exc:
+            raise KptError(f"xen tools: cannot run {cmd[0]}: {exc}") from None
+        if not res.ok:
+            if watcher is not None:
+                raise buildmod._fail(watcher, res, log, f"xen tools: {what} failed")
+            tail = " ".join(res.stdout.strip().splitlines()[-2:])[-300:]
+            raise BuildError(f"xen tools: {what} failed: {tail} (log {log})")
+
+    def run(stamp: dict | None, log: Path) -> buildmod.Ran:
+        src.mkdir(exist_ok=True)
+        n = sync_source(srctree, src)
+        if progress:
+            progress(f"xen tools: {n} source file(s) synchronised")
+        configured = build_dir / "kpt-configured.json"
+        want = {"args": args, "configure.ac": buildmod.sha256_file(src / "tools" / "configure.ac"),
+                "top": buildmod.sha256_file(src / "configure.ac") if (src / "configure.ac").is_file() else ""}
+        try:
+            have = json.loads(configured.read_text())
+        except (OSError, ValueError):
+            have = None
+        if have != want or not (src / "config" / "Tools.mk").is_file():
+            configured.unlink(missing_ok=True)
+            if progress:
+                progress("xen tools: autoconf + configure")
+            if not (src / "configure").is_file() or not (src / "tools" / "configure").is_file():
+                step(["sh", "./autogen.sh"], log, "autogen.sh (autoconf)", src)
+            for aux in AUTOTOOLS_AUX:
+                if not Path(aux).is_file():
+                    raise KptError(f"{aux} missing (apt-get install autotools-dev)")
+                shutil.copyfile(aux, src / Path(aux).name)
+            step(["./configure", *args, f"CC={buildmod.cc_for(wrapper)}"], log, "configure", src / "tools")
+            safefs.replace_file(configured, json.dumps(want).encode())
+        expected = (stamp or {}).get("steps") or None
+        w = buildmod.MakeWatcher(expected, progress)
+        make = ["make", "-C", "tools", f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
+                *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+        step(make, log, "make -C tools", src, w)
+        # A fresh install each time: nothing of an older build lingers in dom0.
+        staging = build_dir / "dist.new"
+        if staging.exists():
+            shutil.rmtree(staging)
+        step([*make, "install", f"DESTDIR={staging}"], log, "make -C tools install", src, w)
+        missing = [p for p in TOOLS_OUTPUTS if not (staging / p).exists()]
+        if missing:
+            raise BuildError(f"xen tools: the install lacks {', '.join(missing)} (log {log})")
+        old = build_dir / "dist.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if dist.exists():
+            os.replace(dist, old)
+        os.replace(staging, dist)
+        if old.exists():
+            shutil.rmtree(old)
+        return buildmod.Ran(w.warnings, max(w.steps, expected or 0), {"version": xen_version(src / "xen")})
+
+    def artifacts() -> dict[str, Artifact]:
+        out = {}
+        for rel in TOOLS_OUTPUTS:
+            p = dist / rel
+            if p.is_file():
+                out[Path(rel).name] = Artifact(str(p), p.stat().st_size, buildmod.sha256_file(p))
+        return out
+
+    backend = buildmod.Backend(tree, srctree, build_dir, {"configure": args}, [dist / p for p in TOOLS_OUTPUTS],
+                               run, artifacts, wrapper, ("build", "xen-tools"))
+    built, stamp = buildmod.cached_build(backend, force=force, progress=progress)
+    return XenToolsResult(**vars(built), version=stamp.get("version", ""), configure_args=args)

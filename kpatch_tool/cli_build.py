@@ -175,20 +175,31 @@ def _manifest(res, head: str, as_json: bool, tool: str | None = None) -> None:
 @click.option("--wrapper", default="ccache", show_default=True)
 @click.option("--jobs", "-j", type=int, default=None)
 @click.option("--force", is_flag=True, help="Run make even when nothing changed.")
+@click.option("--tools/--no-tools", default=True, show_default=True,
+              help="Also build and install the toolstack (libxl, xl, xenstored, xenconsoled, libraries).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON.")
 @click.pass_obj
-def build_xen_cmd(obj, tree, series, worktree, onto, fragments, wrapper, jobs, force, as_json):
-    """Configure and build the Xen hypervisor (xen, xen.gz) out of tree; cached like Linux.
+def build_xen_cmd(obj, tree, series, worktree, onto, fragments, wrapper, jobs, force, tools, as_json):
+    """Configure and build the Xen hypervisor (xen, xen.gz) out of tree, and the tools; cached like Linux.
 
     \b
     Example: kpt build xen --tree xen --fragment kernel-configs/xen/smoke.config
+    Example: kpt build xen --series virtio-xenbus --no-tools
     """
     from kpatch_tool import build_xen, pipeline
 
     srctree, _ = pipeline.source_for(obj.ws, tree, series=series, worktree=worktree, onto=onto, progress=say)
     res = build_xen.build_xen(obj.ws, srctree=srctree, tree=tree, fragments=[Path(f) for f in fragments],
                               wrapper=wrapper, jobs=jobs, progress=say, force=force)
-    _manifest(res, f"{tree}: Xen {res.version}", as_json)
+    t = build_xen.build_tools(obj.ws, srctree=srctree, tree=tree, wrapper=wrapper, jobs=jobs, progress=say,
+                              force=force) if tools else None
+    if as_json:
+        # One document: the hypervisor's manifest, with the tools' under "tools".
+        click.echo(json.dumps({**res.to_json(), **({"tools": t.to_json()} if t else {})}, indent=1))
+        return
+    _manifest(res, f"{tree}: Xen {res.version}", False)
+    if t:
+        _manifest(t, f"{tree}: Xen {t.version} tools (installed in {t.dist})", False)
 
 @build.command("qemu")
 @click.option("--tree", default="qemu", show_default=True)

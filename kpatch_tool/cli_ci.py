@@ -54,9 +54,12 @@ def _defaults(ws) -> tuple[list[str], str]:
 @click.option("--from-artifacts", "from_artifacts", type=click.Path(file_okay=False), default=None,
               help="Boot the kernel a --stop-after build run exported (its run folder, or a folder holding it); "
                    "series, base, profile and fragments are that run's, every file's hash is checked.")
+@click.option("--xen-tree", "xen_tree", default=None, metavar="TREE",
+              help="xen+domU: boot the hypervisor and toolstack built from this Xen tree of kpt.toml instead of "
+                   "Debian's (implied when the series patches a Xen tree).")
 @click.pass_obj
 def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, checks_from, force, matrix,
-       emit, output, expect, as_json, stop_after, from_artifacts):
+       emit, output, expect, as_json, stop_after, from_artifacts, xen_tree):
     """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
     Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
@@ -71,6 +74,7 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
     Example: kpt ci --matrix ci/matrix.toml --emit gitlab -o kpt-child.yml
     Example: kpt ci --base-only --mode guest --stop-after build
     Example: kpt ci --from-artifacts out/build-base-linux-guest --mode guest
+    Example: kpt ci --base-only --mode xen+domU --xen-tree xen
     """
     from kpatch_tool import pipeline, progress
     from kpatch_tool.errors import KptError, UsageError
@@ -95,14 +99,14 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
         declared_by = name or checks_from
         run_mode = mode or (pipeline.series_ci_settings(ws, declared_by).get("mode") if declared_by else None) \
             or default_mode
-        rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest"),
+        rep = progress.for_terminal(pipeline.stages_for(ws, name, run_mode or "guest", xen_tree),
                                     f"kpt ci {name or 'base'} ({run_mode})")
         try:
             res = pipeline.run_ci(ws, name, mode=run_mode, onto=_onto(onto), profile=profile, timeout=timeout,
                                   reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
                                   qemu_args=tuple(qemu_args), force=force, expect=expect, stop_after=stop_after,
                                   from_artifacts=Path(from_artifacts) if from_artifacts else None,
-                                  checks_from=checks_from)
+                                  checks_from=checks_from, xen_tree=xen_tree)
         finally:
             rep.close()
         console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()

@@ -10,6 +10,7 @@ and one results file cover all three places.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -179,10 +180,21 @@ def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
     return ("device-model", run, "dm-running", 70)
 
 
+def xen_from_tree_check(xl_sha256: str) -> tuple[str, str, str, int]:
+    """dom0 runs the hypervisor and the toolstack built from the Xen tree, not Debian's:
+    the hypervisor says it was compiled by kpt (build_xen.REPRODUCIBLE), xl is our build's."""
+    run = ("echo \"hypervisor=$(xl info | sed -n 's/^cc_compile_by *: //p') "
+           "xl=$(sha256sum \"$(command -v xl)\" | cut -c1-16)\"")
+    return ("xen-from-tree", run, f"^hypervisor=kpt xl={xl_sha256[:16]}$", 20)
+
+
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
-                     device_model_setup: str = "") -> str:
-    """device_model_args: the domU gets a device model started with these (the domU is created paused)."""
+                     device_model_setup: str = "", xl_sha256: str | None = None) -> str:
+    """device_model_args: the domU gets a device model started with these (the domU is created paused).
+    xl_sha256: the toolstack comes from the Xen tree (this xl); a check says dom0 runs it."""
     checks = list(DOM0_CHECKS)
+    if xl_sha256:
+        checks.insert([c[0] for c in checks].index("xenconsoled") + 1, xen_from_tree_check(xl_sha256))
     if device_model_args is not None:
         i = [c[0] for c in checks].index("xl-create")
         name, run, expect, timeout = checks[i]
@@ -221,9 +233,11 @@ def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None, series: list[str]) -> NestedImages:
+           device_model: Path | None = None, series: list[str], xen_tools: Path | None = None) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
     starts for the domU with the series' [domU] device_model_args.
+    xen_tools: the install of `kpt build xen`'s tools (build_xen.build_tools), laid over
+    dom0's Debian toolstack.
     series: the depends chain, deepest first, whose [domU] settings apply in that order
     (a series without checks of its own counts too)."""
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
@@ -236,7 +250,8 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     kernel_path, kernel_file = domu_kernel(ws, build)
     files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
-                                                device_model_setup=settings["device_model_setup"]).encode(),
+                                                device_model_setup=settings["device_model_setup"],
+                                                xl_sha256=_xl_sha256(xen_tools)).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
         kernel_path: kernel_file,
@@ -245,9 +260,19 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     if device_model:
         files.update(device_model_files(device_model))
     dom0 = rootfs.pack(ws, base, modules_dir=build.modules_dir, files=files,
+                       overlays=[xen_tools] if xen_tools else [],
                        executables=("/sbin/kpt-dom0-init", VIF_SCRIPT, DM_WRAPPER, f"{DM_DIR}/bin/qemu-system-i386.bin"),
                        progress=progress)
     return NestedImages(dom0, domu, build.bzimage)
+
+
+def _xl_sha256(xen_tools: Path | None) -> str | None:
+    if not xen_tools:
+        return None
+    xl = Path(xen_tools) / "usr/sbin/xl"
+    if not xl.is_file():
+        raise KptError(f"{xen_tools}: no usr/sbin/xl in the Xen tools' install")
+    return hashlib.sha256(xl.read_bytes()).hexdigest()
 
 
 def boot(ws: Workspace, *, kernel: Path, initrd: Path, run_dir: Path, timeout: float, on_line=None,

@@ -207,13 +207,16 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
            qemu_args: tuple[str, ...] = (), force: bool = False, expect: int = 0, stop_after: str | None = None,
-           from_artifacts: Path | None = None, checks_from: str | None = None) -> CiResult:
+           from_artifacts: Path | None = None, checks_from: str | None = None,
+           xen_tree: str | None = None) -> CiResult:
     """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
 
     stop_after="build" ends after the build and exports the kernel into the run
     folder (a CI build job); from_artifacts resumes from such a run folder (a
     boot job): series, base, profile and fragments are the build's, checked by hash.
     checks_from: with no series, the base tree runs that series' checks in their base form.
+    xen_tree: boot the hypervisor and toolstack built from this Xen tree (a series patching
+    a Xen tree implies it).
     """
     rep = reporter or Reporter()
     resumed = None
@@ -224,13 +227,15 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
         inp = resumed[1]["inputs"]
         series, onto, profile = inp.get("series"), inp.get("onto") or {}, inp.get("profile")
         fragments = tuple(Path(f) if Path(f).is_absolute() else ws.root / f for f in inp.get("fragments", []))
-    names = stages_for(ws, series, mode)
+    names = stages_for(ws, series, mode, xen_tree)
     if stop_after is not None and stop_after not in names:
         from kpatch_tool.errors import UsageError
 
         raise UsageError(f"--stop-after {stop_after}: not a stage of this run ({', '.join(names)})")
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
                  rep, force, rerun_boot, expect, checks_from)
+    c.xen_tree = hypervisor_tree(ws, series, xen_tree) if mode == "xen+domU" else None
+    c.manifest.data["inputs"]["xen_tree"] = c.xen_tree
     c.export = stop_after == "build"
     result = CiResult(c.run_dir.name, c.run_dir, 0, series, mode)
     if stop_after:
@@ -315,12 +320,38 @@ def series_ci_settings(ws: Workspace, series: str) -> dict:
     return seriesmod.load_series(ws, series).ci
 
 
-def stages_for(ws: Workspace, series: str | None, mode: str) -> list[str]:
+def stages_for(ws: Workspace, series: str | None, mode: str, xen_tree: str | None = None) -> list[str]:
     """The stages a run goes through, in order: a series that changes QEMU, booted with a
-    domU, gets a qemu stage (its QEMU is the domU's device model)."""
-    if mode == "xen+domU" and series and device_model_tree(ws, series):
-        return [*STAGES[:4], "qemu", *STAGES[4:]]
-    return list(STAGES)
+    domU, gets a qemu stage (its QEMU is the domU's device model); one that changes Xen (or
+    a run given --xen-tree) a xen stage (hypervisor and toolstack built from that tree)."""
+    names = list(STAGES)
+    if mode == "xen+domU":
+        at = names.index("image")
+        if hypervisor_tree(ws, series, xen_tree):
+            names.insert(at, "xen")
+        if series and device_model_tree(ws, series):
+            names.insert(at, "qemu")
+    return names
+
+
+def hypervisor_tree(ws: Workspace, series: str | None, xen_tree: str | None = None) -> str | None:
+    """The Xen tree a xen+domU run boots from: --xen-tree's, else the one the series (or the
+    nearest of its depends) patches; None: Debian's packaged hypervisor and toolstack."""
+    if xen_tree:
+        spec = ws.trees.get(xen_tree)
+        if spec is None or spec.kind != "xen":
+            from kpatch_tool.errors import UsageError
+
+            known = ", ".join(sorted(n for n, t in ws.trees.items() if t.kind == "xen")) or "none"
+            raise UsageError(f"--xen-tree {xen_tree}: not a Xen tree of kpt.toml (Xen trees: {known})")
+        return xen_tree
+    if not series:
+        return None
+    for s in reversed(_chain(ws, series)):
+        for tname, st in s.trees.items():
+            if st.patches and tname in ws.trees and ws.trees[tname].kind == "xen":
+                return tname
+    return None
 
 
 def device_model_tree(ws: Workspace, series: str) -> str | None:

@@ -21,7 +21,7 @@ from kpatch_tool import proc
 from kpatch_tool.errors import PrereqError
 
 STAGES = ("all", "import", "config", "build", "image", "boot", "xen", "mail", "qemu-build", "report", "setup",
-          "fleet")  # fleet: running the emitted CI pipeline here (gitlab-ci-local)
+          "fleet", "xen-tools")  # fleet: running the emitted CI pipeline here (gitlab-ci-local)
 
 
 @dataclass(frozen=True)

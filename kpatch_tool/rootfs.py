@@ -118,13 +118,52 @@ def _hash_inputs(parts: list) -> str:
     return h.hexdigest()[:20]
 
 
-def pack(ws: Workspace, base_: RootfsBase, *, modules_dir: Path | None, files: dict[str, bytes | Path],
-         executables: tuple[str, ...] = (), progress=None) -> Path:
-    """base (less DROP) + modules + files -> a plain cpio initramfs, cached by the hash of its inputs.
+def tree_digest(top: Path) -> str:
+    """Content of a folder: every path, its mode and its bytes (or a symlink's target)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(top))
+            if p.is_symlink():
+                h.update(f"L {rel} {os.readlink(p)}\n".encode())
+            else:
+                h.update(f"F {rel} {p.stat().st_mode & 0o777:o} ".encode())
+                with open(p, "rb") as fh:
+                    h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
 
-    files maps absolute guest paths to contents (bytes) or host files (Path).
+
+def overlay(src: Path, root: Path) -> None:
+    """Lay src's files over root: a file or symlink replaces what is there, never writes
+    through it (Debian's /usr/sbin/xl is a symlink to a wrapper other commands share)."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if d not in links]
+        for name in filenames + links:
+            s, d = Path(dirpath) / name, root / rel / name
+            if d.is_symlink() or d.is_file():
+                d.unlink()
+            elif d.is_dir():
+                shutil.rmtree(d)
+            if s.is_symlink():
+                os.symlink(os.readlink(s), d)
+            else:
+                shutil.copy2(s, d)
+
+
+def pack(ws: Workspace, base_: RootfsBase, *, modules_dir: Path | None, files: dict[str, bytes | Path],
+         executables: tuple[str, ...] = (), overlays: list[Path] = (), progress=None) -> Path:
+    """base (less DROP) + modules + overlays + files -> a plain cpio initramfs, cached by the hash
+    of its inputs.
+
+    files maps absolute guest paths to contents (bytes) or host files (Path);
+    overlays are folders laid over the root (a `make install DESTDIR=`), before files.
     """
-    keyparts: list = [base_.tarball.name, modules_dir or "-"]
+    keyparts: list = [base_.tarball.name, modules_dir or "-", *(f"overlay {tree_digest(Path(o))}" for o in overlays)]
     for k in sorted(files):
         keyparts += [k, files[k] if isinstance(files[k], bytes) else Path(files[k])]
     keyparts += sorted(executables) + DROP
@@ -143,6 +182,8 @@ def pack(ws: Workspace, base_: RootfsBase, *, modules_dir: Path | None, files: d
             for kdir in (root / "lib/modules").iterdir():
                 for link in ("build", "source"):
                     (kdir / link).unlink(missing_ok=True)
+        for o in overlays:
+            overlay(Path(o), root)
         for guest_path, content in files.items():
             dest = root / guest_path.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)

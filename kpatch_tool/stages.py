@@ -46,6 +46,8 @@ class RunContext:
     export: bool = False  # copy the built kernel into the run folder for boot jobs elsewhere (--stop-after build)
     # No series applied, but this series' checks and [domU] settings, in their base form.
     checks_from: str | None = None
+    # Boot the hypervisor and toolstack built from this Xen tree (else Debian's).
+    xen_tree: str | None = None
 
     base_commit: str | None = None
     srctree: Path | None = None
@@ -54,6 +56,8 @@ class RunContext:
     build: buildmod.BuildResult | None = None
     device_model: Path | None = None
     device_model_sha: str | None = None
+    xen: Path | None = None  # the hypervisor ELF QEMU loads
+    xen_tools: Path | None = None  # `make -C tools install` DESTDIR, laid over dom0's root
     smoke: list[dict] = field(default_factory=list)
     initrd: Path | None = None
     images_key: dict | None = None
@@ -171,6 +175,51 @@ def qemu_stage(c: RunContext) -> tuple[str, str]:
         " (ninja not started)" if q.cached else f" built in {q.duration:.0f}s")
 
 
+def xen_stage(c: RunContext) -> tuple[str, str]:
+    """The Xen tree (with the series' Xen patches, if any): hypervisor and toolstack built,
+    to be booted and laid over dom0's Debian toolstack."""
+    from kpatch_tool import apply as applymod
+    from kpatch_tool import build_xen
+
+    tree = c.xen_tree
+    patched = bool(c.series) and any(t == tree and st.patches for s in _series_chain(c) for t, st in s.trees.items())
+    if patched:
+        res = applymod.apply_series(c.ws, c.series, tree=tree, onto=c.onto.get(tree), say=c.detail,
+                                    progress=lambda msg, i, n: c.detail(f"{tree}: {msg} ({i}/{n})"))
+        srctree, head, what = res.worktree, res.head_commit, f"{len(res.applied)} patches on {res.branch}"
+    else:
+        srctree = trees.checkout(c.ws, tree, c.onto.get(tree), progress=c.detail)
+        head = trees.resolve(trees.import_tree(c.ws, tree), c.onto.get(tree))
+        what = f"{tree}@{head[:12]}"
+    # The workspace's smoke fragment for Xen when it has one (the project's does), else defconfig.
+    frag = c.ws.root / XEN_FRAGMENT
+    hv = build_xen.build_xen(c.ws, srctree=srctree, tree=tree, fragments=[frag] if frag.is_file() else [],
+                             progress=c.detail, force=c.force)
+    tools = build_xen.build_tools(c.ws, srctree=srctree, tree=tree, progress=c.detail, force=c.force)
+    for b, name in ((hv, "xen-build.log"), (tools, "xen-tools-build.log")):
+        if b.log.exists():
+            shutil.copyfile(b.log, c.logs / name)
+    c.xen, c.xen_tools = hv.xen, tools.dist
+    c.outputs["xen"] = {"tree": tree, "worktree": str(srctree), "head": head, "version": hv.version,
+                        "fragments": hv.fragments,
+                        "hypervisor": {"path": str(hv.xen), "sha256": sha256(hv.xen), "config_hash": hv.config_hash,
+                                       "seconds": round(hv.duration, 1), "cached": hv.cached},
+                        "tools": {"dist": str(tools.dist), "seconds": round(tools.duration, 1), "cached": tools.cached,
+                                  "artifacts": {k: asdict(v) for k, v in tools.artifacts.items()}}}
+    cached = hv.cached and tools.cached
+    return ("cached" if cached else "ok"), f"{what}, Xen {hv.version}: hypervisor + tools " + (
+        "(make not started)" if cached else f"built in {hv.duration + tools.duration:.0f}s")
+
+
+XEN_FRAGMENT = "kernel-configs/xen/smoke.config"
+
+
+def _series_chain(c: RunContext):
+    from kpatch_tool import series as seriesmod
+
+    return seriesmod.resolve_depends(c.ws, c.series) if c.series else []
+
+
 def image_stage(c: RunContext) -> tuple[str, str]:
     from kpatch_tool import image
 
@@ -182,7 +231,7 @@ def image_stage(c: RunContext) -> tuple[str, str]:
         from kpatch_tool import nested
 
         imgs = nested.images(c.ws, build=b, smoke=c.smoke, progress=c.detail, device_model=c.device_model,
-                             series=chain)
+                             series=chain, xen_tools=c.xen_tools)
         c.initrd = imgs.dom0_initrd
         c.outputs["images"] = {k: {"path": str(v), "sha256": sha256(v)} for k, v in imgs.paths().items()}
         c.images_key = {k: v["sha256"] for k, v in c.outputs["images"].items()}
@@ -253,7 +302,7 @@ def boot_stage(c: RunContext) -> tuple[str, str]:
     prereqs.require("boot")
     if c.mode != "guest":
         prereqs.require("xen")
-    xen = qemu.xen_binary(c.ws) if c.mode != "guest" else None
+    xen = qemu.xen_binary(c.ws, c.xen) if c.mode != "guest" else None
     cache = c.ws.cache_dir / "boots" / boot_cache_key(c, xen)
     if not (c.rerun_boot or c.force) and (cache / results.RESULTS_JSON).exists():
         return _reuse_boot(c, cache)
@@ -266,7 +315,7 @@ def boot_stage(c: RunContext) -> tuple[str, str]:
         from kpatch_tool import nested
 
         res = nested.boot(c.ws, kernel=b.bzimage, initrd=c.initrd, run_dir=c.run_dir, timeout=c.timeout,
-                          on_line=on_line, extra_qemu_args=c.qemu_args)
+                          on_line=on_line, extra_qemu_args=c.qemu_args, xen=xen)
     else:
         res = bootmod.boot(c.ws, mode=c.mode, kernel=b.bzimage, initrd=c.initrd, run_dir=c.run_dir,
                            timeout=c.timeout, on_line=on_line, extra_qemu_args=c.qemu_args)
@@ -289,7 +338,7 @@ def report_stage(c: RunContext) -> tuple[str, str]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], tuple[str, str]]] = {
     "trees": trees_stage, "apply": apply_stage, "config": config_stage, "build": build_stage,
-    "qemu": qemu_stage, "image": image_stage, "boot": boot_stage, "report": report_stage,
+    "qemu": qemu_stage, "xen": xen_stage, "image": image_stage, "boot": boot_stage, "report": report_stage,
 }
 
 

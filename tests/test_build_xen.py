@@ -230,3 +230,87 @@ def test_real_xen_we_built_boots_under_qemu_until_it_asks_for_dom0(project_ws, t
                       log=tmp_path / "console.log", timeout=120)
     assert not out.timed_out, "\n".join(seen[-20:])
     assert any("Xen version 4.17" in l for l in seen)
+
+
+# A miniature toolstack: tools/configure (already generated, as in a tarball)
+# writes config/Tools.mk and counts its runs; tools/Makefile compiles xl and
+# installs it under the names dom0 needs (make -C tools / install DESTDIR=).
+TOOLS_CONFIGURE = """#!/bin/sh
+echo run >> ../configure-runs
+mkdir -p ../config
+echo "CONFIGURED = $*" > ../config/Tools.mk
+"""
+TOOLS_MAKEFILE = r"""
+include ../config/Tools.mk
+all: xl
+xl: xl.c
+	@echo "  CC      xl"
+	@echo run >> ../make-runs
+	@$(CC) -o $@ $<
+install: all
+	install -D -m 755 xl $(DESTDIR)/usr/sbin/xl
+	install -D -m 755 xl $(DESTDIR)/usr/sbin/xenstored
+	install -D -m 755 xl $(DESTDIR)/usr/sbin/xenconsoled
+	mkdir -p $(DESTDIR)/usr/lib/x86_64-linux-gnu
+	echo lib > $(DESTDIR)/usr/lib/x86_64-linux-gnu/libxenlight.so.4.17.0
+	ln -sf libxenlight.so.4.17.0 $(DESTDIR)/usr/lib/x86_64-linux-gnu/libxenlight.so.4.17
+.PHONY: all install
+"""
+
+
+@pytest.fixture
+def xen_tools_tree(xen_tree, tmp_path):
+    src = xen_tree()
+    for rel, text in {"configure": "#!/bin/sh\n", "tools/configure": TOOLS_CONFIGURE,
+                      "tools/configure.ac": "AC_INIT\n", "tools/Makefile": TOOLS_MAKEFILE,
+                      "tools/xl.c": "int main(void) { return 0; }\n"}.items():
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        if rel.endswith("configure"):
+            p.chmod(0o755)
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", "tools")
+    return src
+
+
+def _tools(ws, src, **kw):
+    return build_xen.build_tools(ws, srctree=src, wrapper="none", jobs=1, **kw)
+
+
+def test_tools_build_installs_into_dist_and_a_rerun_starts_nothing(tmp_ws, xen_tools_tree):
+    ws = tmp_ws()
+    res = _tools(ws, xen_tools_tree)
+    assert not res.cached and (res.dist / "usr/sbin/xl").is_file()
+    assert (res.dist / "usr/lib/x86_64-linux-gnu/libxenlight.so.4.17").is_symlink()
+    assert set(res.artifacts) == {"xl", "xenstored", "xenconsoled"}
+    src_copy = res.build_dir / "src"
+    assert "--libdir=/usr/lib/x86_64-linux-gnu" in (src_copy / "config/Tools.mk").read_text()
+    again = _tools(ws, xen_tools_tree)
+    assert again.cached and (src_copy / "make-runs").read_text() == "run\n"
+    # The build happens in a copy: the worktree stays clean.
+    assert git(xen_tools_tree, "status", "--porcelain") == ""
+
+
+def test_tools_rebuild_copies_only_the_changed_file_and_configures_once(tmp_ws, xen_tools_tree):
+    ws = tmp_ws()
+    first = _tools(ws, xen_tools_tree)
+    setup_c = first.build_dir / "src/xen/src/setup.c"
+    before = setup_c.stat().st_mtime_ns
+    (xen_tools_tree / "tools/xl.c").write_text("int main(void) { return 1; }\n")
+    (xen_tools_tree / "xen/src/domain.c").unlink()
+    res = _tools(ws, xen_tools_tree)
+    assert not res.cached
+    src_copy = res.build_dir / "src"
+    assert (src_copy / "make-runs").read_text() == "run\nrun\n"
+    assert (src_copy / "configure-runs").read_text() == "run\n"
+    assert setup_c.stat().st_mtime_ns == before  # untouched: make sees it as unchanged
+    assert not (src_copy / "xen/src/domain.c").exists()  # gone from the tree, gone from the copy
+
+
+def test_tools_install_lacking_xl_is_a_build_error(tmp_ws, xen_tools_tree):
+    ws = tmp_ws()
+    mk = xen_tools_tree / "tools/Makefile"
+    mk.write_text(mk.read_text().replace("install -D -m 755 xl $(DESTDIR)/usr/sbin/xl\n", ""))
+    with pytest.raises(BuildError, match="lacks usr/sbin/xl"):
+        _tools(ws, xen_tools_tree)

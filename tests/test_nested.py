@@ -258,3 +258,32 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
                          input=imgs.dom0_initrd.read_bytes(), capture_output=True)
     cfg = res.stdout.decode()
     assert 'extra = "console=hvc0 panic=-1 panic_on_warn=1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
+
+
+def test_xen_from_the_tree_adds_a_check_naming_our_hypervisor_and_xl(project_ws):
+    text = nested.render_dom0_init(project_ws, [], xl_sha256="ab" * 32)
+    assert text.index(" xenconsoled ") < text.index(" xen-from-tree ") < text.index(" netback-module ")
+    assert "'^hypervisor=kpt xl=abababababababab$'" in text
+    assert "xen-from-tree" not in nested.render_dom0_init(project_ws, [])
+
+
+def test_an_overlay_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
+    """Debian's /usr/sbin/xl is a symlink to a wrapper many commands share: laying our xl
+    over it must not overwrite the wrapper."""
+    from kpatch_tool import rootfs
+
+    root, dist = tmp_path / "root", tmp_path / "dist"
+    (root / "usr/lib/xen-common/bin").mkdir(parents=True)
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/lib/xen-common/bin/xen-utils-wrapper").write_text("wrapper\n")
+    (root / "usr/sbin/xl").symlink_to("../lib/xen-common/bin/xen-utils-wrapper")
+    (dist / "usr/sbin").mkdir(parents=True)
+    (dist / "usr/sbin/xl").write_text("our xl\n")
+    (dist / "usr/sbin/xenstore-read").symlink_to("xenstore")
+    before = rootfs.tree_digest(dist)
+    rootfs.overlay(dist, root)
+    assert (root / "usr/lib/xen-common/bin/xen-utils-wrapper").read_text() == "wrapper\n"
+    assert not (root / "usr/sbin/xl").is_symlink() and (root / "usr/sbin/xl").read_text() == "our xl\n"
+    assert (root / "usr/sbin/xenstore-read").is_symlink()
+    (dist / "usr/sbin/xl").write_text("another xl\n")
+    assert rootfs.tree_digest(dist) != before

@@ -99,6 +99,23 @@ def test_series_that_change_qemu_get_a_device_model_stage(project_ws):
     assert pipeline.device_model_tree(project_ws, "netback-per-vif") is None
 
 
+def test_a_xen_tree_adds_a_xen_stage_before_the_image_and_only_with_a_domU(project_ws):
+    assert pipeline.stages_for(project_ws, "netback-per-vif", "xen+domU") == \
+        ["trees", "apply", "config", "build", "image", "boot", "report"]
+    assert pipeline.stages_for(project_ws, "netback-per-vif", "xen+domU", "xen") == \
+        ["trees", "apply", "config", "build", "xen", "image", "boot", "report"]
+    assert pipeline.stages_for(project_ws, "virtio-xenbus", "xen+domU", "xen") == \
+        ["trees", "apply", "config", "build", "qemu", "xen", "image", "boot", "report"]
+    assert "xen" not in pipeline.stages_for(project_ws, None, "guest", "xen")
+
+
+def test_xen_tree_must_name_a_xen_tree_of_kpt_toml(project_ws):
+    with pytest.raises(UsageError, match="--xen-tree qemu: not a Xen tree of kpt.toml \\(Xen trees: xen\\)"):
+        pipeline.hypervisor_tree(project_ws, None, "qemu")
+    assert pipeline.hypervisor_tree(project_ws, None, "xen") == "xen"
+    assert pipeline.hypervisor_tree(project_ws, "netback-per-vif") is None
+
+
 def test_a_series_that_patches_only_another_linux_tree_runs_on_that_tree(project_ws):
     """virtio-xenbus-6.12 carries its patches for linux-6.12 only: kpt ci builds 6.12
     without --onto; the 6.1 series and a plain base run stay on linux."""
