@@ -129,11 +129,13 @@ def _env(ws: Workspace) -> jinja2.Environment:
 def domu_settings(ws: Workspace, series: list[str]) -> dict:
     """A series may tune the domU: series.toml [domU] memory, vcpus, vif_options, extra_config,
     extra (words added to the domU kernel's command line), device_model_args (the QEMU of
-    the series, started for the domU, gets these) and
-    device_model_setup (dom0 shell commands run before it starts, e.g. making a disk image).
+    the series, started for the domU, gets these),
+    device_model_setup (dom0 shell commands run before it starts, e.g. making a disk image)
+    and virtio (xl `virtio = [...]` specs: with a toolstack built from a Xen tree whose libxl
+    knows them, libxl starts the device model and device_model_args are not used).
     A series later in the depends chain overrides an earlier one key by key."""
     out = {"memory": 256, "vcpus": 2, "vif_options": "", "extra_config": [], "extra": "",
-           "device_model_args": [], "device_model_setup": ""}
+           "device_model_args": [], "device_model_setup": "", "virtio": []}
     from kpatch_tool.series import load_series
 
     for name in series:
@@ -148,11 +150,15 @@ def domu_settings(ws: Workspace, series: list[str]) -> dict:
 DOMU_APPEND = "pty.legacy_count=0"
 
 
-def render_domu_cfg(ws: Workspace, settings: dict, kernel: str = "/boot/kpt/bzImage") -> str:
+def render_domu_cfg(ws: Workspace, settings: dict, kernel: str = "/boot/kpt/bzImage",
+                    libxl_virtio: bool = False) -> str:
+    """libxl_virtio: the domU's virtio devices are xl's (`virtio = [...]`, started by libxl
+    with the series' QEMU as the device model), not a QEMU dom0 starts by hand."""
     extra = " ".join(filter(None, [DOMU_APPEND, settings.get("extra", "")]))
     return _env(ws).get_template("domU.cfg.j2").render(
-        **{**settings, "extra": extra}, name=DOMU, kernel=kernel, ramdisk="/boot/kpt/domU.cpio.gz",
-        mac="00:16:3e:00:00:02", vif_script=VIF_SCRIPT)
+        **{**settings, "extra": extra, "virtio": settings.get("virtio", []) if libxl_virtio else []},
+        name=DOMU, kernel=kernel, ramdisk="/boot/kpt/domU.cpio.gz", mac="00:16:3e:00:00:02",
+        vif_script=VIF_SCRIPT, device_model=DM_WRAPPER)
 
 
 # With a device model of the series' own, dom0 starts it for the paused domU
@@ -188,14 +194,34 @@ def xen_from_tree_check(xl_sha256: str) -> tuple[str, str, str, int]:
     return ("xen-from-tree", run, f"^hypervisor=kpt xl={xl_sha256[:16]}$", 20)
 
 
+def libxl_dm_checks(setup: str = "") -> tuple[list[tuple[str, str, str, int]], tuple[str, str, str, int]]:
+    """With xl's virtio devices: the setup before `xl create`, and afterwards the check that
+    the device model libxl started for the domU runs (named as the hand-started one's, so
+    checks that need the device model find it)."""
+    before = [("device-model-setup", f"{{ {setup.strip()}; }} && echo setup-done", "setup-done", 60)] \
+        if setup.strip() else []
+    run = ("s=$(xenstore-read /local/domain/0/device-model/$D/state 2>/dev/null); "
+           "ps -eo pid,args | grep '[x]en-domid' | cut -c1-300; "
+           "tail -n 20 /var/log/xen/qemu-dm-$DOMU.log 2>/dev/null; "
+           "[ \"$s\" = running ] && pgrep -f \"xen-domid $D \" >/dev/null && echo dm-running")
+    return before, ("device-model", run, "dm-running", 30)
+
+
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
-                     device_model_setup: str = "", xl_sha256: str | None = None) -> str:
+                     device_model_setup: str = "", xl_sha256: str | None = None,
+                     libxl_virtio: bool = False) -> str:
     """device_model_args: the domU gets a device model started with these (the domU is created paused).
-    xl_sha256: the toolstack comes from the Xen tree (this xl); a check says dom0 runs it."""
+    xl_sha256: the toolstack comes from the Xen tree (this xl); a check says dom0 runs it.
+    libxl_virtio: libxl starts the device model (xl's virtio devices): checked, not started."""
     checks = list(DOM0_CHECKS)
     if xl_sha256:
         checks.insert([c[0] for c in checks].index("xenconsoled") + 1, xen_from_tree_check(xl_sha256))
-    if device_model_args is not None:
+    if libxl_virtio:
+        i = [c[0] for c in checks].index("xl-create")
+        before, verify = libxl_dm_checks(device_model_setup)
+        checks[i + 2:i + 2] = [verify]
+        checks[i:i] = before
+    elif device_model_args is not None:
         i = [c[0] for c in checks].index("xl-create")
         name, run, expect, timeout = checks[i]
         checks[i] = (name, run.replace("xl -vvv create ", "xl -vvv create -p "), expect, timeout)
@@ -247,12 +273,18 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     base = rootfs.base(ws, progress=progress)
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
+    # A toolstack from a Xen tree with the series' libxl: xl creates the virtio devices.
+    libxl_virtio = bool(xen_tools and settings["virtio"])
+    if libxl_virtio and not device_model:
+        raise KptError("[domU] virtio needs the series' own QEMU as the device model (a series of the "
+                       "depends chain with QEMU patches)")
     kernel_path, kernel_file = domu_kernel(ws, build)
     files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"],
-                                                xl_sha256=_xl_sha256(xen_tools)).encode(),
-        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path).encode(),
+                                                xl_sha256=_xl_sha256(xen_tools),
+                                                libxl_virtio=libxl_virtio).encode(),
+        "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path, libxl_virtio).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
         kernel_path: kernel_file,
         "/boot/kpt/domU.cpio.gz": domu,

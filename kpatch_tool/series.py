@@ -42,7 +42,7 @@ TOP_KEYS = {"name", "version", "summary", "depends", "trees", "changelog", "smok
             "domU", "ci", "backport"}
 # [domU]: how the nested run's domU is made (nested.domu_settings merges them along the depends chain).
 DOMU_KEYS = {"memory": int, "vcpus": int, "vif_options": str, "extra_config": list, "extra": str,
-             "device_model_args": list, "device_model_setup": str}
+             "device_model_args": list, "device_model_setup": str, "virtio": list}
 # [ci]: how `kpt ci SERIES` boots it when the command line does not say.
 CI_KEYS = {"mode": str, "profile": str, "qemu_args": list, "timeout": (int, float)}
 CI_MODES = MODES
@@ -703,6 +703,10 @@ def load_series(ws: Workspace, name: str) -> Series:
     extra = series.domu.get("extra", "")
     if any(c in extra for c in "\"\n"):
         raise _err(path, "domU.extra", "must be one line of kernel arguments without quotes")
+    for i, spec in enumerate(series.domu.get("virtio", [])):
+        # Each one becomes a quoted string of xl's `virtio = [...]`.
+        if not isinstance(spec, str) or not spec or any(c in spec for c in "\"'\n"):
+            raise _err(path, f"domU.virtio[{i}]", "must be one xl virtio spec string without quotes")
     series.ci = _typed_table(path, "ci", data.get("ci", {}), CI_KEYS)
     if "mode" in series.ci and series.ci["mode"] not in CI_MODES:
         raise _err(path, "ci.mode", f"is '{series.ci['mode']}'; one of {', '.join(CI_MODES)}")

@@ -287,3 +287,33 @@ def test_an_overlay_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
     assert (root / "usr/sbin/xenstore-read").is_symlink()
     (dist / "usr/sbin/xl").write_text("another xl\n")
     assert rootfs.tree_digest(dist) != before
+
+
+def test_xl_virtio_devices_go_into_the_domu_config_with_the_series_qemu(project_ws):
+    settings = dict(nested.domu_settings(project_ws, []),
+                    virtio=["type=virtio,device4,transport=xenbus", "type=virtio,device2,target=/run/d.img"])
+    cfg = nested.render_domu_cfg(project_ws, settings, libxl_virtio=True)
+    assert ("virtio = [ 'type=virtio,device4,transport=xenbus', 'type=virtio,device2,target=/run/d.img' ]"
+            in cfg)
+    assert f'device_model_override = "{nested.DM_WRAPPER}"' in cfg
+    # Without a toolstack that knows them, they are not written (Debian's xl would refuse the key).
+    assert "virtio" not in nested.render_domu_cfg(project_ws, settings)
+
+
+def test_with_libxl_starting_the_device_model_dom0_checks_it_instead_of_starting_it(project_ws):
+    text = nested.render_dom0_init(project_ws, [], device_model_args=["-device", "xen-virtio,id=xv0,devid=0"],
+                                   device_model_setup="truncate -s 4M /run/d.img", libxl_virtio=True)
+    assert "xl -vvv create -p" not in text and "-xen-attach" not in text
+    assert (text.index(" device-model-setup ") < text.index(" xl-create ") < text.index(" xl-list ")
+            < text.index(" device-model ") < text.index(" vif-connected "))
+
+
+def test_a_quote_in_a_virtio_spec_is_refused_naming_the_key(tmp_ws):
+    from kpatch_tool import series as seriesmod
+
+    ws = tmp_ws()
+    d = ws.root / "patches" / "q"
+    d.mkdir(parents=True)
+    (d / "series.toml").write_text('name = "q"\nversion = 1\n[domU]\nvirtio = ["type=virtio,device4\'"]\n')
+    with pytest.raises(UsageError, match=r"domU\.virtio\[0\]"):
+        seriesmod.load_series(ws, "q")
