@@ -207,6 +207,32 @@ def libxl_dm_checks(setup: str = "") -> tuple[list[tuple[str, str, str, int]], t
     return before, ("device-model", run, "dm-running", 30)
 
 
+def libxl_lifecycle_checks() -> list[dict]:
+    """Once the domU is gone (xl's virtio devices): its device model went with it, a second
+    `xl create` (paused: the devices' backends come up without a guest) brings the backend
+    up again and `xl destroy` leaves no device model and no backend directory behind; and
+    the hypervisor's log has no error."""
+    gone = ("i=0; while pgrep -f \"xen-domid $D \" >/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done; "
+            "if pgrep -af \"xen-domid $D \"; then echo 'device model left behind'; exit 1; fi; "
+            "if xenstore-ls /local/domain/0/backend/virtio/$D 2>/dev/null; then exit 1; fi; echo dm-gone")
+    again = ("xl create -p /etc/xen/kpt-domU.cfg >/var/log/xen/xl-recreate.log 2>&1 || "
+             "{ tail -n 20 /var/log/xen/xl-recreate.log; exit 1; }; D2=$(xl domid $DOMU); i=0; "
+             "while [ \"$(xenstore-read /local/domain/0/backend/virtio/$D2/0/state 2>/dev/null)\" != 2 ] "
+             "&& [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done; "
+             "echo \"recreated: backend-state=$(xenstore-read /local/domain/0/backend/virtio/$D2/0/state 2>&1)\"; "
+             "xl destroy $DOMU; i=0; while pgrep -f \"xen-domid $D2 \" >/dev/null && [ $i -lt 10 ]; do "
+             "sleep 1; i=$((i+1)); done; pgrep -af \"xen-domid $D2 \" && exit 1; "
+             "xenstore-ls /local/domain/0/backend/virtio/$D2 2>/dev/null && exit 1; echo destroyed-clean")
+    # What Xen prints for its own failures (BUG(), ASSERT(), WARN(), a fatal trap, a panic).
+    xl_dmesg = ("if xl dmesg | grep -E '\\(XEN\\).*(Xen BUG at|Assertion .* failed|Xen WARN at|FATAL|Panic on CPU)'; "
+                "then exit 1; fi; "
+                "echo clean")
+    return [{"name": "device-model-gone", "run": gone, "expect": "^dm-gone$", "timeout": 20, "skip": ""},
+            {"name": "xl-recreate-destroy", "run": again, "expect": "backend-state=2", "timeout": 90,
+             "skip": ""},
+            {"name": "xl-dmesg-clean", "run": xl_dmesg, "expect": "^clean$", "timeout": 10, "skip": ""}]
+
+
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
                      device_model_setup: str = "", xl_sha256: str | None = None,
                      libxl_virtio: bool = False) -> str:
@@ -232,7 +258,8 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
     return _env(ws).get_template("dom0-xl-init.sh.j2").render(
         domu_name=DOMU, domu_ip=DOMU_IP, dom0_ip=DOM0_IP, dom0_checks=dom0_checks, dom0_series=dom0_series,
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT,
-        after_name=image.AFTER_CHECKS, after_checks=[image.dmesg_clean_check()])
+        after_name=image.AFTER_CHECKS,
+        after_checks=[image.dmesg_clean_check(), *(libxl_lifecycle_checks() if libxl_virtio else [])])
 
 
 def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:

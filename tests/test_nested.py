@@ -306,6 +306,10 @@ def test_with_libxl_starting_the_device_model_dom0_checks_it_instead_of_starting
     assert "xl -vvv create -p" not in text and "-xen-attach" not in text
     assert (text.index(" device-model-setup ") < text.index(" xl-create ") < text.index(" xl-list ")
             < text.index(" device-model ") < text.index(" vif-connected "))
+    # Once the domU is gone: no device model left, a second create and destroy are clean.
+    assert (text.index(" dmesg-clean ") < text.index(" device-model-gone ") < text.index(" xl-recreate-destroy ")
+            < text.index(" xl-dmesg-clean "))
+    assert "xl-recreate-destroy" not in nested.render_dom0_init(project_ws, [])
 
 
 def test_a_quote_in_a_virtio_spec_is_refused_naming_the_key(tmp_ws):
