@@ -281,6 +281,74 @@ def tools_dir(ws: Workspace, tree: str, srctree: Path, args: list[str]) -> Path:
     return buildmod.build_dir_for(ws, tree, srctree, "xen-tools", h)
 
 
+def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str | None, jobs: int | None,
+                log: Path, progress=None, expected: int | None = None,
+                timeout: float = 3 * 3600) -> tuple[proc.ProcResult, buildmod.MakeWatcher]:
+    """Synchronise srctree into build_dir/src, configure if needed, make and install into
+    build_dir/dist. (result, watcher) of make; configure's failure is a BuildError."""
+    src, dist = build_dir / "src", build_dir / "dist"
+    env = buildmod.make_env(wrapper)
+
+    def step(cmd: list[str], what: str, cwd: Path, watcher=None) -> proc.ProcResult:
+        try:
+            res = proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=watcher, timeout=timeout)
+        except OSError as exc:
+            raise KptError(f"xen tools: cannot run {cmd[0]}: {exc}") from None
+        if not res.ok and watcher is None:
+            tail = " ".join(res.stdout.strip().splitlines()[-2:])[-300:]
+            raise BuildError(f"xen tools: {what} failed: {tail} (log {log})")
+        return res
+
+    src.mkdir(exist_ok=True)
+    n = sync_source(srctree, src)
+    if progress:
+        progress(f"xen tools: {n} source file(s) synchronised")
+    configured = build_dir / "kpt-configured.json"
+    want = {"args": args, "configure.ac": buildmod.sha256_file(src / "tools" / "configure.ac"),
+            "top": buildmod.sha256_file(src / "configure.ac") if (src / "configure.ac").is_file() else ""}
+    try:
+        have = json.loads(configured.read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want or not (src / "config" / "Tools.mk").is_file():
+        configured.unlink(missing_ok=True)
+        if progress:
+            progress("xen tools: autoconf + configure")
+        if not (src / "configure").is_file() or not (src / "tools" / "configure").is_file():
+            step(["sh", "./autogen.sh"], "autogen.sh (autoconf)", src)
+        for aux in AUTOTOOLS_AUX:
+            if not Path(aux).is_file():
+                raise KptError(f"{aux} missing (apt-get install autotools-dev)")
+            shutil.copyfile(aux, src / Path(aux).name)
+        step(["./configure", *args, f"CC={buildmod.cc_for(wrapper)}"], "configure", src / "tools")
+        safefs.replace_file(configured, json.dumps(want).encode())
+    w = buildmod.MakeWatcher(expected, progress)
+    make = ["make", "-C", "tools", f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
+            *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+    res = step(make, "make -C tools", src, w)
+    if not res.ok:
+        return res, w
+    # A fresh install each time: nothing of an older build lingers in dom0.
+    staging = build_dir / "dist.new"
+    if staging.exists():
+        shutil.rmtree(staging)
+    res = step([*make, "install", f"DESTDIR={staging}"], "make -C tools install", src, w)
+    if not res.ok:
+        return res, w
+    missing = [p for p in TOOLS_OUTPUTS if not (staging / p).exists()]
+    if missing:
+        raise BuildError(f"xen tools: the install lacks {', '.join(missing)} (log {log})")
+    old = build_dir / "dist.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if dist.exists():
+        os.replace(dist, old)
+    os.replace(staging, dist)
+    if old.exists():
+        shutil.rmtree(old)
+    return res, w
+
+
 def build_tools(ws: Workspace, *, srctree: Path, tree: str = "xen", wrapper: str | None = "ccache",
                 jobs: int | None = None, progress=None, force: bool = False,
                 timeout: float = 3 * 3600) -> XenToolsResult:
@@ -293,66 +361,15 @@ def build_tools(ws: Workspace, *, srctree: Path, tree: str = "xen", wrapper: str
     build_dir = tools_dir(ws, tree, srctree, args)
     # A `.gitignore` of `*` keeps the folder out of git's view (and of source_state).
     make_dir(build_dir, in_source=True)
-    src, dist = build_dir / "src", build_dir / "dist"
-
-    def step(cmd: list[str], log: Path, what: str, cwd: Path, watcher=None) -> None:
-        env = buildmod.make_env(wrapper)
-        try:
-            res = proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=watcher, timeout=timeout)
-        except OSError as exc:
-            raise KptError(f"xen tools: cannot run {cmd[0]}: {exc}") from None
-        if not res.ok:
-            if watcher is not None:
-                raise buildmod._fail(watcher, res, log, f"xen tools: {what} failed")
-            tail = " ".join(res.stdout.strip().splitlines()[-2:])[-300:]
-            raise BuildError(f"xen tools: {what} failed: {tail} (log {log})")
+    dist = build_dir / "dist"
 
     def run(stamp: dict | None, log: Path) -> buildmod.Ran:
-        src.mkdir(exist_ok=True)
-        n = sync_source(srctree, src)
-        if progress:
-            progress(f"xen tools: {n} source file(s) synchronised")
-        configured = build_dir / "kpt-configured.json"
-        want = {"args": args, "configure.ac": buildmod.sha256_file(src / "tools" / "configure.ac"),
-                "top": buildmod.sha256_file(src / "configure.ac") if (src / "configure.ac").is_file() else ""}
-        try:
-            have = json.loads(configured.read_text())
-        except (OSError, ValueError):
-            have = None
-        if have != want or not (src / "config" / "Tools.mk").is_file():
-            configured.unlink(missing_ok=True)
-            if progress:
-                progress("xen tools: autoconf + configure")
-            if not (src / "configure").is_file() or not (src / "tools" / "configure").is_file():
-                step(["sh", "./autogen.sh"], log, "autogen.sh (autoconf)", src)
-            for aux in AUTOTOOLS_AUX:
-                if not Path(aux).is_file():
-                    raise KptError(f"{aux} missing (apt-get install autotools-dev)")
-                shutil.copyfile(aux, src / Path(aux).name)
-            step(["./configure", *args, f"CC={buildmod.cc_for(wrapper)}"], log, "configure", src / "tools")
-            safefs.replace_file(configured, json.dumps(want).encode())
         expected = (stamp or {}).get("steps") or None
-        w = buildmod.MakeWatcher(expected, progress)
-        make = ["make", "-C", "tools", f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
-                *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
-        step(make, log, "make -C tools", src, w)
-        # A fresh install each time: nothing of an older build lingers in dom0.
-        staging = build_dir / "dist.new"
-        if staging.exists():
-            shutil.rmtree(staging)
-        step([*make, "install", f"DESTDIR={staging}"], log, "make -C tools install", src, w)
-        missing = [p for p in TOOLS_OUTPUTS if not (staging / p).exists()]
-        if missing:
-            raise BuildError(f"xen tools: the install lacks {', '.join(missing)} (log {log})")
-        old = build_dir / "dist.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if dist.exists():
-            os.replace(dist, old)
-        os.replace(staging, dist)
-        if old.exists():
-            shutil.rmtree(old)
-        return buildmod.Ran(w.warnings, max(w.steps, expected or 0), {"version": xen_version(src / "xen")})
+        res, w = _tools_make(srctree, build_dir, args, wrapper=wrapper, jobs=jobs, log=log, progress=progress,
+                             expected=expected, timeout=timeout)
+        if not res.ok:
+            raise buildmod._fail(w, res, log, "xen tools: make failed")
+        return buildmod.Ran(w.warnings, max(w.steps, expected or 0), {"version": xen_version(build_dir / "src/xen")})
 
     def artifacts() -> dict[str, Artifact]:
         out = {}
@@ -366,3 +383,51 @@ def build_tools(ws: Workspace, *, srctree: Path, tree: str = "xen", wrapper: str
                                run, artifacts, wrapper, ("build", "xen-tools"))
     built, stamp = buildmod.cached_build(backend, force=force, progress=progress)
     return XenToolsResult(**vars(built), version=stamp.get("version", ""), configure_args=args)
+
+
+def build_each_xen(ws: Workspace, *, worktree: Path, base: str, tree: str = "xen", fragments=(),
+                   wrapper: str | None = "ccache", jobs: int | None = None,
+                   progress=None) -> list[buildmod.EachStep]:
+    """`kpt build --each SERIES --tree xen`: hypervisor and tools after base and after each
+    commit base..HEAD of worktree, incrementally, in a bisect worktree of our own."""
+    commits = buildmod.each_commits(Path(worktree), base)
+    args = list(TOOLS_CONFIGURE)
+    with buildmod.build_lock(progress):
+        each_dir = buildmod.each_worktree(ws, tree, Path(worktree), base)
+        xen = hypervisor_dir(each_dir)
+        cfg = configure(each_dir, fragments)
+        hv_dir = buildmod.build_dir_for(ws, tree, xen, "xen", cfg.config_hash)
+        make_dir(hv_dir, xen.resolve() in hv_dir.resolve().parents)
+        tools_build = tools_dir(ws, tree, each_dir, args)
+        make_dir(tools_build, in_source=True)
+        log = tools_build / "each.log"
+        log.write_text("")
+        ledger = buildmod.WarningLedger()
+
+        def build():
+            conf = hv_dir / ".config"
+            if not conf.exists() or conf.read_text() != cfg.config_text:
+                safefs.replace_file(conf, cfg.config_text.encode())
+            extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+            res, hw = buildmod.run_make(xen, hv_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,
+                                        progress=progress, extra=extra)
+            if not res.ok:
+                return res, hw
+            res, w = _tools_make(each_dir, tools_build, args, wrapper=wrapper, jobs=jobs, log=log,
+                                 progress=progress)
+            # One account of the step: the hypervisor's compiles and warnings, then the tools'.
+            w.compiled[:0] = hw.compiled
+            w.warnings[:0] = hw.warnings
+            return res, w
+
+        def fail(w, res, what):
+            return buildmod._fail(w, res, log, what)
+
+        if progress:
+            progress(f"building the base {base[:12]} first")
+        res, w = build()
+        if not res.ok:
+            raise fail(w, res, f"the base {base[:12]} does not build")
+        ledger.update(w.compiled, w.warnings)
+        return buildmod.run_each(each_dir, commits, build, fail, lambda w_: ledger.update(w_.compiled, w_.warnings),
+                                 progress)

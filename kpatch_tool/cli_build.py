@@ -93,11 +93,13 @@ def build_each_cmd(obj, series, profile, tree, wrapper, jobs):
 
     A QEMU tree (--tree qemu) is configured once as `kpt build qemu` does
     and built with ninja after each of the series' own patches, on top of
-    the series it depends on.
+    the series it depends on. A Xen tree (--tree xen): the hypervisor and
+    the tools, as `kpt build xen` builds them.
 
     \b
     Example: kpt build each netback-per-vif --profile xen-dom0
     Example: kpt build each virtio-xenbus --tree qemu
+    Example: kpt build each virtio-xenbus --tree xen
     """
     from kpatch_tool.errors import UsageError
 
@@ -108,8 +110,10 @@ def build_each_cmd(obj, series, profile, tree, wrapper, jobs):
         steps = _each_linux(obj.ws, series, profile, tree, wrapper, jobs)
     elif spec.kind == "qemu":
         steps = _each_qemu(obj.ws, series, tree, wrapper, jobs)
+    elif spec.kind == "xen":
+        steps = _each_xen(obj.ws, series, tree, wrapper, jobs)
     else:
-        raise UsageError(f"tree '{tree}' is a {spec.kind} tree: --each builds linux and qemu trees")
+        raise UsageError(f"tree '{tree}' is a {spec.kind} tree: --each builds linux, qemu and xen trees")
     _each_table(series, steps)
 
 def _each_linux(ws, series, profile, tree, wrapper, jobs):
@@ -121,6 +125,17 @@ def _each_linux(ws, series, profile, tree, wrapper, jobs):
     return buildmod.build_each(ws, worktree=srctree, base=base, tree=tree, profile=profile,
                                config_text=cfg.config_text, config_hash=cfg.config_hash, wrapper=wrapper,
                                jobs=jobs, progress=say)
+
+def _each_xen(ws, series, tree, wrapper, jobs):
+    from kpatch_tool import apply as applymod
+    from kpatch_tool import build_xen, stages
+
+    ar = applymod.apply_series(ws, series, tree=tree, say=say,
+                               progress=lambda msg, i, n: say(f"{msg} ({i}/{n})"))
+    frag = ws.root / stages.XEN_FRAGMENT
+    return build_xen.build_each_xen(ws, worktree=Path(ar.worktree), base=ar.series_base, tree=tree,
+                                    fragments=[frag] if frag.is_file() else [], wrapper=wrapper, jobs=jobs,
+                                    progress=say)
 
 def _each_qemu(ws, series, tree, wrapper, jobs):
     from kpatch_tool import apply as applymod
