@@ -323,11 +323,15 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
         step(["./configure", *args, f"CC={buildmod.cc_for(wrapper)}"], "configure", src / "tools")
         safefs.replace_file(configured, json.dumps(want).encode())
     w = buildmod.MakeWatcher(expected, progress)
-    make = ["make", "-C", "tools", f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
+    opts = [f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
             *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
-    res = step(make, "make -C tools", src, w)
-    if not res.ok:
-        return res, w
+    # The public headers first, as Xen's top-level build-tools target does (tools/include's
+    # links into xen/include): `make -C tools` alone does not make them.
+    for sub in ("tools/include", "tools"):
+        res = step(["make", "-C", sub, *opts], f"make -C {sub}", src, w)
+        if not res.ok:
+            return res, w
+    make = ["make", "-C", "tools", *opts]
     # A fresh install each time: nothing of an older build lingers in dom0.
     staging = build_dir / "dist.new"
     if staging.exists():

@@ -243,6 +243,7 @@ echo "CONFIGURED = $*" > ../config/Tools.mk
 TOOLS_MAKEFILE = r"""
 include ../config/Tools.mk
 all: xl
+
 xl: xl.c
 	@echo "  CC      xl"
 	@echo run >> ../make-runs
@@ -263,7 +264,8 @@ def xen_tools_tree(xen_tree, tmp_path):
     src = xen_tree()
     for rel, text in {"configure": "#!/bin/sh\n", "tools/configure": TOOLS_CONFIGURE,
                       "tools/configure.ac": "AC_INIT\n", "tools/Makefile": TOOLS_MAKEFILE,
-                      "tools/xl.c": "int main(void) { return 0; }\n"}.items():
+                      "tools/xl.c": "int main(void) { return 0; }\n",
+                      "tools/include/Makefile": "all:\n\t@echo run >> ../../include-runs\n"}.items():
         p = src / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
@@ -288,6 +290,7 @@ def test_tools_build_installs_into_dist_and_a_rerun_starts_nothing(tmp_ws, xen_t
     assert "--libdir=/usr/lib/x86_64-linux-gnu" in (src_copy / "config/Tools.mk").read_text()
     again = _tools(ws, xen_tools_tree)
     assert again.cached and (src_copy / "make-runs").read_text() == "run\n"
+    assert (src_copy / "include-runs").read_text() == "run\n"  # the public headers come first
     # The build happens in a copy: the worktree stays clean.
     assert git(xen_tools_tree, "status", "--porcelain") == ""
 
