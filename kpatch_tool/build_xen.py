@@ -288,6 +288,14 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
     build_dir/dist. (result, watcher) of make; configure's failure is a BuildError."""
     src, dist = build_dir / "src", build_dir / "dist"
     env = buildmod.make_env(wrapper)
+    # CC stays one word: tools/firmware passes `CC=$(CC)` on unquoted, so "ccache gcc"
+    # breaks it. ccache comes in through its compiler links instead (Debian's ccache).
+    buildmod.cc_for(wrapper)  # a missing wrapper is a PrereqError, as for Linux
+    if wrapper and wrapper != "none":
+        links = Path("/usr/lib") / wrapper
+        if not (links / "gcc").exists():
+            raise KptError(f"{links}/gcc missing: the Xen tools use {wrapper} through its compiler links")
+        env["PATH"] = f"{links}:{env.get('PATH', '')}"
 
     def step(cmd: list[str], what: str, cwd: Path, watcher=None) -> proc.ProcResult:
         try:
@@ -304,7 +312,7 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
     if progress:
         progress(f"xen tools: {n} source file(s) synchronised")
     configured = build_dir / "kpt-configured.json"
-    want = {"args": args, "configure.ac": buildmod.sha256_file(src / "tools" / "configure.ac"),
+    want = {"args": args, "cc": "gcc", "configure.ac": buildmod.sha256_file(src / "tools" / "configure.ac"),
             "top": buildmod.sha256_file(src / "configure.ac") if (src / "configure.ac").is_file() else ""}
     try:
         have = json.loads(configured.read_text())
@@ -320,11 +328,10 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
             if not Path(aux).is_file():
                 raise KptError(f"{aux} missing (apt-get install autotools-dev)")
             shutil.copyfile(aux, src / Path(aux).name)
-        step(["./configure", *args, f"CC={buildmod.cc_for(wrapper)}"], "configure", src / "tools")
+        step(["./configure", *args, "CC=gcc"], "configure", src / "tools")
         safefs.replace_file(configured, json.dumps(want).encode())
     w = buildmod.MakeWatcher(expected, progress)
-    opts = [f"-j{jobs or buildmod.cores()}", f"CC={buildmod.cc_for(wrapper)}",
-            *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+    opts = [f"-j{jobs or buildmod.cores()}", "CC=gcc", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
     # The public headers first, as Xen's top-level build-tools target does (tools/include's
     # links into xen/include): `make -C tools` alone does not make them.
     for sub in ("tools/include", "tools"):
