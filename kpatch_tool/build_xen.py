@@ -318,7 +318,7 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
         have = json.loads(configured.read_text())
     except (OSError, ValueError):
         have = None
-    if have != want or not (src / "config" / "Tools.mk").is_file():
+    if have != want or not (src / "config" / "Tools.mk").is_file() or not (src / "config" / "Paths.mk").is_file():
         configured.unlink(missing_ok=True)
         if progress:
             progress("xen tools: autoconf + configure")
@@ -328,7 +328,9 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
             if not Path(aux).is_file():
                 raise KptError(f"{aux} missing (apt-get install autotools-dev)")
             shutil.copyfile(aux, src / Path(aux).name)
-        step(["./configure", *args, "CC=gcc"], "configure", src / "tools")
+        # The top-level configure: it writes config/Paths.mk (the install paths) and runs
+        # tools/configure with the same arguments; stubdoms and docs are not built.
+        step(["./configure", *args, "--disable-stubdom", "--disable-docs", "CC=gcc"], "configure", src)
         safefs.replace_file(configured, json.dumps(want).encode())
     w = buildmod.MakeWatcher(expected, progress)
     opts = [f"-j{jobs or buildmod.cores()}", "CC=gcc", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]

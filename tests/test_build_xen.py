@@ -235,6 +235,12 @@ def test_real_xen_we_built_boots_under_qemu_until_it_asks_for_dom0(project_ws, t
 # A miniature toolstack: tools/configure (already generated, as in a tarball)
 # writes config/Tools.mk and counts its runs; tools/Makefile compiles xl and
 # installs it under the names dom0 needs (make -C tools / install DESTDIR=).
+# The top-level configure writes config/Paths.mk and runs tools/configure, as Xen's does.
+TOP_CONFIGURE = """#!/bin/sh
+mkdir -p config
+echo "prefix = /usr" > config/Paths.mk
+cd tools && ./configure "$@"
+"""
 TOOLS_CONFIGURE = """#!/bin/sh
 echo run >> ../configure-runs
 mkdir -p ../config
@@ -262,7 +268,7 @@ install: all
 @pytest.fixture
 def xen_tools_tree(xen_tree, tmp_path):
     src = xen_tree()
-    for rel, text in {"configure": "#!/bin/sh\n", "tools/configure": TOOLS_CONFIGURE,
+    for rel, text in {"configure": TOP_CONFIGURE, "tools/configure": TOOLS_CONFIGURE,
                       "tools/configure.ac": "AC_INIT\n", "tools/Makefile": TOOLS_MAKEFILE,
                       "tools/xl.c": "int main(void) { return 0; }\n",
                       "tools/include/Makefile": "all:\n\t@echo run >> ../../include-runs\n"}.items():
