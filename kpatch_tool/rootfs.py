@@ -135,11 +135,20 @@ def tree_digest(top: Path) -> str:
     return h.hexdigest()
 
 
+# Not laid over dom0's root: what only building against the tools needs.
+OVERLAY_SKIP = ("usr/include", "usr/lib/x86_64-linux-gnu/pkgconfig")
+
+
 def overlay(src: Path, root: Path) -> None:
     """Lay src's files over root: a file or symlink replaces what is there, never writes
-    through it (Debian's /usr/sbin/xl is a symlink to a wrapper other commands share)."""
+    through it (Debian's /usr/sbin/xl is a symlink to a wrapper other commands share).
+    Headers, pkg-config files and static libraries are left out (OVERLAY_SKIP)."""
     for dirpath, dirnames, filenames in os.walk(src):
         rel = Path(dirpath).relative_to(src)
+        if any(str(rel) == s or str(rel).startswith(s + "/") for s in OVERLAY_SKIP):
+            dirnames[:] = []
+            continue
+        filenames = [f for f in filenames if not f.endswith(".a")]
         (root / rel).mkdir(parents=True, exist_ok=True)
         links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         dirnames[:] = [d for d in dirnames if d not in links]

@@ -280,11 +280,15 @@ def test_an_overlay_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
     (dist / "usr/sbin").mkdir(parents=True)
     (dist / "usr/sbin/xl").write_text("our xl\n")
     (dist / "usr/sbin/xenstore-read").symlink_to("xenstore")
+    (dist / "usr/include").mkdir()
+    (dist / "usr/include/libxl.h").write_text("/* only for builds */\n")
+    (dist / "usr/sbin/libxl.a").write_text("archive\n")
     before = rootfs.tree_digest(dist)
     rootfs.overlay(dist, root)
     assert (root / "usr/lib/xen-common/bin/xen-utils-wrapper").read_text() == "wrapper\n"
     assert not (root / "usr/sbin/xl").is_symlink() and (root / "usr/sbin/xl").read_text() == "our xl\n"
     assert (root / "usr/sbin/xenstore-read").is_symlink()
+    assert not (root / "usr/include").exists() and not (root / "usr/sbin/libxl.a").exists()
     (dist / "usr/sbin/xl").write_text("another xl\n")
     assert rootfs.tree_digest(dist) != before
 
