@@ -143,6 +143,15 @@ def _artifacts(build_dir: Path) -> dict[str, Artifact]:
     return out
 
 
+def build_id(elf: Path) -> str:
+    """The GNU build id of a Xen ELF (what `xl info` reports as build_id)."""
+    res = proc.run(["readelf", "-n", str(elf)], timeout=60)
+    for line in res.stdout.splitlines():
+        if line.strip().startswith("Build ID:"):
+            return line.split(":", 1)[1].strip()
+    raise KptError(f"{elf}: no GNU build id (readelf -n); Xen's build-id needs ld --build-id")
+
+
 def make_dir(build_dir: Path, in_source: bool) -> None:
     build_dir.mkdir(parents=True, exist_ok=True)
     if in_source and not (build_dir / ".gitignore").exists():

@@ -186,12 +186,12 @@ def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
     return ("device-model", run, "dm-running", 70)
 
 
-def xen_from_tree_check(xl_sha256: str) -> tuple[str, str, str, int]:
+def xen_from_tree_check(xl_sha256: str, build_id: str) -> tuple[str, str, str, int]:
     """dom0 runs the hypervisor and the toolstack built from the Xen tree, not Debian's:
-    the hypervisor says it was compiled by kpt (build_xen.REPRODUCIBLE), xl is our build's."""
-    run = ("echo \"hypervisor=$(xl info | sed -n 's/^cc_compile_by *: //p') "
+    the running hypervisor's build id (xl info) is our build's, and so is xl."""
+    run = ("echo \"build_id=$(xl info | sed -n 's/^build_id *: //p') "
            "xl=$(sha256sum \"$(command -v xl)\" | cut -c1-16)\"")
-    return ("xen-from-tree", run, f"^hypervisor=kpt xl={xl_sha256[:16]}$", 20)
+    return ("xen-from-tree", run, f"^build_id={build_id} xl={xl_sha256[:16]}$", 20)
 
 
 def libxl_dm_checks(setup: str = "") -> tuple[list[tuple[str, str, str, int]], tuple[str, str, str, int]]:
@@ -234,14 +234,15 @@ def libxl_lifecycle_checks() -> list[dict]:
 
 
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
-                     device_model_setup: str = "", xl_sha256: str | None = None,
+                     device_model_setup: str = "", xl_sha256: str | None = None, xen_build_id: str = "",
                      libxl_virtio: bool = False) -> str:
     """device_model_args: the domU gets a device model started with these (the domU is created paused).
-    xl_sha256: the toolstack comes from the Xen tree (this xl); a check says dom0 runs it.
+    xl_sha256, xen_build_id: the toolstack and hypervisor come from the Xen tree; a check says
+    dom0 runs them.
     libxl_virtio: libxl starts the device model (xl's virtio devices): checked, not started."""
     checks = list(DOM0_CHECKS)
     if xl_sha256:
-        checks.insert([c[0] for c in checks].index("xenconsoled") + 1, xen_from_tree_check(xl_sha256))
+        checks.insert([c[0] for c in checks].index("xenconsoled") + 1, xen_from_tree_check(xl_sha256, xen_build_id))
     if libxl_virtio:
         i = [c[0] for c in checks].index("xl-create")
         before, verify = libxl_dm_checks(device_model_setup)
@@ -286,11 +287,12 @@ def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None, series: list[str], xen_tools: Path | None = None) -> NestedImages:
+           device_model: Path | None = None, series: list[str], xen_tools: Path | None = None,
+           xen_build_id: str = "") -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
     starts for the domU with the series' [domU] device_model_args.
     xen_tools: the install of `kpt build xen`'s tools (build_xen.build_tools), laid over
-    dom0's Debian toolstack.
+    dom0's Debian toolstack; xen_build_id: the hypervisor's GNU build id (it boots with them).
     series: the depends chain, deepest first, whose [domU] settings apply in that order
     (a series without checks of its own counts too)."""
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
@@ -309,7 +311,7 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"],
-                                                xl_sha256=_xl_sha256(xen_tools),
+                                                xl_sha256=_xl_sha256(xen_tools), xen_build_id=xen_build_id,
                                                 libxl_virtio=libxl_virtio).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path, libxl_virtio).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",

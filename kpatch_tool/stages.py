@@ -58,6 +58,7 @@ class RunContext:
     device_model_sha: str | None = None
     xen: Path | None = None  # the hypervisor ELF QEMU loads
     xen_tools: Path | None = None  # `make -C tools install` DESTDIR, laid over dom0's root
+    xen_build_id: str = ""  # the hypervisor's GNU build id, as `xl info` reports it
     smoke: list[dict] = field(default_factory=list)
     initrd: Path | None = None
     images_key: dict | None = None
@@ -199,10 +200,11 @@ def xen_stage(c: RunContext) -> tuple[str, str]:
     for b, name in ((hv, "xen-build.log"), (tools, "xen-tools-build.log")):
         if b.log.exists():
             shutil.copyfile(b.log, c.logs / name)
-    c.xen, c.xen_tools = hv.xen, tools.dist
+    c.xen, c.xen_tools, c.xen_build_id = hv.xen, tools.dist, build_xen.build_id(hv.build_dir / "xen-syms")
     c.outputs["xen"] = {"tree": tree, "worktree": str(srctree), "head": head, "version": hv.version,
                         "fragments": hv.fragments,
-                        "hypervisor": {"path": str(hv.xen), "sha256": sha256(hv.xen), "config_hash": hv.config_hash,
+                        "hypervisor": {"path": str(hv.xen), "sha256": sha256(hv.xen), "build_id": c.xen_build_id,
+                                       "config_hash": hv.config_hash,
                                        "seconds": round(hv.duration, 1), "cached": hv.cached},
                         "tools": {"dist": str(tools.dist), "seconds": round(tools.duration, 1), "cached": tools.cached,
                                   "artifacts": {k: asdict(v) for k, v in tools.artifacts.items()}}}
@@ -231,7 +233,7 @@ def image_stage(c: RunContext) -> tuple[str, str]:
         from kpatch_tool import nested
 
         imgs = nested.images(c.ws, build=b, smoke=c.smoke, progress=c.detail, device_model=c.device_model,
-                             series=chain, xen_tools=c.xen_tools)
+                             series=chain, xen_tools=c.xen_tools, xen_build_id=c.xen_build_id)
         c.initrd = imgs.dom0_initrd
         c.outputs["images"] = {k: {"path": str(v), "sha256": sha256(v)} for k, v in imgs.paths().items()}
         c.images_key = {k: v["sha256"] for k, v in c.outputs["images"].items()}

@@ -108,6 +108,8 @@ def test_builds_xen_and_xen_gz_with_hashes(tmp_ws, xen_tree):
     assert res.artifacts["xen"].size == res.xen.stat().st_size
     assert len(res.artifacts["xen.gz"].sha256) == 64
     assert res.to_json()["build_dir"] == str(res.build_dir)
+    # What `xl info` reports as build_id, for the run's xen-from-tree check (gcc links with --build-id).
+    assert len(build_xen.build_id(res.xen)) == 40
 
 
 def test_rerun_with_nothing_changed_does_not_start_make(tmp_ws, xen_tree):

@@ -261,9 +261,9 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
 
 
 def test_xen_from_the_tree_adds_a_check_naming_our_hypervisor_and_xl(project_ws):
-    text = nested.render_dom0_init(project_ws, [], xl_sha256="ab" * 32)
+    text = nested.render_dom0_init(project_ws, [], xl_sha256="ab" * 32, xen_build_id="cd" * 20)
     assert text.index(" xenconsoled ") < text.index(" xen-from-tree ") < text.index(" netback-module ")
-    assert "'^hypervisor=kpt xl=abababababababab$'" in text
+    assert f"'^build_id={'cd' * 20} xl=abababababababab$'" in text
     assert "xen-from-tree" not in nested.render_dom0_init(project_ws, [])
 
 
