@@ -32,9 +32,13 @@ MEMORY = 1536
 DOM0_MEM = 768
 DOMU_TIMEOUT = 120  # seconds dom0 waits for the domU to finish after releasing it
 
-# dom0 side, in order; $D (domain id) and $VIF exist after xl-create.
+# dom0 side, in order; $D (domain id) and $VIF exist after xl-create. Each command
+# runs in Debian's /bin/sh; under TCG every exec of a dynamically linked program costs
+# dom0 about 0.1 s, so the commands use shell builtins where they can.
 DOM0_CHECKS = [
-    ("xenstored", "xenstored --pid-file /run/xen/xenstored.pid >/dev/null 2>&1; sleep 0.5; xenstore-ls / >/dev/null && echo up", "up", 30),
+    # xenstored prints its pid (-P) once it serves its socket and dom0's ring, and only
+    # then closes its output: no sleep and no polling until it answers.
+    ("xenstored", "p=$(xenstored --pid-file /run/xen/xenstored.pid -P 2>/dev/null) && [ -n \"$p\" ] && echo up", "up", 30),
     ("xen-init-dom0", "xen-init-dom0 >/dev/null 2>&1 && xenstore-read /local/domain/0/name", "Domain-0", 30),
     ("xenconsoled", "xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console >/dev/null 2>&1 && echo started", "started", 30),
     ("netback-module", "modprobe xen-netback 2>&1 || true; ls -d /sys/bus/xen-backend/drivers/vif", "vif", 30),
@@ -44,14 +48,22 @@ DOM0_CHECKS = [
     # handler reads everything is a sink.
     ("traffic-sink", "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/run/kpt-sink && chmod +x /run/kpt-sink && "
      "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 5),
-    # xl's debug log is kept for the checks after it; only its warnings and errors are shown.
+    # xl's debug log is kept for the checks after it; only its warnings and errors are
+    # shown. The domain's id goes to /run/kpt-domid for dom0's init ($D).
     ("xl-create", "xl -vvv create /etc/xen/kpt-domU.cfg >/var/log/xen/xl-create.log 2>&1; r=$?; "
-     "grep -vE ': debug: |: detail: ' /var/log/xen/xl-create.log | tail -n 20; [ $r = 0 ] && xl domid $DOMU", "^[0-9]+$", 90),
+     "grep -vE ': debug: |: detail: ' /var/log/xen/xl-create.log | tail -n 20; "
+     "[ $r = 0 ] && xl domid $DOMU >/run/kpt-domid && read d </run/kpt-domid && echo $d", "^[0-9]+$", 90),
     ("xl-list", "xl list $DOMU", r"kpt-domU\s+[0-9]+", 20),
-    ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
-    ("vif-queue-threads", "ps -eo comm | grep \"^$VIF-q\" | sort; ls /sys/class/net/$VIF/queues", "guest-rx", 20),
+    ("vif-connected", "i=0; while [ $i -lt 300 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 0.3; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
+    # The vif's kthreads by name, from /proc with the shell's read (ps is an exec and
+    # reads every process's files), then its queues.
+    ("vif-queue-threads", "for f in /proc/[0-9]*/comm; do read c <$f && case $c in \"$VIF\"-q*) echo $c;; esac; done 2>/dev/null; "
+     "for q in /sys/class/net/$VIF/queues/*; do echo ${q##*/}; done", "guest-rx", 20),
     ("ping-domU", "i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 $DOMU_IP && exit 0; i=$((i+1)); done; exit 1", "1 received|1 packets received", 70),
 ]
+# Checks that need nothing before them (no xenstore, no domU): dom0's init starts them
+# beside the toolstack's start and prints their results in their turn.
+EARLY = ("netback-module", "bridge", "traffic-sink")
 
 # domU side (busybox), before the series' domU checks. netfront's interface is
 # found by its driver ("vif"): with other network devices (virtio-net over
@@ -180,21 +192,24 @@ def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
 
 
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
-                     device_model_setup: str = "") -> str:
-    """device_model_args: the domU gets a device model started with these (the domU is created paused)."""
+                     device_model_setup: str = "", long_checks: bool = False) -> str:
+    """device_model_args: the domU gets a device model started with these (the domU is created paused).
+    long_checks: the checks' environment has KPT_LONG_CHECKS=1 (their long form)."""
     checks = list(DOM0_CHECKS)
     if device_model_args is not None:
         i = [c[0] for c in checks].index("xl-create")
         name, run, expect, timeout = checks[i]
         checks[i] = (name, run.replace("xl -vvv create ", "xl -vvv create -p "), expect, timeout)
         checks.insert(i + 2, dm_check(device_model_args, device_model_setup))
-    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": ""} for n, r, e, t in checks]
+    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": "", "early": n in EARLY} for n, r, e, t in checks]
+    for i, c in enumerate([c for c in dom0_checks if c["early"]], start=1):
+        c["early_index"] = i
     dom0_series = [image.normalise_smoke(s, series=s.get("series", "smoke")) for s in smoke if s.get("where") == "dom0"]
     names = sorted({s["series"] for s in dom0_series})
     return _env(ws).get_template("dom0-xl-init.sh.j2").render(
         domu_name=DOMU, domu_ip=DOMU_IP, dom0_ip=DOM0_IP, dom0_checks=dom0_checks, dom0_series=dom0_series,
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT,
-        after_name=image.AFTER_CHECKS, after_checks=[image.dmesg_clean_check()])
+        after_name=image.AFTER_CHECKS, after_checks=[image.dmesg_clean_check()], long_checks=long_checks)
 
 
 def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
@@ -221,7 +236,7 @@ def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None, series: list[str]) -> NestedImages:
+           device_model: Path | None = None, series: list[str], long_checks: bool = False) -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
     starts for the domU with the series' [domU] device_model_args.
     series: the depends chain, deepest first, whose [domU] settings apply in that order
@@ -229,14 +244,15 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
     domu_smoke += [s for s in smoke if s.get("where") == "domU"]
     domu = image.build_initramfs(ws, kernel_release=build.kernel_release, modules_dir=None, smoke=domu_smoke,
-                                 mode="domU", hold_port=RELEASE_PORT)
+                                 mode="domU", hold_port=RELEASE_PORT, long_checks=long_checks)
     base = rootfs.base(ws, progress=progress)
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
     kernel_path, kernel_file = domu_kernel(ws, build)
     files: dict[str, bytes | Path] = {
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
-                                                device_model_setup=settings["device_model_setup"]).encode(),
+                                                device_model_setup=settings["device_model_setup"],
+                                                long_checks=long_checks).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
         kernel_path: kernel_file,

@@ -47,6 +47,8 @@ _DOMU = [
     ("domU-kernel", rf"^{DOMU_PREFIX}(?:\[[ \d.]+\] )?{_INIT}"),
     ("domU-checks", rf"^{DOMU_PREFIX}# kpt-init: done"),
     ("dom0-checks", rf"^{MARK} dom0-checks\b"),
+    ("domU-release", rf"^{MARK} domU-released\b"),  # dom0's release accepted
+    ("domU-teardown", rf"^{MARK} domU-gone\b"),  # the domU powered off and destroyed
     ("domU-result", r"^# kpt-dom0-init: done"),
 ]
 PHASES = {"guest": _GUEST, "xen": _XEN + _XEN_ONLY, "xen+domU": _XEN + _DOMU}

@@ -125,7 +125,7 @@ class CiResult:
 def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str], profile: str | None,
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
              rep: Reporter, force: bool, rerun_boot: bool, expect: int = 0,
-             checks_from: str | None = None) -> stagesmod.RunContext:
+             checks_from: str | None = None, long_checks: bool = False) -> stagesmod.RunContext:
     """What the run was asked, settled once: command line over series.toml [ci] over mode defaults.
 
     checks_from (a base run only): the series whose checks, [domU] and [ci] settings the base runs with."""
@@ -153,13 +153,13 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
         "inputs": {"series": series, "checks_from": checks_from, "mode": mode, "profile": profile, "tree": tree,
                    "onto": onto, "fragments": [fragment_name(ws, f) for f in fragments],
                    "fragment_sha256": [safefs.sha256_file(f) if Path(f).is_file() else None for f in fragments],
-                   "qemu_args": list(qemu_args), "force": force, "expect": expect},
+                   "qemu_args": list(qemu_args), "force": force, "expect": expect, "long_checks": long_checks},
         "outputs": {}, "stages": [], "complete": False, "exit_code": None,
     })
     return stagesmod.RunContext(ws=ws, series=series, mode=mode, tree=tree, profile=profile, timeout=timeout,
                                 onto=onto, fragments=tuple(fragments), qemu_args=qemu_args, run_dir=run_dir,
                                 manifest=manifest, detail=lambda msg, *_: rep.detail(str(msg)), force=force,
-                                rerun_boot=rerun_boot, checks_from=checks_from)
+                                rerun_boot=rerun_boot, checks_from=checks_from, long_checks=long_checks)
 
 
 def settled_profile(ws: Workspace, series: str | None, mode: str, profile: str | None) -> str:
@@ -207,13 +207,16 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
            profile: str | None = None, timeout: float | None = None, reporter: Reporter | None = None,
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
            qemu_args: tuple[str, ...] = (), force: bool = False, expect: int = 0, stop_after: str | None = None,
-           from_artifacts: Path | None = None, checks_from: str | None = None) -> CiResult:
+           from_artifacts: Path | None = None, checks_from: str | None = None,
+           long_checks: bool = False) -> CiResult:
     """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
 
     stop_after="build" ends after the build and exports the kernel into the run
     folder (a CI build job); from_artifacts resumes from such a run folder (a
     boot job): series, base, profile and fragments are the build's, checked by hash.
     checks_from: with no series, the base tree runs that series' checks in their base form.
+    long_checks: the long form of the checks that have one (KPT_LONG_CHECKS=1 in their
+    environment): what a matrix that measures runs; the default run takes the short form.
     """
     rep = reporter or Reporter()
     resumed = None
@@ -230,7 +233,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         raise UsageError(f"--stop-after {stop_after}: not a stage of this run ({', '.join(names)})")
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
-                 rep, force, rerun_boot, expect, checks_from)
+                 rep, force, rerun_boot, expect, checks_from, long_checks)
     c.export = stop_after == "build"
     result = CiResult(c.run_dir.name, c.run_dir, 0, series, mode)
     if stop_after:

@@ -65,8 +65,9 @@ def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
     """The domU listens only after its own checks: a release sent before that is refused.
 
     dom0's release loop is run with stand-ins for xl and busybox nc (no Xen here): the
-    domU refuses three connections, then accepts and shuts down. A single send would
-    leave it waiting out its listen timeout.
+    domU refuses three connections, then accepts (the acknowledgement: dom0 stops
+    sending) and shuts down. A single send would leave it waiting out its listen
+    timeout; sends after the acceptance would find nobody listening.
     """
     text = nested.render_dom0_init(project_ws, [])
     start = text.index("# Let the domU finish")
@@ -79,10 +80,11 @@ def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
         f'cat >/dev/null\nif [ $n -ge 4 ]; then touch {tmp_path}/gone; exit 0; fi\nexit 1\n')
     for f in bin_.iterdir():
         f.chmod(0o755)
-    res = subprocess.run(["sh", "-c", f"DOMU=1; DOMU_IP=10.0.0.2\n{block}"], capture_output=True, text=True,
-                         env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=60)
+    res = subprocess.run(["sh", "-c", f"mark() {{ echo \"mark $1\"; }}; DOMU=1; DOMU_IP=10.0.0.2\n{block}"],
+                         capture_output=True, text=True, env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "tries").read_text().strip() == "4"
+    assert res.stdout.split() == ["mark", "domU-released", "mark", "domU-gone"]
     assert (tmp_path / "gone").exists()
 
 
