@@ -160,7 +160,7 @@ def bench_nested(runs: int, ref: str) -> int:
                 if any(r["boot"] is None for r in new_runs + old_runs):
                     print(f"{case}: a run stopped before its boot (see above); no ratio\n")
                     continue
-                print_phases(case, new_runs)
+                print_phases(case, new_runs, old_runs)
                 nb = statistics.median(r["boot"] for r in new_runs)
                 ob = statistics.median(r["boot"] for r in old_runs)
                 nw = statistics.median(r["wall"] for r in new_runs)
@@ -177,15 +177,20 @@ def secs(x: float | None) -> str:
     return "no boot" if x is None else f"{x:.1f}s"
 
 
-def print_phases(case: str, runs: list[dict]) -> None:
+def print_phases(case: str, runs: list[dict], old_runs: list[dict]) -> None:
+    """The phase table, this code's runs beside the unoptimised code's (medians)."""
     names: list[str] = []
-    for r in runs:
+    for r in runs + old_runs:
         names += [p["name"] for p in r["phases"] if p["name"] not in names]
-    print(f"{case}: phases (median of {len(runs)}; seconds the phase took, and when it ended)")
+
+    def med(rs: list[dict], name: str, key: str) -> str:
+        xs = [p[key] for r in rs for p in r["phases"] if p["name"] == name]
+        return f"{statistics.median(xs):6.1f}s" if xs else "      -"
+
+    print(f"{case}: phases (median of {len(runs)}; seconds each took, when it ended; then the unoptimised code's)")
     for name in names:
-        took = [p["seconds"] for r in runs for p in r["phases"] if p["name"] == name]
-        end = [p["end"] for r in runs for p in r["phases"] if p["name"] == name]
-        print(f"  {name:18} {statistics.median(took):6.1f}s   ends at {statistics.median(end):6.1f}s")
+        print(f"  {name:18} {med(runs, name, 'seconds')}  ends at {med(runs, name, 'end')}"
+              f"   | unoptimised {med(old_runs, name, 'seconds')}  ends at {med(old_runs, name, 'end')}")
 
 
 def main() -> int:
