@@ -42,9 +42,10 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
     """The profile's configuration for srctree, remembered by its inputs.
 
     Evaluating means parsing the whole Kconfig tree (~4 s). The result only
-    depends on the source (commit + edits), the base, the fragments' bytes and
-    our kconfig code, so a rerun with those unchanged reads it back instead.
-    Only configurations that validated are remembered.
+    depends on the source (commit + edits), the base, the fragments' bytes,
+    our kconfig code and the compiler (Kconfig's $(cc-option,...) and
+    CC_VERSION_TEXT ask it), so a rerun with those unchanged reads it back
+    instead. Only configurations that validated are remembered.
     """
     import hashlib
 
@@ -62,6 +63,7 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
             h.update(Path(base).read_bytes())
         for mod in (kconfig.__file__, kconfig.__file__.replace("kconfig.py", "kconfig_compat.py")):
             h.update(Path(mod).read_bytes())
+        h.update(buildmod.compiler_id(None).encode())
         key = h.hexdigest()[:24]
         hit = ws.cache_dir / "configs" / f"{key}.config"
         if hit.exists() and not force:
@@ -244,9 +246,10 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             if resumed:
                 _resume(c, rep, result, *resumed)
                 names = [n for n in names if n not in ("trees", "apply", "config", "build")]
-            for name in names:
-                if name != "report":
-                    _run_stage(c, rep, result, name)
+            with buildmod.remembered_source_states():
+                for name in names:
+                    if name != "report":
+                        _run_stage(c, rep, result, name)
     except KptError as exc:
         result.exit_code = exc.exit_code
         result.message = exc.message
