@@ -45,9 +45,10 @@ DOM0_CHECKS = [
     ("bridge", "ip link add name xenbr0 type bridge stp_state 0 forward_delay 0 && ip addr add $DOM0_IP/24 dev xenbr0 && ip link set xenbr0 up && ip -br addr show xenbr0", "UP|UNKNOWN", 20),
     # Debian's busybox-static installs no applet links: nc is called through busybox. A
     # plain `nc -l` with stdin at EOF closes at once; a persistent server whose
-    # handler reads everything is a sink.
+    # handler reads everything is a sink. (It starts beside the toolstack: 8 s at load 5,
+    # and a timeout kills the sink with its check's process group.)
     ("traffic-sink", "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/run/kpt-sink && chmod +x /run/kpt-sink && "
-     "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 5),
+     "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 30),
     # xl's debug log is kept for the checks after it; only its warnings and errors are
     # shown. The domain's id goes to /run/kpt-domid for dom0's init ($D).
     ("xl-create", "xl -vvv create /etc/xen/kpt-domU.cfg >/var/log/xen/xl-create.log 2>&1; r=$?; "
