@@ -260,3 +260,16 @@ def test_domu_config_follows_the_whole_depends_chain(project_ws, tmp_path):
                          input=imgs.dom0_initrd.read_bytes(), capture_output=True)
     cfg = res.stdout.decode()
     assert 'extra = "console=hvc0 panic=-1 panic_on_warn=1 pty.legacy_count=0 iommu=soft"' in cfg and "memory = 384" in cfg, cfg
+
+
+def test_the_long_form_of_the_checks_is_asked_in_both_inits(project_ws):
+    """kpt ci --long-checks: dom0's init and the domU's export KPT_LONG_CHECKS=1 to every check."""
+    assert "export KPT_LONG_CHECKS=1" in nested.render_dom0_init(project_ws, [], long_checks=True)
+    assert "KPT_LONG_CHECKS" not in nested.render_dom0_init(project_ws, [])
+    from kpatch_tool import image
+
+    groups = image.plan_groups("6.1.0", [], False, [], "domU")
+    assert "export KPT_LONG_CHECKS=1" in image.render_init(project_ws, mode="domU", kernel_release="6.1.0",
+                                                          groups=groups, hold_port=7777, long_checks=True)
+    assert "KPT_LONG_CHECKS" not in image.render_init(project_ws, mode="domU", kernel_release="6.1.0",
+                                                      groups=groups, hold_port=7777)
