@@ -99,3 +99,9 @@ def test_a_recorded_nested_console_reaches_every_dom0_phase():
 def test_malformed_phases_are_named(bad):
     with pytest.raises(TypeError, match="results.json"):
         phases.check_list(bad, "results.json")
+
+
+def test_xens_banner_ends_the_firmware_on_the_line_seabios_left_open():
+    t = _feed("xen", "Booting from ROM..\x1bc\x1b[?7l\x1b[2J(XEN) [00000000f31a6505] Xen version 4.17.7 (Debian)\n"
+                     "[    1.145369] Xen version: 4.17.7 (preserve-AD)\n")
+    assert [(p.name, p.end) for p in t.phases] == [("firmware", 0.0)]
