@@ -18,7 +18,9 @@ Nested (xen+domU) boots, phase by phase, against the unoptimised code:
 runs the base kernel's `kpt ci --base-only --mode xen+domU` and the default `kpt ci`
 (--rerun-boot: the kernels and images are cached, the boot is not), N times each, with
 this checkout's code and with REF's (default 21c924a, before the phases and the speed-ups;
-a temporary git worktree), alternating the two so that both see the same load. Prints the
+a temporary git worktree), alternating the two so that both see the same load. REF's runs
+take REF's series checks too (its patches/*/series.toml, put in place for each of its runs
+and put back after), so the default run's ratio is the whole unoptimised path's. Prints the
 phase table (medians) of each, the boot stage and whole-run times, the ratio, and the
 load average (`uptime`) before and after: the machine is shared.
 """
@@ -118,8 +120,10 @@ def kpt_ci(code: Path, args: list[str], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "kpatch_tool.cli", "ci", *args, "--rerun-boot"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=3600)
+    # -P: without it `python -m` puts the cwd (this checkout) before PYTHONPATH on sys.path,
+    # and REF's runs would run this code.
+    res = subprocess.run([sys.executable, "-P", "-m", "kpatch_tool.cli", "ci", *args, "--rerun-boot"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - t0
     run = next(iter(set(out.iterdir()) - before - {out / ".kpt-ci.lock"}), None)
     if run is None or not (run / "manifest.json").is_file():
@@ -140,6 +144,25 @@ def baseline_checkout(ref: str, tmp: Path) -> Path:
     return dest
 
 
+class baseline_checks:
+    """REF's series.toml files in this workspace's patches/ for the length of one run."""
+
+    def __init__(self, old: Path):
+        self.files = [(ROOT / f.relative_to(old), f.read_bytes()) for f in sorted(old.glob("patches/*/series.toml"))
+                      if (ROOT / f.relative_to(old)).is_file()]
+        self.saved: list[tuple[Path, bytes]] = []
+
+    def __enter__(self):
+        for path, data in self.files:
+            self.saved.append((path, path.read_bytes()))
+            path.write_bytes(data)
+
+    def __exit__(self, *exc):
+        for path, data in self.saved:
+            path.write_bytes(data)
+        self.saved = []
+
+
 def bench_nested(runs: int, ref: str) -> int:
     import subprocess
 
@@ -153,14 +176,15 @@ def bench_nested(runs: int, ref: str) -> int:
                 new_runs, old_runs = [], []
                 for i in range(runs):  # alternate: both see the same load
                     new_runs.append(kpt_ci(ROOT, args, tmp / "out-new"))
-                    old_runs.append(kpt_ci(old, args, tmp / "out-old"))
+                    with baseline_checks(old):
+                        old_runs.append(kpt_ci(old, args, tmp / "out-old"))
                     print(f"  {case} #{i + 1}: boot {secs(new_runs[-1]['boot'])} (exit {new_runs[-1]['exit']}), "
                           f"unoptimised {secs(old_runs[-1]['boot'])} (exit {old_runs[-1]['exit']}); load {load()}")
                 failed += sum(r["exit"] != 0 for r in new_runs + old_runs)
                 if any(r["boot"] is None for r in new_runs + old_runs):
                     print(f"{case}: a run stopped before its boot (see above); no ratio\n")
                     continue
-                print_phases(case, new_runs)
+                print_phases(case, new_runs, old_runs)
                 nb = statistics.median(r["boot"] for r in new_runs)
                 ob = statistics.median(r["boot"] for r in old_runs)
                 nw = statistics.median(r["wall"] for r in new_runs)
@@ -177,15 +201,20 @@ def secs(x: float | None) -> str:
     return "no boot" if x is None else f"{x:.1f}s"
 
 
-def print_phases(case: str, runs: list[dict]) -> None:
+def print_phases(case: str, runs: list[dict], old_runs: list[dict]) -> None:
+    """The phase table, this code's runs beside the unoptimised code's (medians)."""
     names: list[str] = []
-    for r in runs:
+    for r in runs + old_runs:
         names += [p["name"] for p in r["phases"] if p["name"] not in names]
-    print(f"{case}: phases (median of {len(runs)}; seconds the phase took, and when it ended)")
+
+    def med(rs: list[dict], name: str, key: str) -> str:
+        xs = [p[key] for r in rs for p in r["phases"] if p["name"] == name]
+        return f"{statistics.median(xs):6.1f}s" if xs else "      -"
+
+    print(f"{case}: phases (median of {len(runs)}; seconds each took, when it ended; then the unoptimised code's)")
     for name in names:
-        took = [p["seconds"] for r in runs for p in r["phases"] if p["name"] == name]
-        end = [p["end"] for r in runs for p in r["phases"] if p["name"] == name]
-        print(f"  {name:18} {statistics.median(took):6.1f}s   ends at {statistics.median(end):6.1f}s")
+        print(f"  {name:18} {med(runs, name, 'seconds')}  ends at {med(runs, name, 'end')}"
+              f"   | unoptimised {med(old_runs, name, 'seconds')}  ends at {med(old_runs, name, 'end')}")
 
 
 def main() -> int:

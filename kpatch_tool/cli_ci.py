@@ -41,6 +41,9 @@ def _defaults(ws) -> tuple[list[str], str]:
 @click.option("--checks-from", "checks_from", default=None, metavar="SERIES",
               help="With --base-only: run SERIES' checks and [domU]/[ci] settings on the base, in their "
                    "on_base form (what the series fixes, seen without it).")
+@click.option("--long-checks", is_flag=True,
+              help="The long form of the checks that have one (KPT_LONG_CHECKS=1 in their environment): "
+                   "longer measurements than the default run's.")
 @click.option("--force", is_flag=True, help="Redo every stage: no cached config, build, image or boot verdict.")
 @click.option("--matrix", type=click.Path(dir_okay=False), default=None, help="Run a matrix file instead.")
 @click.option("--emit", type=click.Choice(["gitlab", "github"]), default=None,
@@ -58,8 +61,8 @@ def _defaults(ws) -> tuple[list[str], str]:
               help="xen+domU: boot the hypervisor and toolstack built from this Xen tree of kpt.toml instead of "
                    "Debian's (implied when the series patches a Xen tree).")
 @click.pass_obj
-def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, checks_from, force, matrix,
-       emit, output, expect, as_json, stop_after, from_artifacts, xen_tree):
+def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_boot, base_only, checks_from, long_checks,
+       force, matrix, emit, output, expect, as_json, stop_after, from_artifacts, xen_tree):
     """Trees -> apply -> config -> build -> image -> boot -> report, with a live view.
 
     Every artifact lands in out/<run-id>/ (manifest.json, logs/, .config,
@@ -84,7 +87,7 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
         raise UsageError("--emit needs --matrix FILE")
     if from_artifacts and (series or base_only or onto or profile or fragments or stop_after or matrix):
         raise UsageError("--from-artifacts boots the build run's kernel: its series, base, profile and fragments "
-                         "are that run's (give only --mode, --qemu-arg, --timeout, --expect)")
+                         "are that run's (give only --mode, --qemu-arg, --timeout, --long-checks, --expect)")
     if matrix:
         _run_matrix(ws, Path(matrix), emit, output, rerun_boot, as_json)
         return
@@ -106,7 +109,7 @@ def ci(obj, series, mode, onto, profile, fragments, qemu_args, timeout, rerun_bo
                                   reporter=rep, rerun_boot=rerun_boot, fragments=tuple(Path(f) for f in fragments),
                                   qemu_args=tuple(qemu_args), force=force, expect=expect, stop_after=stop_after,
                                   from_artifacts=Path(from_artifacts) if from_artifacts else None,
-                                  checks_from=checks_from, xen_tree=xen_tree)
+                                  checks_from=checks_from, long_checks=long_checks, xen_tree=xen_tree)
         finally:
             rep.close()
         console.print((res.run_dir / "summary.txt").read_text().rstrip() if (res.run_dir / "summary.txt").exists()

@@ -263,9 +263,9 @@ def plan_groups(kernel_release: str, modules: list[str], has_dep: bool, smoke: l
 
 
 def render_init(ws: Workspace, *, mode: str, kernel_release: str, groups: list[dict],
-                hold_port: int | None = None) -> str:
+                hold_port: int | None = None, long_checks: bool = False) -> str:
     return templating.render("init.sh.j2", mode=mode, kernel_release=kernel_release, groups=groups,
-                             hold_port=hold_port)
+                             hold_port=hold_port, long_checks=long_checks)
 
 
 # ---------------------------------------------------------------- the image
@@ -277,7 +277,7 @@ def _extra_entry(path: str, data: bytes) -> Entry:
 
 def build_initramfs(ws: Workspace, *, kernel_release: str, modules_dir: Path | None, smoke: list[dict],
                     mode: str, extra_files: dict[str, bytes] | None = None, busybox: Path = BUSYBOX,
-                    hold_port: int | None = None) -> Path:
+                    hold_port: int | None = None, long_checks: bool = False) -> Path:
     """The initramfs for one boot, built once per distinct content (cached); returns its path.
 
     hold_port (domU): after its checks /init waits for a connection on that
@@ -286,7 +286,8 @@ def build_initramfs(ws: Workspace, *, kernel_release: str, modules_dir: Path | N
     """
     mod_entries, kos, has_dep = module_files(modules_dir)
     groups = plan_groups(kernel_release, kos, has_dep, smoke, mode)
-    init = render_init(ws, mode=mode, kernel_release=kernel_release, groups=groups, hold_port=hold_port)
+    init = render_init(ws, mode=mode, kernel_release=kernel_release, groups=groups, hold_port=hold_port,
+                       long_checks=long_checks)
     entries = busybox_entries(busybox) + base_entries() + mod_entries
     entries += [_extra_entry(p, d) for p, d in sorted((extra_files or {}).items())]
     entries.append(Entry("init", S_IFREG | 0o755, init.encode()))

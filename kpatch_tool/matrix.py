@@ -19,6 +19,7 @@ fleet as a GitLab child pipeline / a GitHub Actions workflow.
     series = "base"               # what the series fixes, seen without it
     checks_from = "netback-per-vif"
     mode = "xen+domU"
+    long_checks = true            # the long form of the checks that have one
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Cell:
     expect: int = 0
     name: str = ""
     checks_from: str | None = None  # a base cell: run this series' checks in their on_base form
+    long_checks: bool = False  # the long form of the checks that have one (kpt ci --long-checks)
 
     @property
     def row(self) -> str:
@@ -85,6 +87,8 @@ class Cell:
         cmd: list[str] = []
         for a in self.qemu_args:
             cmd += ["--qemu-arg", a]
+        if self.long_checks:
+            cmd += ["--long-checks"]
         if self.expect:
             cmd += ["--expect", str(self.expect)]
         return cmd
@@ -147,6 +151,8 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
         for key in ("fragments", "qemu_args"):
             if key in c and not (isinstance(c[key], list) and all(isinstance(x, str) for x in c[key])):
                 raise UsageError(f"{path} [[cell]] #{i}: '{key}' must be a list of strings")
+        if "long_checks" in c and not isinstance(c["long_checks"], bool):
+            raise UsageError(f"{path} [[cell]] #{i}: 'long_checks' must be true or false")
         if "expect" in c and not (isinstance(c["expect"], int) and not isinstance(c["expect"], bool)
                                   and 0 <= c["expect"] <= 7):
             raise UsageError(f"{path} [[cell]] #{i}: 'expect' must be an exit code 0-7, not {c['expect']!r}")
@@ -159,7 +165,7 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
     for i, c in enumerate(raw_cells, 1):
         where = f"{path} [[cell]] #{i}"
         unknown = set(c) - {"series", "base", "mode", "profile", "fragments", "qemu_args", "expect", "name",
-                            "checks_from"}
+                            "checks_from", "long_checks"}
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         s = c.get("series", "base")
@@ -178,7 +184,7 @@ def load(ws: Workspace, path: Path) -> list[Cell]:
                 raise UsageError(f"{where}: fragment {f} does not exist")
         cells.append(Cell(None if s == "base" else s, tree, ref, mode, c.get("profile"), frags,
                           [str(a) for a in c.get("qemu_args", [])], int(c.get("expect", 0)), c.get("name", ""),
-                          checks_from))
+                          checks_from, bool(c.get("long_checks", False))))
     if not cells:
         raise UsageError(f"{path}: no cells (give [matrix] series/bases/modes or [[cell]] tables)")
     return cells
@@ -195,7 +201,8 @@ def run(ws: Workspace, cells: list[Cell], *, reporter_factory=None, rerun_boot: 
             res = pipeline.run_ci(ws, cell.series, mode=cell.mode, onto={cell.tree: cell.ref} if cell.ref else {cell.tree: None},
                                   profile=cell.profile, fragments=tuple(cell.fragments),
                                   qemu_args=tuple(cell.qemu_args), reporter=rep, rerun_boot=rerun_boot,
-                                  label=cell.label, expect=cell.expect, checks_from=cell.checks_from)
+                                  label=cell.label, expect=cell.expect, checks_from=cell.checks_from,
+                                  long_checks=cell.long_checks)
             stage = res.failed_stage or ("setup" if res.exit_code else None)
             out = CellOutcome(cell, res.exit_code, stage, res.run_dir, res.message)
         except KptError as exc:

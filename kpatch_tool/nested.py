@@ -33,26 +33,39 @@ MEMORY = 1536
 DOM0_MEM = 768
 DOMU_TIMEOUT = 120  # seconds dom0 waits for the domU to finish after releasing it
 
-# dom0 side, in order; $D (domain id) and $VIF exist after xl-create.
+# dom0 side, in order; $D (domain id) and $VIF exist after xl-create. Each command
+# runs in Debian's /bin/sh; under TCG every exec of a dynamically linked program costs
+# dom0 about 0.1 s, so the commands use shell builtins where they can.
 DOM0_CHECKS = [
-    ("xenstored", "xenstored --pid-file /run/xen/xenstored.pid >/dev/null 2>&1; sleep 0.5; xenstore-ls / >/dev/null && echo up", "up", 30),
+    # xenstored prints its pid (-P) once it serves its socket and dom0's ring, and only
+    # then closes its output: no sleep and no polling until it answers.
+    ("xenstored", "p=$(xenstored --pid-file /run/xen/xenstored.pid -P 2>/dev/null) && [ -n \"$p\" ] && echo up", "up", 30),
     ("xen-init-dom0", "xen-init-dom0 >/dev/null 2>&1 && xenstore-read /local/domain/0/name", "Domain-0", 30),
     ("xenconsoled", "xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console >/dev/null 2>&1 && echo started", "started", 30),
     ("netback-module", "modprobe xen-netback 2>&1 || true; ls -d /sys/bus/xen-backend/drivers/vif", "vif", 30),
     ("bridge", "ip link add name xenbr0 type bridge stp_state 0 forward_delay 0 && ip addr add $DOM0_IP/24 dev xenbr0 && ip link set xenbr0 up && ip -br addr show xenbr0", "UP|UNKNOWN", 20),
     # Debian's busybox-static installs no applet links: nc is called through busybox. A
     # plain `nc -l` with stdin at EOF closes at once; a persistent server whose
-    # handler reads everything is a sink.
+    # handler reads everything is a sink. (It starts beside the toolstack: 8 s at load 5,
+    # and a timeout kills the sink with its check's process group.)
     ("traffic-sink", "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/run/kpt-sink && chmod +x /run/kpt-sink && "
-     "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 5),
-    # xl's debug log is kept for the checks after it; only its warnings and errors are shown.
+     "(busybox nc -ll -p " + str(SINK_PORT) + " -e /run/kpt-sink >/dev/null 2>&1 &) && echo listening", "listening", 30),
+    # xl's debug log is kept for the checks after it; only its warnings and errors are
+    # shown. The domain's id goes to /run/kpt-domid for dom0's init ($D).
     ("xl-create", "xl -vvv create /etc/xen/kpt-domU.cfg >/var/log/xen/xl-create.log 2>&1; r=$?; "
-     "grep -vE ': debug: |: detail: ' /var/log/xen/xl-create.log | tail -n 20; [ $r = 0 ] && xl domid $DOMU", "^[0-9]+$", 90),
+     "grep -vE ': debug: |: detail: ' /var/log/xen/xl-create.log | tail -n 20; "
+     "[ $r = 0 ] && xl domid $DOMU >/run/kpt-domid && read d </run/kpt-domid && echo $d", "^[0-9]+$", 90),
     ("xl-list", "xl list $DOMU", r"kpt-domU\s+[0-9]+", 20),
-    ("vif-connected", "i=0; while [ $i -lt 90 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 1; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
-    ("vif-queue-threads", "ps -eo comm | grep \"^$VIF-q\" | sort; ls /sys/class/net/$VIF/queues", "guest-rx", 20),
+    ("vif-connected", "i=0; while [ $i -lt 300 ]; do s=$(xenstore-read /local/domain/0/backend/vif/$D/0/state 2>/dev/null); [ \"$s\" = 4 ] && echo connected && exit 0; sleep 0.3; i=$((i+1)); done; echo \"backend state: $s, frontend state: $(xenstore-read /local/domain/$D/device/vif/0/state 2>&1)\"; xl list; echo '--- domU console:'; tail -n 25 /var/log/xen/console/guest-$DOMU.log; exit 1", "connected", 100),
+    # The vif's kthreads by name, from /proc with the shell's read (ps is an exec and
+    # reads every process's files), then its queues.
+    ("vif-queue-threads", "for f in /proc/[0-9]*/comm; do read c <$f && case $c in \"$VIF\"-q*) echo $c;; esac; done 2>/dev/null; "
+     "for q in /sys/class/net/$VIF/queues/*; do echo ${q##*/}; done", "guest-rx", 20),
     ("ping-domU", "i=0; while [ $i -lt 60 ]; do ping -c 1 -W 1 $DOMU_IP && exit 0; i=$((i+1)); done; exit 1", "1 received|1 packets received", 70),
 ]
+# Checks that need nothing before them (no xenstore, no domU): dom0's init starts them
+# beside the toolstack's start and prints their results in their turn.
+EARLY = ("netback-module", "bridge", "traffic-sink")
 
 # domU side (busybox), before the series' domU checks. netfront's interface is
 # found by its driver ("vif"): with other network devices (virtio-net over
@@ -186,6 +199,11 @@ def dm_check(args: list[str], setup: str = "") -> tuple[str, str, str, int]:
     return ("device-model", run, "dm-running", 70)
 
 
+# dom0's PATH: Debian's toolstack (Xen's own folder first), or one built from a Xen tree.
+DOM0_PATH = "/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DOM0_PATH_TREE = "/usr/sbin:/usr/bin:/usr/lib/xen/bin:/sbin:/bin"
+
+
 def xen_from_tree_check(xl_sha256: str, build_id: str) -> tuple[str, str, str, int]:
     """dom0 runs the hypervisor and the toolstack built from the Xen tree, not Debian's:
     the running hypervisor's build id (xl info) is our build's, and so is xl."""
@@ -235,11 +253,12 @@ def libxl_lifecycle_checks() -> list[dict]:
 
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
                      device_model_setup: str = "", xl_sha256: str | None = None, xen_build_id: str = "",
-                     libxl_virtio: bool = False) -> str:
+                     libxl_virtio: bool = False, long_checks: bool = False) -> str:
     """device_model_args: the domU gets a device model started with these (the domU is created paused).
     xl_sha256, xen_build_id: the toolstack and hypervisor come from the Xen tree; a check says
     dom0 runs them.
-    libxl_virtio: libxl starts the device model (xl's virtio devices): checked, not started."""
+    libxl_virtio: libxl starts the device model (xl's virtio devices): checked, not started.
+    long_checks: the checks' environment has KPT_LONG_CHECKS=1 (their long form)."""
     checks = list(DOM0_CHECKS)
     if xl_sha256:
         checks.insert([c[0] for c in checks].index("xenconsoled") + 1, xen_from_tree_check(xl_sha256, xen_build_id))
@@ -253,14 +272,18 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
         name, run, expect, timeout = checks[i]
         checks[i] = (name, run.replace("xl -vvv create ", "xl -vvv create -p "), expect, timeout)
         checks.insert(i + 2, dm_check(device_model_args, device_model_setup))
-    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": ""} for n, r, e, t in checks]
+    dom0_checks = [{"name": n, "run": r, "expect": e, "timeout": t, "skip": "", "early": n in EARLY} for n, r, e, t in checks]
+    for i, c in enumerate([c for c in dom0_checks if c["early"]], start=1):
+        c["early_index"] = i
     dom0_series = [image.normalise_smoke(s, series=s.get("series", "smoke")) for s in smoke if s.get("where") == "dom0"]
     names = sorted({s["series"] for s in dom0_series})
     return _env(ws).get_template("dom0-xl-init.sh.j2").render(
+        dom0_path=DOM0_PATH_TREE if xl_sha256 else DOM0_PATH,
         domu_name=DOMU, domu_ip=DOMU_IP, dom0_ip=DOM0_IP, dom0_checks=dom0_checks, dom0_series=dom0_series,
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT,
         after_name=image.AFTER_CHECKS,
-        after_checks=[image.dmesg_clean_check(), *(libxl_lifecycle_checks() if libxl_virtio else [])])
+        after_checks=[image.dmesg_clean_check(), *(libxl_lifecycle_checks() if libxl_virtio else [])],
+        long_checks=long_checks)
 
 
 def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
@@ -287,8 +310,8 @@ def domu_kernel(ws: Workspace, build) -> tuple[str, Path]:
 
 
 def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
-           device_model: Path | None = None, series: list[str], xen_tools: Path | None = None,
-           xen_build_id: str = "") -> NestedImages:
+           device_model: Path | None = None, series: list[str], long_checks: bool = False,
+           xen_tools: Path | None = None, xen_build_id: str = "") -> NestedImages:
     """device_model: a qemu-system-i386 (the series' own, from `kpt build qemu`) that dom0
     starts for the domU with the series' [domU] device_model_args.
     xen_tools: the install of `kpt build xen`'s tools (build_xen.build_tools), laid over
@@ -298,7 +321,7 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
     domu_smoke = [dict(c, series="domU-net", where="domU") for c in DOMU_CHECKS]
     domu_smoke += [s for s in smoke if s.get("where") == "domU"]
     domu = image.build_initramfs(ws, kernel_release=build.kernel_release, modules_dir=None, smoke=domu_smoke,
-                                 mode="domU", hold_port=RELEASE_PORT)
+                                 mode="domU", hold_port=RELEASE_PORT, long_checks=long_checks)
     base = rootfs.base(ws, progress=progress)
     settings = domu_settings(ws, series)
     dm_args = settings["device_model_args"] if device_model else None
@@ -312,7 +335,7 @@ def images(ws: Workspace, *, build, smoke: list[dict], progress=None,
         "/sbin/kpt-dom0-init": render_dom0_init(ws, smoke, device_model_args=dm_args,
                                                 device_model_setup=settings["device_model_setup"],
                                                 xl_sha256=_xl_sha256(xen_tools), xen_build_id=xen_build_id,
-                                                libxl_virtio=libxl_virtio).encode(),
+                                                libxl_virtio=libxl_virtio, long_checks=long_checks).encode(),
         "/etc/xen/kpt-domU.cfg": render_domu_cfg(ws, settings, kernel_path, libxl_virtio).encode(),
         VIF_SCRIPT: _env(ws).get_template("vif-hotplug.sh.j2").render().encode() + b"\n",
         kernel_path: kernel_file,

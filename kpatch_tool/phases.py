@@ -34,7 +34,9 @@ _GUEST = [
     ("checks", r"^# kpt-init: done"),
 ]
 _XEN = [
-    ("firmware", r"^\(XEN\) .*Xen version \d"),
+    # Not anchored: SeaBIOS's "Booting from ROM.." may end without a newline, and Xen's
+    # banner then follows on the same console line.
+    ("firmware", r"\(XEN\) .*Xen version \d"),
     ("xen", rf"^{_LINUX}"),
     ("dom0-kernel", rf"^{_UNPACK}"),
     ("initramfs", rf"^{_FREED}"),
@@ -47,6 +49,8 @@ _DOMU = [
     ("domU-kernel", rf"^{DOMU_PREFIX}(?:\[[ \d.]+\] )?{_INIT}"),
     ("domU-checks", rf"^{DOMU_PREFIX}# kpt-init: done"),
     ("dom0-checks", rf"^{MARK} dom0-checks\b"),
+    ("domU-release", rf"^{MARK} domU-released\b"),  # dom0's release accepted
+    ("domU-teardown", rf"^{MARK} domU-gone\b"),  # the domU powered off and destroyed
     ("domU-result", r"^# kpt-dom0-init: done"),
 ]
 PHASES = {"guest": _GUEST, "xen": _XEN + _XEN_ONLY, "xen+domU": _XEN + _DOMU}

@@ -42,9 +42,10 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
     """The profile's configuration for srctree, remembered by its inputs.
 
     Evaluating means parsing the whole Kconfig tree (~4 s). The result only
-    depends on the source (commit + edits), the base, the fragments' bytes and
-    our kconfig code, so a rerun with those unchanged reads it back instead.
-    Only configurations that validated are remembered.
+    depends on the source (commit + edits), the base, the fragments' bytes,
+    our kconfig code and the compiler (Kconfig's $(cc-option,...) and
+    CC_VERSION_TEXT ask it), so a rerun with those unchanged reads it back
+    instead. Only configurations that validated are remembered.
     """
     import hashlib
 
@@ -62,6 +63,7 @@ def config_for(ws: Workspace, srctree: Path, profile: str, *, series: tuple[str,
             h.update(Path(base).read_bytes())
         for mod in (kconfig.__file__, kconfig.__file__.replace("kconfig.py", "kconfig_compat.py")):
             h.update(Path(mod).read_bytes())
+        h.update(buildmod.compiler_id(None).encode())
         key = h.hexdigest()[:24]
         hit = ws.cache_dir / "configs" / f"{key}.config"
         if hit.exists() and not force:
@@ -125,7 +127,7 @@ class CiResult:
 def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str], profile: str | None,
              timeout: float | None, fragments: tuple[Path, ...], qemu_args: tuple[str, ...], label: str | None,
              rep: Reporter, force: bool, rerun_boot: bool, expect: int = 0,
-             checks_from: str | None = None) -> stagesmod.RunContext:
+             checks_from: str | None = None, long_checks: bool = False) -> stagesmod.RunContext:
     """What the run was asked, settled once: command line over series.toml [ci] over mode defaults.
 
     checks_from (a base run only): the series whose checks, [domU] and [ci] settings the base runs with."""
@@ -153,13 +155,13 @@ def _context(ws: Workspace, series: str | None, mode: str, onto: dict[str, str],
         "inputs": {"series": series, "checks_from": checks_from, "mode": mode, "profile": profile, "tree": tree,
                    "onto": onto, "fragments": [fragment_name(ws, f) for f in fragments],
                    "fragment_sha256": [safefs.sha256_file(f) if Path(f).is_file() else None for f in fragments],
-                   "qemu_args": list(qemu_args), "force": force, "expect": expect},
+                   "qemu_args": list(qemu_args), "force": force, "expect": expect, "long_checks": long_checks},
         "outputs": {}, "stages": [], "complete": False, "exit_code": None,
     })
     return stagesmod.RunContext(ws=ws, series=series, mode=mode, tree=tree, profile=profile, timeout=timeout,
                                 onto=onto, fragments=tuple(fragments), qemu_args=qemu_args, run_dir=run_dir,
                                 manifest=manifest, detail=lambda msg, *_: rep.detail(str(msg)), force=force,
-                                rerun_boot=rerun_boot, checks_from=checks_from)
+                                rerun_boot=rerun_boot, checks_from=checks_from, long_checks=long_checks)
 
 
 def settled_profile(ws: Workspace, series: str | None, mode: str, profile: str | None) -> str:
@@ -208,13 +210,15 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
            rerun_boot: bool = False, label: str | None = None, fragments: tuple[Path, ...] = (),
            qemu_args: tuple[str, ...] = (), force: bool = False, expect: int = 0, stop_after: str | None = None,
            from_artifacts: Path | None = None, checks_from: str | None = None,
-           xen_tree: str | None = None) -> CiResult:
+           long_checks: bool = False, xen_tree: str | None = None) -> CiResult:
     """Run one cell: trees -> apply -> config -> build [-> qemu] -> image -> boot -> report.
 
     stop_after="build" ends after the build and exports the kernel into the run
     folder (a CI build job); from_artifacts resumes from such a run folder (a
     boot job): series, base, profile and fragments are the build's, checked by hash.
     checks_from: with no series, the base tree runs that series' checks in their base form.
+    long_checks: the long form of the checks that have one (KPT_LONG_CHECKS=1 in their
+    environment): what a matrix that measures runs; the default run takes the short form.
     xen_tree: boot the hypervisor and toolstack built from this Xen tree (a series patching
     a Xen tree implies it).
     """
@@ -233,7 +237,7 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
 
         raise UsageError(f"--stop-after {stop_after}: not a stage of this run ({', '.join(names)})")
     c = _context(ws, series, mode, dict(onto or {}), profile, timeout, tuple(fragments), tuple(qemu_args), label,
-                 rep, force, rerun_boot, expect, checks_from)
+                 rep, force, rerun_boot, expect, checks_from, long_checks)
     c.xen_tree = hypervisor_tree(ws, series, xen_tree) if mode == "xen+domU" else None
     c.manifest.data["inputs"]["xen_tree"] = c.xen_tree
     c.export = stop_after == "build"
@@ -246,9 +250,10 @@ def run_ci(ws: Workspace, series: str | None = None, *, mode: str = "guest", ont
             if resumed:
                 _resume(c, rep, result, *resumed)
                 names = [n for n in names if n not in ("trees", "apply", "config", "build")]
-            for name in names:
-                if name != "report":
-                    _run_stage(c, rep, result, name)
+            with buildmod.remembered_source_states():
+                for name in names:
+                    if name != "report":
+                        _run_stage(c, rep, result, name)
     except KptError as exc:
         result.exit_code = exc.exit_code
         result.message = exc.message

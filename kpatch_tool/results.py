@@ -27,6 +27,19 @@ class CaseResult:
     status: str  # pass, fail, skip, todo
     reason: str = ""
     output: str = ""  # the KTAP diagnostics: the check's output
+    seconds: float | None = None  # the check's wall time in the guest (its `# kpt-time:` line)
+
+
+# The check helper (templates/ktap-check.sh.j2) prints a check's wall time as its last
+# diagnostic; it is the case's `seconds`, not part of its output.
+_TIME = re.compile(r"^kpt-time: (\d+(?:\.\d+)?)s$")
+
+
+def _case(classname: str, name: str, status: str, reason: str, diagnostics: list[str]) -> CaseResult:
+    seconds = None
+    if diagnostics and (m := _TIME.match(diagnostics[-1].strip())):
+        seconds, diagnostics = float(m.group(1)), diagnostics[:-1]
+    return CaseResult(classname, name, status, reason, "\n".join(diagnostics), seconds)
 
 
 @dataclass
@@ -54,14 +67,13 @@ def cases_from_ktap(k: KtapResult, mode: str) -> list[CaseResult]:
         if top.subtests:
             group = top.name
             for path, t in top.leaves():
-                out.append(CaseResult(f"{group}.{mode}", ".".join(path[1:]), t.status, t.reason,
-                                      "\n".join(t.diagnostics)))
+                out.append(_case(f"{group}.{mode}", ".".join(path[1:]), t.status, t.reason, t.diagnostics))
             # A group that failed with every leaf passing (e.g. a crashed suite) still fails.
             if top.failed and not any(t.failed for _, t in top.leaves()):
                 out.append(CaseResult(f"{group}.{mode}", "(suite)", FAIL, top.reason or "suite failed",
                                       "\n".join(top.diagnostics)))
         else:
-            out.append(CaseResult(f"base.{mode}", top.name, top.status, top.reason, "\n".join(top.diagnostics)))
+            out.append(_case(f"base.{mode}", top.name, top.status, top.reason, top.diagnostics))
     return out
 
 
@@ -115,9 +127,10 @@ def _from_dict(path: Path, data) -> RunResults:
     for i, c in enumerate(raw_cases):
         if not isinstance(c, dict):
             raise UsageError(f"{path}: cases[{i}] must be an object")
-        cases.append(CaseResult(**_typed(path, f"cases[{i}].", c, {k: str for k in
-                                                                   ("classname", "name", "status", "reason", "output")},
-                                         required=("classname", "name", "status"))))
+        spec: dict = {k: str for k in ("classname", "name", "status", "reason", "output")}
+        if c.get("seconds", 0) is not None:  # null: a case without a time
+            spec["seconds"] = float
+        cases.append(CaseResult(**_typed(path, f"cases[{i}].", c, spec, required=("classname", "name", "status"))))
     top["ktap_errors"] = [str(x) for x in top.get("ktap_errors", [])]
     if "phases" in data:
         from kpatch_tool import phases
@@ -156,6 +169,8 @@ def write_junit(path: Path, results: RunResults) -> Path:
             ET.SubElement(props, "property", name="console_log", value=results.console_log)
         for c in cases:
             tc = ET.SubElement(s, "testcase", classname=c.classname, name=c.name)
+            if c.seconds is not None:
+                tc.set("time", f"{c.seconds:.2f}")
             if c.status == FAIL:
                 f = ET.SubElement(tc, "failure", message=c.reason or "not ok")
                 f.text = c.output or None
@@ -198,10 +213,11 @@ def print_table(results: RunResults, console) -> None:
 
     style = {PASS: "green", FAIL: "red", SKIP: "yellow", TODO: "yellow"}
     if results.cases:
-        table = Table("class", "test", "result", "reason")
+        table = Table("class", "test", "result", "seconds", "reason")
         for c in results.cases:
             st = style.get(c.status, "")
-            table.add_row(Text(c.classname), Text(c.name), Text(c.status, style=st), Text(c.reason))
+            secs = "" if c.seconds is None else f"{c.seconds:.2f}"
+            table.add_row(Text(c.classname), Text(c.name), Text(c.status, style=st), Text(secs), Text(c.reason))
         console.print(table)
     if results.phases:
         console.print(Text("phases: " + ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in results.phases)))

@@ -58,13 +58,24 @@ def os_error(exc: OSError, what: str = "write") -> UsageError:
     return UsageError(f"cannot {what} {where}: {exc.strerror or exc}")
 
 
+# A run hashes its big files more than once (the image stage, then the boot's cache key:
+# dom0's 89 MiB root filesystem twice); a file not changed since (same inode, size and
+# mtime) is not read again in this process.
+_HASHES: dict[tuple, str] = {}
+
+
 def sha256_file(path: Path) -> str:
     """A file's sha256, read in 1 MiB pieces (kernels, .debs, images)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _HASHES:
+        return _HASHES[key]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def fsync_dir(path: Path) -> None:

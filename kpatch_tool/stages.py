@@ -46,6 +46,7 @@ class RunContext:
     export: bool = False  # copy the built kernel into the run folder for boot jobs elsewhere (--stop-after build)
     # No series applied, but this series' checks and [domU] settings, in their base form.
     checks_from: str | None = None
+    long_checks: bool = False  # the long form of the checks that have one
     # Boot the hypervisor and toolstack built from this Xen tree (else Debian's).
     xen_tree: str | None = None
 
@@ -233,13 +234,14 @@ def image_stage(c: RunContext) -> tuple[str, str]:
         from kpatch_tool import nested
 
         imgs = nested.images(c.ws, build=b, smoke=c.smoke, progress=c.detail, device_model=c.device_model,
-                             series=chain, xen_tools=c.xen_tools, xen_build_id=c.xen_build_id)
+                             series=chain, long_checks=c.long_checks, xen_tools=c.xen_tools,
+                             xen_build_id=c.xen_build_id)
         c.initrd = imgs.dom0_initrd
         c.outputs["images"] = {k: {"path": str(v), "sha256": sha256(v)} for k, v in imgs.paths().items()}
         c.images_key = {k: v["sha256"] for k, v in c.outputs["images"].items()}
         return "ok", f"dom0 rootfs {imgs.dom0_initrd.stat().st_size / 2**20:.0f} MiB"
     c.initrd = image.build_initramfs(c.ws, kernel_release=b.kernel_release, modules_dir=b.modules_dir,
-                                     smoke=c.smoke, mode=c.mode)
+                                     smoke=c.smoke, mode=c.mode, long_checks=c.long_checks)
     c.outputs["images"] = {"initramfs": {"path": str(c.initrd), "sha256": sha256(c.initrd)}}
     c.images_key = {"initramfs": c.outputs["images"]["initramfs"]["sha256"]}
     return "ok", f"{c.initrd.name} ({c.initrd.stat().st_size / 1024:.0f} KiB)"

@@ -107,6 +107,24 @@ def test_boot_problems_are_boot_errors_with_the_console_tail(tmp_ws, tmp_path, f
     assert qemu.marked_pids(r.argv[r.argv.index("-name") + 1]) == []
 
 
+@pytest.mark.parametrize("console, words", [
+    ("[ 0.1] Linux version 6.1\n[ 0.5] Unpacking initramfs...\n[ 0.6] Freeing initrd memory: 9K\n"
+     "[ 0.7] Run /init as init process\nKTAP version 1\n1..2\nok 1 a",
+     "no verdict after 2s (1 of 2 KTAP results; stopped in phase checks, after kernel-init ended at"),
+    ("[ 0.1] Linux version 6.1\n[ 0.5] Unpacking initramfs...",
+     "no KTAP plan after 2s (stopped in phase initramfs, after kernel ended at"),
+])
+def test_a_timeout_names_the_phase_it_stopped_in(tmp_ws, tmp_path, fake, console, words):
+    """A hang (here: the console stops and QEMU never exits) says where the boot got to."""
+    kernel, initrd = fake(console, "hang")
+    r = _boot(tmp_ws(), kernel, initrd, tmp_path / "run", timeout=2)
+    assert r.verdict == "timeout" and words in r.message, r.message
+    data = json.loads((tmp_path / "run/results.json").read_text())
+    assert words in data["message"]
+    # The phases that did end are kept, and the last one runs to where the runner stopped QEMU.
+    assert [p["name"] for p in data["phases"]][-1] == "power-off"
+
+
 def test_missing_xen_is_a_prereq_error(tmp_ws, tmp_path, fake):
     kernel, initrd = fake(PASS_KTAP)
     with pytest.raises(PrereqError, match="Xen hypervisor not found"):

@@ -190,3 +190,18 @@ def test_a_build_without_depmod_is_refused_before_make(tmp_ws, mini_tree, tmp_pa
         _build(tmp_ws(), mini_tree)
     assert exc.value.exit_code == EXIT_PREREQ
     assert not list((tmp_path / "cache").rglob("make-runs"))
+
+
+def test_a_run_walks_the_source_once_and_the_next_run_sees_edits(mini_tree):
+    """source_state (a git status of the whole tree) is asked by the config and the build
+    stages; inside one run (remembered_source_states) the first answer stands."""
+    before = build.source_state(mini_tree)
+    with build.remembered_source_states():
+        assert build.source_state(mini_tree) == before
+        (mini_tree / "src/helper.c").write_text("int helper(void) { return 1; }\n")
+        assert build.source_state(mini_tree) == before  # the run's walk, not a second one
+        assert build.source_state(mini_tree, portable=True) != before  # a key of its own
+    edited = build.source_state(mini_tree)
+    assert edited != before  # outside a run, every call walks
+    with build.remembered_source_states():
+        assert build.source_state(mini_tree) == edited

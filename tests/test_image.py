@@ -4,6 +4,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,31 @@ def test_on_base_form_of_the_netback_checks(project_ws):
     assert base["rate-limit-two-queues"]["expect"] == "verdict: over-limit"
     assert base["ethtool-counters"]["skip"].startswith("on the base:") and not series["ethtool-counters"]["skip"]
     assert base["vif-two-queues"] == series["vif-two-queues"]
+
+
+@pytest.mark.parametrize("shell", [["sh"], ["busybox", "sh"]])
+def test_checks_started_early_keep_their_daemons_timeouts_and_order(tmp_path, shell):
+    """The check helper (templates/ktap-check.sh.j2) run by dash (dom0's checks) and by
+    busybox's sh (dom0's init, the guests): a check started early reports in its turn, a
+    daemon it left behind outlives its timeout, and an early check that hangs is killed."""
+    from kpatch_tool import templating
+
+    flag = tmp_path / "daemon-alive"
+    script = templating.env().from_string(
+        '{% include "ktap-check.sh.j2" %}\n'
+        f"check_start e1 1 '(sleep 2; echo yes >{flag}) & echo started'\n"
+        "check_start e2 1 'sleep 30'\n"
+        "check \"\" 1 first 5 '^hi$' '' 'echo hi'\n"
+        "sleep 1.5\n"
+        "check_end \"\" 2 daemon 1 started e1\n"
+        "check_end \"\" 3 hung 1 '' e2\n"
+        f"sleep 1; cat {flag}\n").render()
+    start = time.monotonic()
+    res = subprocess.run([*shell, "-c", script], capture_output=True, text=True, timeout=60)
+    k = ktap.parse("KTAP version 1\n1..3\n" + res.stdout)
+    assert [(t.name, t.status, t.reason) for t in k.tests] == [
+        ("first", "pass", ""), ("daemon", "pass", ""), ("hung", "fail", "timed out after 1s")], res.stdout
+    assert res.stdout.rstrip().endswith("yes")  # the daemon was not killed with its check's timer
+    assert time.monotonic() - start < 20
+    # Every result carries its check's wall time, which results.json keeps apart.
+    assert all(t.diagnostics[-1].startswith("kpt-time: ") for t in k.tests)

@@ -251,3 +251,12 @@ mode = "xen"
 """))
     assert (port.tree, base.tree) == ("linux-7.2", "linux")
     assert port.argv()[1:4] == ["netback-per-vif-7.2", "--onto", "linux-7.2"]
+
+
+def test_a_cell_can_ask_for_the_long_form_of_the_checks(ws, tmp_path):
+    cells = matrix.load(ws, _write(tmp_path, '[[cell]]\nmode = "guest"\nlong_checks = true\n[[cell]]\nmode = "guest"\n'))
+    assert [c.long_checks for c in cells] == [True, False]
+    assert "--long-checks" in cells[0].argv() and "--long-checks" not in cells[1].argv()
+    _assert_runnable(".venv/bin/kpt " + shlex.join(cells[0].argv()))
+    with pytest.raises(UsageError, match="'long_checks' must be true or false"):
+        matrix.load(ws, _write(tmp_path, '[[cell]]\nlong_checks = "yes"\n'))

@@ -65,8 +65,9 @@ def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
     """The domU listens only after its own checks: a release sent before that is refused.
 
     dom0's release loop is run with stand-ins for xl and busybox nc (no Xen here): the
-    domU refuses three connections, then accepts and shuts down. A single send would
-    leave it waiting out its listen timeout.
+    domU refuses three connections, then accepts (the acknowledgement: dom0 stops
+    sending) and shuts down. A single send would leave it waiting out its listen
+    timeout; sends after the acceptance would find nobody listening.
     """
     text = nested.render_dom0_init(project_ws, [])
     start = text.index("# Let the domU finish")
@@ -79,10 +80,11 @@ def test_dom0_resends_the_release_until_the_domu_has_gone(project_ws, tmp_path):
         f'cat >/dev/null\nif [ $n -ge 4 ]; then touch {tmp_path}/gone; exit 0; fi\nexit 1\n')
     for f in bin_.iterdir():
         f.chmod(0o755)
-    res = subprocess.run(["sh", "-c", f"DOMU=1; DOMU_IP=10.0.0.2\n{block}"], capture_output=True, text=True,
-                         env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=60)
+    res = subprocess.run(["sh", "-c", f"mark() {{ echo \"mark $1\"; }}; DOMU=1; DOMU_IP=10.0.0.2\n{block}"],
+                         capture_output=True, text=True, env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "tries").read_text().strip() == "4"
+    assert res.stdout.split() == ["mark", "domU-released", "mark", "domU-gone"]
     assert (tmp_path / "gone").exists()
 
 
@@ -265,6 +267,8 @@ def test_xen_from_the_tree_adds_a_check_naming_our_hypervisor_and_xl(project_ws)
     assert text.index(" xenconsoled ") < text.index(" xen-from-tree ") < text.index(" netback-module ")
     assert f"'^build_id={'cd' * 20} xl=abababababababab$'" in text
     assert "xen-from-tree" not in nested.render_dom0_init(project_ws, [])
+    # Our install first on PATH: Debian's xl must not run against our libxenlight.
+    assert f"export PATH={nested.DOM0_PATH_TREE}\n" in text
 
 
 def test_an_overlay_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
@@ -325,3 +329,16 @@ def test_a_quote_in_a_virtio_spec_is_refused_naming_the_key(tmp_ws):
     (d / "series.toml").write_text('name = "q"\nversion = 1\n[domU]\nvirtio = ["type=virtio,device4\'"]\n')
     with pytest.raises(UsageError, match=r"domU\.virtio\[0\]"):
         seriesmod.load_series(ws, "q")
+
+
+def test_the_long_form_of_the_checks_is_asked_in_both_inits(project_ws):
+    """kpt ci --long-checks: dom0's init and the domU's export KPT_LONG_CHECKS=1 to every check."""
+    assert "export KPT_LONG_CHECKS=1" in nested.render_dom0_init(project_ws, [], long_checks=True)
+    assert "KPT_LONG_CHECKS" not in nested.render_dom0_init(project_ws, [])
+    from kpatch_tool import image
+
+    groups = image.plan_groups("6.1.0", [], False, [], "domU")
+    assert "export KPT_LONG_CHECKS=1" in image.render_init(project_ws, mode="domU", kernel_release="6.1.0",
+                                                          groups=groups, hold_port=7777, long_checks=True)
+    assert "KPT_LONG_CHECKS" not in image.render_init(project_ws, mode="domU", kernel_release="6.1.0",
+                                                      groups=groups, hold_port=7777)

@@ -29,6 +29,8 @@ kpt-domU: [    3.000000] Run /init as init process
 ok 1 dom0
 kpt-phase: dom0-checks 30.00
 kpt-domU: # kpt-init: done at uptime 16.50s
+kpt-phase: domU-released 31.00
+kpt-phase: domU-gone 33.50
 ok 3 domU
 # kpt-dom0-init: done at uptime 41.20s
 """
@@ -47,10 +49,11 @@ def test_nested_phases_end_at_their_console_lines_in_the_order_they_came():
     got = [(p.name, p.end) for p in t.phases]
     assert got == [("firmware", 1.0), ("xen", 3.0), ("dom0-kernel", 4.0), ("initramfs", 5.0),
                    ("dom0-kernel-init", 6.0), ("toolstack", 10.0), ("xl-create", 12.0), ("domU-kernel", 14.0),
-                   ("dom0-checks", 16.0), ("domU-checks", 17.0), ("domU-result", 19.0), ("power-off", 30.0)]
+                   ("dom0-checks", 16.0), ("domU-checks", 17.0), ("domU-release", 18.0), ("domU-teardown", 19.0),
+                   ("domU-result", 21.0), ("power-off", 30.0)]
     # Each phase lasts from the end of the one before it (in time) to its own end.
     assert [p.seconds for p in t.phases][:3] == [1.0, 2.0, 1.0]
-    assert t.phases[-1].seconds == 11.0
+    assert t.phases[-1].seconds == 9.0
 
 
 def test_phases_carry_the_guests_own_clock_from_printk_and_marks():
@@ -96,3 +99,9 @@ def test_a_recorded_nested_console_reaches_every_dom0_phase():
 def test_malformed_phases_are_named(bad):
     with pytest.raises(TypeError, match="results.json"):
         phases.check_list(bad, "results.json")
+
+
+def test_xens_banner_ends_the_firmware_on_the_line_seabios_left_open():
+    t = _feed("xen", "Booting from ROM..\x1bc\x1b[?7l\x1b[2J(XEN) [00000000f31a6505] Xen version 4.17.7 (Debian)\n"
+                     "[    1.145369] Xen version: 4.17.7 (preserve-AD)\n")
+    assert [(p.name, p.end) for p in t.phases] == [("firmware", 0.0)]

@@ -70,7 +70,8 @@ def test_xen_command_line_matches_facts_and_doubles_commas():
     assert argv[argv.index("-m") + 1] == "1024"
     assert argv[argv.index("-kernel") + 1] == "/c/xen-4.17"
     assert argv[argv.index("-append") + 1] == (
-        "console=com1 dom0_mem=384M loglvl=all guest_loglvl=all noreboot console_timestamps=boot")
+        "console=com1 dom0_mem=384M loglvl=all guest_loglvl=all noreboot console_timestamps=boot"
+        " bootscrub=false")
     assert argv[argv.index("-initrd") + 1] == (
         "/b/bz,,Image console=hvc0 earlyprintk=xen panic=-1,/i/initramfs.cpio.gz")
     with pytest.raises(UsageError, match="spaces"):

@@ -122,3 +122,15 @@ def test_results_json_with_wrong_types_is_a_usage_error(tmp_path, data, message)
     with pytest.raises(UsageError) as exc:
         results.load_json(p)
     assert message in exc.value.message and str(p) in exc.value.message
+
+
+def test_a_checks_wall_time_is_its_seconds_and_junit_time(tmp_path):
+    k = ktap.parse("KTAP version 1\n1..2\n# hi\n# kpt-time: 1.25s\nok 1 a\nok 2 b\n")
+    cases = results.cases_from_ktap(k, "guest")
+    assert [(c.name, c.seconds, c.output) for c in cases] == [("a", 1.25, "hi"), ("b", None, "")]
+    rr = results.RunResults(mode="guest", verdict="pass", cases=cases)
+    results.write_json(tmp_path / "r.json", rr)
+    assert results.load_json(tmp_path / "r.json").cases == cases
+    results.write_junit(tmp_path / "r.xml", rr)
+    tcs = ET.parse(tmp_path / "r.xml").getroot().iter("testcase")
+    assert [tc.get("time") for tc in tcs] == ["1.25", None]

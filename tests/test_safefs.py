@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import tarfile
 
 import pytest
@@ -52,3 +54,16 @@ def test_without_extraction_filters_as_on_python_3_11_2(tmp_path, monkeypatch):
     assert (tmp_path / "a/b").read_bytes() == b"x"
     with pytest.raises(ValueError):
         safefs.extract_tar(_tar(_member("../c")), tmp_path / "d")
+
+
+def test_a_files_hash_is_read_again_only_when_the_file_changed(tmp_path):
+    f = tmp_path / "big"
+    f.write_bytes(b"a" * 10)
+    first = safefs.sha256_file(f)
+    assert safefs.sha256_file(f) == first == hashlib.sha256(b"a" * 10).hexdigest()
+    f.write_bytes(b"b" * 11)  # another size (and mtime): read again
+    assert safefs.sha256_file(f) == hashlib.sha256(b"b" * 11).hexdigest()
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"c")
+    os.replace(tmp, f)  # another inode, as every cache write is made
+    assert safefs.sha256_file(f) == hashlib.sha256(b"c").hexdigest()
