@@ -279,6 +279,7 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
     names = sorted({s["series"] for s in dom0_series})
     return _env(ws).get_template("dom0-xl-init.sh.j2").render(
         dom0_path=DOM0_PATH_TREE if xl_sha256 else DOM0_PATH,
+        libxl_virtio=libxl_virtio,
         domu_name=DOMU, domu_ip=DOMU_IP, dom0_ip=DOM0_IP, dom0_checks=dom0_checks, dom0_series=dom0_series,
         dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT,
         after_name=image.AFTER_CHECKS,
