@@ -504,7 +504,11 @@ def _pending(ws: Workspace, name: str, tree: str | None) -> tuple[_Plan, dict]:
         pend = json.loads(pending_path(wt).read_text())
     except (OSError, ValueError):
         pend = None
-    if not pend or not (wt / ".git").exists() or not am_in_progress(wt):
+    # A stopped apply is `git am` in progress, or one the user finished by hand
+    # (`git am --continue` in the worktree): its journal still says am-stopped.
+    stopped = (wt / ".git").exists() and (
+        am_in_progress(wt) or (read_journal(wt) or {}).get("step") == "am-stopped")
+    if not pend or not stopped:
         raise UsageError(f"no stopped apply of '{name}' in {wt} (nothing to continue or abort)")
     p = plan(ws, name, st.name, pend.get("onto"))
     other = _foreign(read_journal(wt), p.owner)
@@ -523,6 +527,18 @@ def continue_apply(ws: Workspace, name: str, tree: str | None = None) -> tuple[A
     if dirty_files(p.wt) and _wt_git(p.wt, "diff", "--name-only", "--diff-filter=U").stdout.strip():
         raise ApplyError(f"worktree {p.wt} still has unmerged files; fix them and `git add` them first")
     _journal(p, "am-stopped")
+    if not am_in_progress(p.wt):
+        # git am was finished by hand: take the branch if it holds one commit
+        # for each patch of this apply, on its base, and nothing else.
+        count = _wt_git(p.wt, "rev-list", "--count", f"{p.base_commit}..HEAD")
+        on_base = _wt_git(p.wt, "merge-base", "--is-ancestor", p.base_commit, "HEAD").ok
+        branch = _wt_git(p.wt, "symbolic-ref", "--short", "-q", "HEAD").stdout.strip()
+        if not (count.ok and on_base and branch == p.branch and int(count.stdout) == len(todo)):
+            raise ApplyError(
+                f"git am is no longer running in {p.wt}, and {branch or 'HEAD'} does not hold the "
+                f"{len(todo)} patches of this apply on {p.base_commit[:12]}: "
+                f"`kpt apply {p.series.name} --abort` gives it up")
+        return _finish(p, todo, merged, {"resolved": True}), pend
     res = _wt_git(p.wt, "am", "--continue", extra_env=_am_env(), timeout=1800)
     if not res.ok:
         if am_in_progress(p.wt):
@@ -545,7 +561,8 @@ def abort_apply(ws: Workspace, name: str, tree: str | None = None) -> Path:
         _recover(p, lambda m: None)
         return wt
     p, _ = _pending(ws, name, tree)
-    _wt_git(p.wt, "am", "--abort", check=True)
+    if am_in_progress(p.wt):
+        _wt_git(p.wt, "am", "--abort", check=True)
     pending_path(p.wt).unlink(missing_ok=True)
     head = _wt_git(p.wt, "rev-parse", "HEAD", check=True).stdout.strip()
     write_stamp(p.wt, {**p.owner, "series": name, "branch": p.branch, "head": head,

@@ -88,7 +88,16 @@ class KtapResult:
 
     @property
     def failed(self) -> list[KtapTest]:
-        return [t for _, t in self.leaves() if t.failed]
+        """Failed leaves, and each top-level suite that failed with none of its
+        leaves failing (a domU destroyed before its checks finished keeps the
+        results it printed, all ok): either fails the run, as results.py counts it."""
+        out = []
+        for top in self.tests:
+            leaves = [t for _, t in top.leaves() if t.failed]
+            out.extend(leaves)
+            if top.subtests and top.failed and not leaves:
+                out.append(top)
+        return out
 
     def leaves(self) -> list[tuple[tuple[str, ...], KtapTest]]:
         out = []

@@ -148,6 +148,53 @@ def test_conflict_resolved_and_continued(series_ws, series_repo, demo_series):
     assert "net line 5 fixed" in (wt / "drivers/net/netfront.c").read_text()
 
 
+def _resolve_conflict(wt):
+    f = wt / "drivers/net/netfront.c"
+    text = f.read_text()
+    if "<<<<<<<" in text:
+        import re
+        text = re.sub(r"<<<<<<<.*?\n.*?=======\n(.*?)>>>>>>>.*?\n", r"\1", text, flags=re.S)
+    f.write_text(text.replace("net line 5 upstream\n", "net line 5 fixed\n"))
+    git(wt, "add", "drivers/net/netfront.c")
+
+
+def test_conflict_finished_by_hand_then_continued(series_ws, series_repo, demo_series):
+    """`git am --continue` run in the worktree by hand: kpt takes the result
+    (before, its journal said stopped while git said nothing to continue, and
+    neither --continue, --abort nor export got out of it)."""
+    with pytest.raises(ApplyError):
+        ap.apply_series(series_ws, "demo", onto="conflict")
+    wt = ap.worktree_path(series_ws, "linux", "demo", 1)
+    _resolve_conflict(wt)
+    git(wt, "am", "--continue")
+    assert not ap.am_in_progress(wt)
+    r = kpt(series_ws, "export", "demo")
+    assert r.exit_code != 0 and "stopped on a conflict" in r.output
+    r = kpt(series_ws, "apply", "demo", "--continue")
+    assert r.exit_code == 0, r.output
+    assert ap.unfinished(wt) is None
+    assert ap.read_stamp(wt)["resolved"] is True
+    r = kpt(series_ws, "export", "demo")
+    assert r.exit_code == 0, r.output
+    assert b"net line 5 upstream" in demo_series.trees["linux"].patches[0].path.read_bytes()
+
+
+def test_conflict_given_up_by_hand_is_not_taken(series_ws, series_repo, demo_series):
+    """`git am --abort` by hand leaves the base alone: --continue refuses to
+    take it for the series, --abort still cleans up."""
+    with pytest.raises(ApplyError):
+        ap.apply_series(series_ws, "demo", onto="conflict")
+    wt = ap.worktree_path(series_ws, "linux", "demo", 1)
+    git(wt, "am", "--abort")
+    r = kpt(series_ws, "apply", "demo", "--continue")
+    assert r.exit_code == 3, r.output
+    assert "does not hold the 3 patches" in r.output
+    r = kpt(series_ws, "apply", "demo", "--abort")
+    assert r.exit_code == 0, r.output
+    assert ap.unfinished(wt) is None
+    assert len(ap.apply_series(series_ws, "demo").applied) == 3
+
+
 def test_merged_patch_is_skipped_with_a_note(series_ws, series_repo, demo_series):
     notes = []
     res = ap.apply_series(series_ws, "demo", onto="merged", say=notes.append)

@@ -87,6 +87,32 @@ def test_failed_check_is_smoke_failed_exit_1(tmp_ws, tmp_path, fake):
     assert "found: BUG: x" in exc.value.detail
 
 
+# What dom0 prints when it had to destroy a domU whose checks did not finish:
+# every result the domU printed passed, the suite itself did not.
+CUT_KTAP = PASS_KTAP.replace("1..1\n", "1..2\n", 1) + """\
+    # Subtest: domU
+    1..1
+        # Subtest: vring-dma-api
+        1..1
+        ok 1 virtio-net-ping
+    ok 1 vring-dma-api
+not ok 2 domU # destroyed after 120s: its checks did not finish
+"""
+
+
+def test_a_suite_that_failed_with_every_result_ok_fails_the_boot(tmp_ws, tmp_path, fake):
+    """Seen on vring-dma-api-7.2: dom0 destroyed the domU in its throughput
+    check; results.json counted the suite as failed, the boot said pass."""
+    kernel, initrd = fake(CUT_KTAP)
+    r = _boot(tmp_ws(), kernel, initrd, tmp_path / "run")
+    assert r.verdict == "fail" and "domU" in r.message
+    with pytest.raises(SmokeFailed) as exc:
+        r.raise_for_verdict()
+    assert "domU.guest:(suite)" in exc.value.message
+    data = json.loads((tmp_path / "run/results.json").read_text())
+    assert data["verdict"] == "fail" and data["counts"]["fail"] == 1
+
+
 @pytest.mark.parametrize("console, then, verdict, words", [
     ("[ 1.0] Kernel panic - not syncing: Attempted to kill init!", "hang", "panic", "Attempted to kill init"),
     ("[ 1.0] booting\n[ 1.1] Run /init as init process", "exit", "no-ktap", "no KTAP plan"),
