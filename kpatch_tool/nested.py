@@ -226,13 +226,15 @@ def libxl_dm_checks(setup: str = "") -> tuple[list[tuple[str, str, str, int]], t
 
 
 def libxl_lifecycle_checks() -> list[dict]:
-    """Once the domU is gone (xl's virtio devices): its device model went with it, a second
+    """Once the domU is gone (xl's virtio devices): its device model went with it (no device
+    model and no virtio backend directory left, whatever domain ids the checks made), a second
     `xl create` (paused: the devices' backends come up without a guest) brings the backend
     up again and `xl destroy` leaves no device model and no backend directory behind; and
     the hypervisor's log has no error."""
-    gone = ("i=0; while pgrep -f \"xen-domid $D \" >/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done; "
-            "if pgrep -af \"xen-domid $D \"; then echo 'device model left behind'; exit 1; fi; "
-            "if xenstore-ls /local/domain/0/backend/virtio/$D 2>/dev/null; then exit 1; fi; echo dm-gone")
+    # Any domain's: an xl save/restore in the checks gave the domU another id.
+    gone = ("i=0; while pgrep -f '[x]en-domid' >/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done; "
+            "if pgrep -af '[x]en-domid'; then echo 'device model left behind'; exit 1; fi; "
+            "if xenstore-ls /local/domain/0/backend/virtio 2>/dev/null | grep .; then exit 1; fi; echo dm-gone")
     again = ("xl create -p /etc/xen/kpt-domU.cfg >/var/log/xen/xl-recreate.log 2>&1 || "
              "{ tail -n 20 /var/log/xen/xl-recreate.log; exit 1; }; D2=$(xl domid $DOMU); i=0; "
              "while [ \"$(xenstore-read /local/domain/0/backend/virtio/$D2/0/state 2>/dev/null)\" != 2 ] "
