@@ -159,6 +159,28 @@ def make_dir(build_dir: Path, in_source: bool) -> None:
         (build_dir / ".gitignore").write_text("# kpt build folder\n*\n")
 
 
+# The fragment a run's hypervisor is built with, when the workspace has it (the project's does).
+SMOKE_FRAGMENT = "kernel-configs/xen/smoke.config"
+
+
+def smoke_fragments(ws: Workspace) -> list[Path]:
+    """[the workspace's smoke fragment] if it has one, else [] (x86_64_defconfig alone)."""
+    frag = ws.root / SMOKE_FRAGMENT
+    return [frag] if frag.is_file() else []
+
+
+def _hypervisor_make(xen: Path, build_dir: Path, config_text: str, *, wrapper: str | None, jobs: int | None,
+                     log: Path, progress=None, expected: int | None = None, timeout: float = 3 * 3600):
+    """make xen.gz in build_dir with config_text as its .config: (result, watcher)."""
+    conf = build_dir / ".config"
+    if not conf.exists() or conf.read_text() != config_text:
+        # Only a changed config is written: its mtime drives Xen's syncconfig.
+        safefs.replace_file(conf, config_text.encode())
+    extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
+    return buildmod.run_make(xen, build_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,
+                             expected_steps=expected, progress=progress, extra=extra, timeout=timeout)
+
+
 def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), wrapper: str | None = "ccache",
               jobs: int | None = None, progress=None, force: bool = False, check: bool = True,
               timeout: float = 3 * 3600) -> XenBuildResult:
@@ -177,14 +199,9 @@ def build_xen(ws: Workspace, *, srctree: Path, tree: str = "xen", fragments=(), 
             if diff:
                 raise ConfigError("xen: kpt's .config is not a fixed point of Xen's `make olddefconfig` "
                                   "(our evaluation differs from Xen's kconfig)", detail="\n".join(diff))
-        conf = build_dir / ".config"
-        if not conf.exists() or conf.read_text() != cfg.config_text:
-            # Only a changed config is written: its mtime drives Xen's syncconfig.
-            safefs.replace_file(conf, cfg.config_text.encode())
         expected = (stamp or {}).get("steps") or None
-        extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
-        res, w = buildmod.run_make(xen, build_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,
-                                   expected_steps=expected, progress=progress, extra=extra, timeout=timeout)
+        res, w = _hypervisor_make(xen, build_dir, cfg.config_text, wrapper=wrapper, jobs=jobs, log=log,
+                                  progress=progress, expected=expected, timeout=timeout)
         if not res.ok:
             raise buildmod._fail(w, res, log, f"build of {tree} failed")
         if not (build_dir / "xen").is_file():
@@ -360,14 +377,9 @@ def _tools_make(srctree: Path, build_dir: Path, args: list[str], *, wrapper: str
     missing = [p for p in TOOLS_OUTPUTS if not (staging / p).exists()]
     if missing:
         raise BuildError(f"xen tools: the install lacks {', '.join(missing)} (log {log})")
-    old = build_dir / "dist.old"
-    if old.exists():
-        shutil.rmtree(old)
     if dist.exists():
-        os.replace(dist, old)
+        shutil.rmtree(dist)
     os.replace(staging, dist)
-    if old.exists():
-        shutil.rmtree(old)
     return res, w
 
 
@@ -427,12 +439,8 @@ def build_each_xen(ws: Workspace, *, worktree: Path, base: str, tree: str = "xen
         ledger = buildmod.WarningLedger()
 
         def build():
-            conf = hv_dir / ".config"
-            if not conf.exists() or conf.read_text() != cfg.config_text:
-                safefs.replace_file(conf, cfg.config_text.encode())
-            extra = [f"XEN_TARGET_ARCH={ARCH}", *(f"{k}={v}" for k, v in REPRODUCIBLE.items())]
-            res, hw = buildmod.run_make(xen, hv_dir, TARGETS, wrapper=wrapper, jobs=jobs, log=log,
-                                        progress=progress, extra=extra)
+            res, hw = _hypervisor_make(xen, hv_dir, cfg.config_text, wrapper=wrapper, jobs=jobs, log=log,
+                                       progress=progress)
             if not res.ok:
                 return res, hw
             res, w = _tools_make(each_dir, tools_build, args, wrapper=wrapper, jobs=jobs, log=log,

@@ -128,13 +128,12 @@ def _each_linux(ws, series, profile, tree, wrapper, jobs):
 
 def _each_xen(ws, series, tree, wrapper, jobs):
     from kpatch_tool import apply as applymod
-    from kpatch_tool import build_xen, stages
+    from kpatch_tool import build_xen
 
     ar = applymod.apply_series(ws, series, tree=tree, say=say,
                                progress=lambda msg, i, n: say(f"{msg} ({i}/{n})"))
-    frag = ws.root / stages.XEN_FRAGMENT
     return build_xen.build_each_xen(ws, worktree=Path(ar.worktree), base=ar.series_base, tree=tree,
-                                    fragments=[frag] if frag.is_file() else [], wrapper=wrapper, jobs=jobs,
+                                    fragments=build_xen.smoke_fragments(ws), wrapper=wrapper, jobs=jobs,
                                     progress=say)
 
 def _each_qemu(ws, series, tree, wrapper, jobs):

@@ -10,7 +10,6 @@ and one results file cover all three places.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from kpatch_tool import boot as bootmod
-from kpatch_tool import image, proc, rootfs, templating
+from kpatch_tool import image, proc, rootfs, safefs, templating
 from kpatch_tool.errors import KptError, PrereqError
 from kpatch_tool.workspace import Workspace
 
@@ -359,7 +358,7 @@ def _xl_sha256(xen_tools: Path | None) -> str | None:
     xl = Path(xen_tools) / "usr/sbin/xl"
     if not xl.is_file():
         raise KptError(f"{xen_tools}: no usr/sbin/xl in the Xen tools' install")
-    return hashlib.sha256(xl.read_bytes()).hexdigest()
+    return safefs.sha256_file(xl)
 
 
 def boot(ws: Workspace, *, kernel: Path, initrd: Path, run_dir: Path, timeout: float, on_line=None,

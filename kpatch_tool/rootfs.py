@@ -105,10 +105,7 @@ def _hash_inputs(parts: list) -> str:
     for p in parts:
         if isinstance(p, Path):
             if p.is_dir():
-                for f in sorted(p.rglob("*")):
-                    if f.is_file():
-                        h.update(str(f.relative_to(p)).encode())
-                        h.update(hashlib.sha256(f.read_bytes()).digest())
+                h.update(tree_digest(p).encode())
             elif p.exists():
                 h.update(hashlib.sha256(p.read_bytes()).digest())
         elif isinstance(p, bytes):
@@ -172,7 +169,7 @@ def pack(ws: Workspace, base_: RootfsBase, *, modules_dir: Path | None, files: d
     files maps absolute guest paths to contents (bytes) or host files (Path);
     overlays are folders laid over the root (a `make install DESTDIR=`), before files.
     """
-    keyparts: list = [base_.tarball.name, modules_dir or "-", *(f"overlay {tree_digest(Path(o))}" for o in overlays)]
+    keyparts: list = [base_.tarball.name, modules_dir or "-", "overlays", *(Path(o) for o in overlays)]
     for k in sorted(files):
         keyparts += [k, files[k] if isinstance(files[k], bytes) else Path(files[k])]
     keyparts += sorted(executables) + DROP

@@ -181,21 +181,20 @@ def xen_stage(c: RunContext) -> tuple[str, str]:
     """The Xen tree (with the series' Xen patches, if any): hypervisor and toolstack built,
     to be booted and laid over dom0's Debian toolstack."""
     from kpatch_tool import apply as applymod
-    from kpatch_tool import build_xen
+    from kpatch_tool import build_xen, pipeline
 
     tree = c.xen_tree
-    patched = bool(c.series) and any(t == tree and st.patches for s in _series_chain(c) for t, st in s.trees.items())
+    patched = bool(c.series) and any(t == tree and st.patches for s in pipeline._chain(c.ws, c.series)
+                                     for t, st in s.trees.items())
     if patched:
         res = applymod.apply_series(c.ws, c.series, tree=tree, onto=c.onto.get(tree), say=c.detail,
                                     progress=lambda msg, i, n: c.detail(f"{tree}: {msg} ({i}/{n})"))
         srctree, head, what = res.worktree, res.head_commit, f"{len(res.applied)} patches on {res.branch}"
     else:
         srctree = trees.checkout(c.ws, tree, c.onto.get(tree), progress=c.detail)
-        head = trees.resolve(trees.import_tree(c.ws, tree), c.onto.get(tree))
+        head = trees.resolve(trees.get(c.ws, tree), c.onto.get(tree))
         what = f"{tree}@{head[:12]}"
-    # The workspace's smoke fragment for Xen when it has one (the project's does), else defconfig.
-    frag = c.ws.root / XEN_FRAGMENT
-    hv = build_xen.build_xen(c.ws, srctree=srctree, tree=tree, fragments=[frag] if frag.is_file() else [],
+    hv = build_xen.build_xen(c.ws, srctree=srctree, tree=tree, fragments=build_xen.smoke_fragments(c.ws),
                              progress=c.detail, force=c.force)
     tools = build_xen.build_tools(c.ws, srctree=srctree, tree=tree, progress=c.detail, force=c.force)
     for b, name in ((hv, "xen-build.log"), (tools, "xen-tools-build.log")):
@@ -212,15 +211,6 @@ def xen_stage(c: RunContext) -> tuple[str, str]:
     cached = hv.cached and tools.cached
     return ("cached" if cached else "ok"), f"{what}, Xen {hv.version}: hypervisor + tools " + (
         "(make not started)" if cached else f"built in {hv.duration + tools.duration:.0f}s")
-
-
-XEN_FRAGMENT = "kernel-configs/xen/smoke.config"
-
-
-def _series_chain(c: RunContext):
-    from kpatch_tool import series as seriesmod
-
-    return seriesmod.resolve_depends(c.ws, c.series) if c.series else []
 
 
 def image_stage(c: RunContext) -> tuple[str, str]:

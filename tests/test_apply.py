@@ -136,13 +136,7 @@ def test_conflict_resolved_and_continued(series_ws, series_repo, demo_series):
     with pytest.raises(ApplyError):
         ap.apply_series(series_ws, "demo", onto="conflict")
     wt = ap.worktree_path(series_ws, "linux", "demo", 1)
-    f = wt / "drivers/net/netfront.c"
-    text = f.read_text()
-    if "<<<<<<<" in text:
-        import re
-        text = re.sub(r"<<<<<<<.*?\n.*?=======\n(.*?)>>>>>>>.*?\n", r"\1", text, flags=re.S)
-    f.write_text(text.replace("net line 5 upstream\n", "net line 5 fixed\n"))
-    git(wt, "add", "drivers/net/netfront.c")
+    _resolve_conflict(wt)
     res, pend = ap.continue_apply(series_ws, "demo")
     assert len(res.applied) == 3 and not ap.am_in_progress(wt)
     assert "net line 5 fixed" in (wt / "drivers/net/netfront.c").read_text()
