@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpatch_tool import proc
+from kpatch_tool import proc, safefs
 from kpatch_tool.errors import KptError, PrereqError
 from kpatch_tool.workspace import Workspace
 
@@ -107,7 +107,7 @@ def _hash_inputs(parts: list) -> str:
             if p.is_dir():
                 h.update(tree_digest(p).encode())
             elif p.exists():
-                h.update(hashlib.sha256(p.read_bytes()).digest())
+                h.update(safefs.sha256_file(p).encode())
         elif isinstance(p, bytes):
             h.update(hashlib.sha256(p).digest())
         else:
@@ -126,9 +126,7 @@ def tree_digest(top: Path) -> str:
             if p.is_symlink():
                 h.update(f"L {rel} {os.readlink(p)}\n".encode())
             else:
-                h.update(f"F {rel} {p.stat().st_mode & 0o777:o} ".encode())
-                with open(p, "rb") as fh:
-                    h.update(hashlib.file_digest(fh, "sha256").digest())
+                h.update(f"F {rel} {p.stat().st_mode & 0o777:o} {safefs.sha256_file(p)}".encode())
     return h.hexdigest()
 
 

@@ -17,11 +17,13 @@ above is checked.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from kpatch_tool.errors import UsageError
@@ -59,22 +61,89 @@ def os_error(exc: OSError, what: str = "write") -> UsageError:
 
 
 # A run hashes its big files more than once (the image stage, then the boot's cache key:
-# dom0's 89 MiB root filesystem twice); a file not changed since (same inode, size and
-# mtime) is not read again in this process.
+# dom0's root filesystem twice); a file not changed since (same inode, size and mtime) is
+# not read again in this process. Across runs, the memo file under kpt's cache keeps the
+# digests of big files keyed the way git's index is: path, device, inode, size, mtime and
+# ctime (which no user tool can set back). A file changed in the last seconds is not
+# remembered: its mtime may not have moved on a further change yet (git's "racy" case).
 _HASHES: dict[tuple, str] = {}
+_MEMO_PATH: Path | None = None
+_MEMO: dict[str, list] | None = None
+_MEMO_NEW: dict[str, list] = {}
+MEMO_MIN_SIZE = 256 * 1024
+MEMO_MAX_ENTRIES = 20000
+RACY_NS = 3_000_000_000
+
+
+def use_digest_memo(path: Path | None) -> None:
+    """Remember big files' digests in path (a JSON file, written at exit) from now on."""
+    global _MEMO_PATH, _MEMO
+    if path == _MEMO_PATH:
+        return
+    flush_digest_memo()
+    if _MEMO_PATH is None:
+        atexit.register(flush_digest_memo)
+    _MEMO_PATH, _MEMO = path, None
+
+
+def _memo() -> dict[str, list]:
+    global _MEMO
+    if _MEMO is None:
+        try:
+            data = json.loads(_MEMO_PATH.read_text()) if _MEMO_PATH else {}
+        except (OSError, ValueError):
+            data = {}
+        _MEMO = data if isinstance(data, dict) else {}
+    return _MEMO
+
+
+def flush_digest_memo() -> None:
+    """Write what this process learnt, merged with what others wrote meanwhile (a memo:
+    losing an entry to a race only costs a re-read)."""
+    if not _MEMO_PATH or not _MEMO_NEW:
+        return
+    try:
+        on_disk = json.loads(_MEMO_PATH.read_text())
+        if not isinstance(on_disk, dict):
+            on_disk = {}
+    except (OSError, ValueError):
+        on_disk = {}
+    on_disk.update(_MEMO_NEW)
+    if len(on_disk) > MEMO_MAX_ENTRIES:
+        on_disk = {k: v for k, v in on_disk.items() if os.path.exists(k)}
+        on_disk = dict(list(on_disk.items())[-MEMO_MAX_ENTRIES:])
+    tmp = _MEMO_PATH.with_name(f".{_MEMO_PATH.name}.{os.getpid()}{STAGED_SUFFIX}")
+    try:
+        _MEMO_PATH.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(on_disk))
+        os.replace(tmp, _MEMO_PATH)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return  # a read-only or full cache: the next run hashes again
+    _MEMO_NEW.clear()
 
 
 def sha256_file(path: Path) -> str:
     """A file's sha256, read in 1 MiB pieces (kernels, .debs, images)."""
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    real = os.path.realpath(path)
+    sig = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    key = (real, *sig)
     if key in _HASHES:
         return _HASHES[key]
+    remember = _MEMO_PATH is not None and st.st_size >= MEMO_MIN_SIZE
+    if remember:
+        known = _memo().get(real)
+        if isinstance(known, list) and len(known) == 6 and known[:5] == sig and isinstance(known[5], str):
+            _HASHES[key] = known[5]
+            return known[5]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     _HASHES[key] = h.hexdigest()
+    if remember and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+        _memo()[real] = _MEMO_NEW[real] = [*sig, _HASHES[key]]
     return _HASHES[key]
 
 

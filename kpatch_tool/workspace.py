@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kpatch_tool import safefs
 from kpatch_tool.errors import UsageError
 
 WORKSPACE_FILE = "kpt.toml"
@@ -134,6 +135,7 @@ def load(root: Path | None = None) -> Workspace:
     from kpatch_tool.sharedcache import settings
 
     settings(data, path)  # a bad [fleet] table is named now, not at the first build
+    safefs.use_digest_memo(cache / "digests.json")
     return Workspace(root=root, trees=trees, cache_dir=cache, data=data)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 
@@ -67,3 +68,84 @@ def test_a_files_hash_is_read_again_only_when_the_file_changed(tmp_path):
     tmp.write_bytes(b"c")
     os.replace(tmp, f)  # another inode, as every cache write is made
     assert safefs.sha256_file(f) == hashlib.sha256(b"c").hexdigest()
+
+
+@pytest.fixture
+def memo(tmp_path, monkeypatch):
+    """A digest memo in tmp_path; each `fresh()` is what a new kpt process starts with."""
+    path = tmp_path / "cache" / "digests.json"
+    monkeypatch.setattr(safefs, "MEMO_MIN_SIZE", 1)
+    monkeypatch.setattr(safefs, "RACY_NS", 0)
+    monkeypatch.setattr(safefs, "_MEMO_PATH", None)
+    monkeypatch.setattr(safefs, "_MEMO", None)
+    monkeypatch.setattr(safefs, "_MEMO_NEW", {})
+
+    def fresh():
+        safefs.flush_digest_memo()
+        safefs._HASHES.clear()
+        safefs._MEMO = None
+        safefs.use_digest_memo(path)
+
+    safefs.use_digest_memo(path)
+    yield fresh
+    safefs.flush_digest_memo()
+    monkeypatch.setattr(safefs, "_MEMO_PATH", None)
+
+
+def _counting_open(monkeypatch):
+    reads = []
+    real_open = open
+
+    def counting(p, *a, **kw):
+        reads.append(str(p))
+        return real_open(p, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", counting)
+    return reads
+
+
+def test_a_later_run_takes_a_big_files_digest_from_the_memo_without_reading_it(tmp_path, memo, monkeypatch):
+    f = tmp_path / "rootfs.cpio"
+    f.write_bytes(b"x" * 4096)
+    want = hashlib.sha256(b"x" * 4096).hexdigest()
+    assert safefs.sha256_file(f) == want
+    memo()
+    reads = _counting_open(monkeypatch)
+    assert safefs.sha256_file(f) == want
+    assert str(f) not in reads
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_put_back_is_read_again(tmp_path, memo, monkeypatch):
+    """ctime is part of the key: `touch -d` cannot make changed bytes look unchanged."""
+    f = tmp_path / "vmlinux"
+    f.write_bytes(b"a" * 4096)
+    assert safefs.sha256_file(f) == hashlib.sha256(b"a" * 4096).hexdigest()
+    st = f.stat()
+    with open(f, "r+b") as fh:  # same inode, same size
+        fh.write(b"b")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    memo()
+    assert safefs.sha256_file(f) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+
+
+def test_a_file_changed_moments_ago_is_not_remembered(tmp_path, memo, monkeypatch):
+    monkeypatch.setattr(safefs, "RACY_NS", 3_000_000_000)
+    f = tmp_path / "modules.tar"
+    f.write_bytes(b"m" * 4096)
+    safefs.sha256_file(f)
+    memo()
+    reads = _counting_open(monkeypatch)
+    safefs.sha256_file(f)
+    assert str(f) in reads
+
+
+def test_a_broken_memo_file_is_ignored_and_replaced(tmp_path, memo):
+    path = tmp_path / "cache" / "digests.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    memo()
+    f = tmp_path / "f"
+    f.write_bytes(b"z" * 100)
+    assert safefs.sha256_file(f) == hashlib.sha256(b"z" * 100).hexdigest()
+    memo()
+    assert str(f.resolve()) in json.loads(path.read_text())
