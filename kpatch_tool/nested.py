@@ -132,9 +132,29 @@ def device_model_files(binary: Path) -> dict[str, bytes | Path]:
     for soname, path in sorted(shared_libraries(binary).items()):
         if not _GLIBC.match(soname):
             files[f"{DM_DIR}/lib/{soname}"] = path.resolve()
-    files[DM_WRAPPER] = (f"#!/bin/sh\n# kpt: the series' QEMU with its own libraries\n"
+    files[DM_WRAPPER] = (f"#!/bin/sh\n# kpt: the series' QEMU with its own libraries\n{_DROP_VNC_NONE}"
                          f"LD_LIBRARY_PATH={DM_DIR}/lib exec {DM_DIR}/bin/qemu-system-i386.bin \"$@\"\n").encode()
     return files
+
+
+# libxl (4.17) starts qemu-xen with "-vnc none" beside "-display none" when the domain has
+# no VNC. kpt builds QEMU without VNC (--without-default-features), and since QEMU 8.2
+# such a QEMU has no -vnc option at all: "-vnc: invalid option", no device model. "-vnc
+# none" asks for nothing "-display none" does not already say, so the wrapper drops it;
+# any other -vnc argument is passed on (and refused by a QEMU without VNC, as it should).
+_DROP_VNC_NONE = """vnc=
+for a do
+	shift
+	if [ -n "$vnc" ]; then
+		vnc=
+		[ "$a" = none ] && continue
+		set -- "$@" -vnc
+	fi
+	[ "$a" = -vnc ] && vnc=1 && continue
+	set -- "$@" "$a"
+done
+[ -n "$vnc" ] && set -- "$@" -vnc
+"""
 
 
 def _env(ws: Workspace) -> jinja2.Environment:

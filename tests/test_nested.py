@@ -218,6 +218,29 @@ def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
     assert files[f"{nested.DM_DIR}/bin/qemu-system-i386.bin"] == git
 
 
+@pytest.mark.parametrize("args, passed", [
+    # libxl's arguments for a domain without VNC: "-vnc none" goes, the rest stays in order.
+    (["-xen-domid", "3", "-vnc", "none", "-display", "none", "-name", "a b"],
+     ["-xen-domid", "3", "-display", "none", "-name", "a b"]),
+    (["-vnc", "127.0.0.1:0", "-m", "8"], ["-vnc", "127.0.0.1:0", "-m", "8"]),
+    (["-m", "8", "-vnc"], ["-m", "8", "-vnc"]),
+    ([], []),
+])
+def test_device_model_wrapper_drops_libxls_vnc_none(tmp_path, args, passed):
+    """A QEMU built without VNC has no -vnc option (QEMU 10.2): libxl's "-vnc none" would stop it."""
+    import shutil
+
+    files = nested.device_model_files(Path(shutil.which("git")).resolve())
+    wrapper = files[nested.DM_WRAPPER].decode()
+    fake = tmp_path / "qemu-system-i386.bin"
+    fake.write_text('#!/bin/sh\nfor a do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    script = wrapper.replace(f"{nested.DM_DIR}/bin/qemu-system-i386.bin", str(fake))
+    res = subprocess.run(["sh", "-c", script, "qemu", *args], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == passed
+
+
 @pytest.mark.heavy
 @pytest.mark.nested
 @pytest.mark.slow
