@@ -30,7 +30,10 @@ RELEASE_PORT = 7777
 SINK_PORT = 5001
 MEMORY = 1536
 DOM0_MEM = 768
-DOMU_TIMEOUT = 120  # seconds dom0 waits for the domU to finish after releasing it
+DOMU_TIMEOUT = 120  # seconds dom0 waits at least for the domU to finish after releasing it
+# Beyond its checks' timeouts, what the domU's init needs to finish: its base and
+# after-checks (10 s each at most) and the power-off.
+DOMU_FINISH = 60
 
 # dom0 side, in order; $D (domain id) and $VIF exist after xl-create. Each command
 # runs in Debian's /bin/sh; under TCG every exec of a dynamically linked program costs
@@ -129,9 +132,29 @@ def device_model_files(binary: Path) -> dict[str, bytes | Path]:
     for soname, path in sorted(shared_libraries(binary).items()):
         if not _GLIBC.match(soname):
             files[f"{DM_DIR}/lib/{soname}"] = path.resolve()
-    files[DM_WRAPPER] = (f"#!/bin/sh\n# kpt: the series' QEMU with its own libraries\n"
+    files[DM_WRAPPER] = (f"#!/bin/sh\n# kpt: the series' QEMU with its own libraries\n{_DROP_VNC_NONE}"
                          f"LD_LIBRARY_PATH={DM_DIR}/lib exec {DM_DIR}/bin/qemu-system-i386.bin \"$@\"\n").encode()
     return files
+
+
+# libxl (4.17) starts qemu-xen with "-vnc none" beside "-display none" when the domain has
+# no VNC. kpt builds QEMU without VNC (--without-default-features), and since QEMU 8.2
+# such a QEMU has no -vnc option at all: "-vnc: invalid option", no device model. "-vnc
+# none" asks for nothing "-display none" does not already say, so the wrapper drops it;
+# any other -vnc argument is passed on (and refused by a QEMU without VNC, as it should).
+_DROP_VNC_NONE = """vnc=
+for a do
+	shift
+	if [ -n "$vnc" ]; then
+		vnc=
+		[ "$a" = none ] && continue
+		set -- "$@" -vnc
+	fi
+	[ "$a" = -vnc ] && vnc=1 && continue
+	set -- "$@" "$a"
+done
+[ -n "$vnc" ] && set -- "$@" -vnc
+"""
 
 
 def _env(ws: Workspace) -> jinja2.Environment:
@@ -252,6 +275,20 @@ def libxl_lifecycle_checks() -> list[dict]:
             {"name": "xl-dmesg-clean", "run": xl_dmesg, "expect": "^clean$", "timeout": 10, "skip": ""}]
 
 
+def domu_wait(smoke: list[dict]) -> int:
+    """Seconds dom0 waits for the domU once its own checks are done.
+
+    When dom0 releases the domU, the domU may not have started its slowest check yet
+    (dom0's checks need not wait for it), so dom0 gives it every check's timeout: the sum
+    over the domU's checks (the built-in network ones and the series' domU checks, a
+    skipped one costs nothing), and DOMU_FINISH for the rest of its init; never less than
+    DOMU_TIMEOUT. dom0 stops waiting as soon as the domU is gone, so a passing run does
+    not pay for it."""
+    domu = [image.normalise_smoke(c, series="domU-net") for c in DOMU_CHECKS]
+    domu += [image.normalise_smoke(s, series=s.get("series", "smoke")) for s in smoke if s.get("where") == "domU"]
+    return max(DOMU_TIMEOUT, sum(c["timeout"] for c in domu if not c["skip"]) + DOMU_FINISH)
+
+
 def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: list[str] | None = None,
                      device_model_setup: str = "", xl_sha256: str | None = None, xen_build_id: str = "",
                      libxl_virtio: bool = False, long_checks: bool = False) -> str:
@@ -282,7 +319,7 @@ def render_dom0_init(ws: Workspace, smoke: list[dict], *, device_model_args: lis
         dom0_path=DOM0_PATH_TREE if xl_sha256 else DOM0_PATH,
         libxl_virtio=libxl_virtio,
         domu_name=DOMU, domu_ip=DOMU_IP, dom0_ip=DOM0_IP, dom0_checks=dom0_checks, dom0_series=dom0_series,
-        dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=DOMU_TIMEOUT,
+        dom0_series_name="+".join(names) or "series", release_port=RELEASE_PORT, domu_timeout=domu_wait(smoke),
         after_name=image.AFTER_CHECKS,
         after_checks=[image.dmesg_clean_check(), *(libxl_lifecycle_checks() if libxl_virtio else [])],
         long_checks=long_checks)

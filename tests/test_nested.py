@@ -218,6 +218,29 @@ def test_device_model_files_carry_the_binary_its_libraries_but_not_glibc():
     assert files[f"{nested.DM_DIR}/bin/qemu-system-i386.bin"] == git
 
 
+@pytest.mark.parametrize("args, passed", [
+    # libxl's arguments for a domain without VNC: "-vnc none" goes, the rest stays in order.
+    (["-xen-domid", "3", "-vnc", "none", "-display", "none", "-name", "a b"],
+     ["-xen-domid", "3", "-display", "none", "-name", "a b"]),
+    (["-vnc", "127.0.0.1:0", "-m", "8"], ["-vnc", "127.0.0.1:0", "-m", "8"]),
+    (["-m", "8", "-vnc"], ["-m", "8", "-vnc"]),
+    ([], []),
+])
+def test_device_model_wrapper_drops_libxls_vnc_none(tmp_path, args, passed):
+    """A QEMU built without VNC has no -vnc option (QEMU 10.2): libxl's "-vnc none" would stop it."""
+    import shutil
+
+    files = nested.device_model_files(Path(shutil.which("git")).resolve())
+    wrapper = files[nested.DM_WRAPPER].decode()
+    fake = tmp_path / "qemu-system-i386.bin"
+    fake.write_text('#!/bin/sh\nfor a do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    script = wrapper.replace(f"{nested.DM_DIR}/bin/qemu-system-i386.bin", str(fake))
+    res = subprocess.run(["sh", "-c", script, "qemu", *args], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == passed
+
+
 @pytest.mark.heavy
 @pytest.mark.nested
 @pytest.mark.slow
@@ -342,3 +365,22 @@ def test_the_long_form_of_the_checks_is_asked_in_both_inits(project_ws):
                                                           groups=groups, hold_port=7777, long_checks=True)
     assert "KPT_LONG_CHECKS" not in image.render_init(project_ws, mode="domU", kernel_release="6.1.0",
                                                       groups=groups, hold_port=7777)
+
+
+def test_dom0_waits_for_the_domu_as_long_as_its_checks_may_take(project_ws):
+    """A domU check that takes longer than the old fixed 120 s (vring-dma-api's throughput
+    comparison, 240 s) is not cut off: dom0 waits for the sum of the domU's check timeouts."""
+    base = nested.domu_wait([])
+    builtin = sum(c["timeout"] for c in nested.DOMU_CHECKS)
+    assert base == max(nested.DOMU_TIMEOUT, builtin + nested.DOMU_FINISH)
+    smoke = [{"series": "s", "name": "throughput", "where": "domU", "run": "true", "timeout": 240},
+             {"series": "s", "name": "no-errors", "where": "domU", "run": "true", "timeout": 20},
+             {"series": "s", "name": "skipped", "where": "domU", "skip": "not here", "timeout": 999},
+             {"series": "s", "name": "dom0-side", "where": "dom0", "run": "true", "timeout": 500}]
+    wait = nested.domu_wait(smoke)
+    assert wait == builtin + 240 + 20 + nested.DOMU_FINISH
+    text = nested.render_dom0_init(project_ws, smoke)
+    assert f"end=$(( ${{up%.*}} + {wait} ))" in text
+    assert f"domU still running after {wait}s" in text
+    # Without long domU checks the floor holds.
+    assert nested.domu_wait([{"name": "quick", "where": "domU", "run": "true", "timeout": 1}]) >= nested.DOMU_TIMEOUT
